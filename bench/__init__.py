@@ -1,0 +1,1 @@
+"""The recbench harness: suites, workloads, meters, runner, results, plots, gate."""

@@ -1,0 +1,249 @@
+"""`recbench`: the command-line entry point (also `python -m bench`).
+
+Exit codes: 0 ok, 1 a check failed (parity, regression), 2 bad input (one line on
+stderr, no traceback), 130 interrupted. `--json` prints exactly one JSON object on stdout.
+Heavy imports (torch, jax, matplotlib) happen inside the subcommands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from recmodels.errors import InputError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2) instead of the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- train -------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def cmd_train(args) -> int:
+    from recmodels import weights
+    from recmodels.train import TrainOptions, train
+
+    overrides = {k: v for k, v in {"block": args.block, "loss": args.loss,
+                                   "seq_len": args.seq_len, "dropout": args.dropout,
+                                   "n_neg": args.n_neg}.items() if v is not None}
+    opts = TrainOptions(framework=args.framework, preset=args.preset, dataset=args.dataset,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        precision=args.precision, optimizer=args.optimizer, seed=args.seed,
+                        device=args.device, eval=args.eval, eval_users=args.eval_users,
+                        overrides=overrides)
+    result, engine = train(opts, return_engine=True)
+    if args.save:
+        weights.save(engine.state_dict(), engine.cfg, args.save)
+        result["weights"] = str(args.save)
+        _err(f"weights saved to {args.save}")
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_train_result(result))
+    return EXIT_OK
+
+
+def format_train_result(r: dict) -> str:
+    t, p = r["test"], r["popularity"]["test"]
+    return "\n".join([
+        f"{r['framework']} {r['preset']} on {r['dataset']} ({r['epochs']} epochs, "
+        f"{r['precision']}, {r['device']})",
+        f"  speed      {r['sequences_per_s']:,.0f} sequences/s, "
+        f"{r['seconds_per_epoch']:.2f} s/epoch (measured: {r['speed_note']})",
+        f"  valid      HR@10 {r['valid']['hr@10']:.4f}  NDCG@10 {r['valid']['ndcg@10']:.4f}",
+        f"  test       HR@10 {t['hr@10']:.4f}  NDCG@10 {t['ndcg@10']:.4f}"
+        + (f"  AUC {t['auc']:.4f}  acc {t['accuracy']:.4f}  P {t['precision']:.4f}  "
+           f"R {t['recall']:.4f}  F1 {t['f1']:.4f}" if "auc" in t else ""),
+        f"  popularity HR@10 {p['hr@10']:.4f}  NDCG@10 {p['ndcg@10']:.4f}  "
+        f"(most-popular baseline, same users and candidates)",
+        f"  protocol   {r['eval_protocol']} on {r['eval_users']} users (leave-one-out)",
+    ])
+
+
+# --- parity ------------------------------------------------------------------------------
+
+
+def cmd_parity(args) -> int:
+    from recmodels.config import BLOCKS, LOSSES
+    from recmodels.parity import TOLERANCES, check_preset
+
+    def show(r) -> None:
+        if not args.json:
+            print(f"{r.preset:6s} {r.block:7s} {r.loss:16s} scores {r.scores_max_abs:8.1e}  "
+                  f"loss {r.loss_rel:8.1e}  params {r.params_max_abs:8.1e}  "
+                  f"{'ok' if r.ok else 'MISMATCH (' + r.worst_param + ')'}", flush=True)
+
+    if not args.json:
+        print("max |torch - jax| after loading the same safetensors weights (fp32, dropout off);"
+              f" tolerances: scores {TOLERANCES['scores_max_abs']:.0e}, loss (relative) "
+              f"{TOLERANCES['loss_rel']:.0e}, params after one Adam step "
+              f"{TOLERANCES['params_max_abs']:.0e}")
+    results = check_preset(args.preset, blocks=args.block or BLOCKS, losses=args.loss or LOSSES,
+                           on_result=show)
+    ok = all(r.ok for r in results)
+    if args.json:
+        from dataclasses import asdict
+
+        _print_json({"preset": args.preset, "ok": ok, "tolerances": TOLERANCES,
+                     "results": [asdict(r) | {"ok": r.ok} for r in results]})
+    else:
+        print("parity ok" if ok else "parity FAILED")
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def cmd_data(args) -> int:
+    from recmodels import data as D
+
+    if args.action == "list":
+        rows = []
+        for spec in D.REGISTRY.values():
+            cached = D.cache_path(spec).exists()
+            rows.append({"name": spec.name, "users": spec.users, "items": spec.items,
+                         "actions": spec.actions, "cached": cached,
+                         "path": str(D.cache_path(spec)), "url": spec.url,
+                         "description": spec.description})
+        synth = [{"name": n, **{k: v for k, v in kw.items() if k != "name"}}
+                 for n, kw in D.SYNTHETIC.items()]
+        if args.json:
+            _print_json({"registry": rows, "synthetic": synth, "cache_dir": str(D.cache_dir())})
+            return EXIT_OK
+        print(f"cache: {D.cache_dir()}")
+        for r in rows:
+            print(f"  {r['name']:10s} {r['users']:>8,} users {r['items']:>8,} items "
+                  f"{r['actions']:>10,} actions  {'cached' if r['cached'] else 'not fetched'}"
+                  f"  {r['description']}")
+        for s in synth:
+            print(f"  {s['name']:10s} generated: {s['n_users']:,} users, {s['n_items']:,} items, "
+                  f"mean length {s['mean_len']:.1f}")
+        return EXIT_OK
+    if args.action == "fetch":
+        if not args.name:
+            raise InputError("recbench data fetch needs a dataset name: see recbench data list")
+        progress = _download_bar() if sys.stderr.isatty() else None
+        path = D.fetch(args.name, progress=progress)
+        print(path)
+        return EXIT_OK
+    if not args.name:
+        raise InputError("recbench data info needs a dataset name or path")
+    stats = D.load(args.name).stats()
+    if args.json:
+        _print_json(stats)
+    else:
+        for k, v in stats.items():
+            print(f"{k:12s} {v:,}" if isinstance(v, int) else f"{k:12s} {v:.4g}")
+    return EXIT_OK
+
+
+def _download_bar() -> Callable[[int, int], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recmodels.config import BLOCKS, LOSSES, PRESETS
+    from recmodels.train import DEVICES, EVAL_PROTOCOLS, FRAMEWORKS, PRECISIONS
+
+    p = _Parser(prog="recbench", description="Hardware and compute benchmarks for "
+                "generative recommenders (a GPT over item IDs) in PyTorch and JAX.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train and evaluate a reference model")
+    t.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    t.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    t.add_argument("--dataset", default="synthetic",
+                   help="synthetic | synthetic-games | a registry name (recbench data list) | "
+                        "a path to a 'user item' or MovieLens ratings file")
+    t.add_argument("--epochs", type=_positive_int,
+                   help="default: 200 for registry datasets (SASRec), 8 for synthetic")
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (cuda:N ok)")
+    t.add_argument("--eval", choices=EVAL_PROTOCOLS, default="sampled",
+                   help="sampled: 100 sampled negatives (SASRec); full: whole catalog")
+    t.add_argument("--eval-users", type=_positive_int, default=10_000)
+    t.add_argument("--block", choices=BLOCKS)
+    t.add_argument("--loss", choices=LOSSES)
+    t.add_argument("--seq-len", type=_positive_int)
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--n-neg", type=_positive_int, help="negatives per position")
+    t.add_argument("--save", help="write the trained weights to this .safetensors file")
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("parity", help="check torch and JAX give the same numbers")
+    q.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    q.add_argument("--block", choices=BLOCKS, action="append", help="repeatable; default all")
+    q.add_argument("--loss", choices=LOSSES, action="append", help="repeatable; default all")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_parity)
+
+    d = sub.add_parser("data", help="list, fetch and inspect datasets")
+    d.add_argument("action", choices=("list", "fetch", "info"))
+    d.add_argument("name", nargs="?", help="registry name, synthetic name, or a file path")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        _err(f"recbench {args.command}: error: {e}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err(f"recbench {args.command}: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Meters for time, memory and energy: each a context manager with ``available()``.
+
+No framework code lives in a meter: the caller passes ``sync`` / peak-memory callables.
+Stack meters with ``stacked``::
+
+    with stacked(HostMemoryMeter(), DeviceMemoryMeter(reset, read), EnergyMeter(srcs, sync)) as (
+        host, dev, energy,
+    ):
+        timing = StepTimer().sample(step, sync_out, ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from bench.meters.energy import (
+    ESTIMATED,
+    MEASURED_COUNTER,
+    MEASURED_SAMPLED,
+    PROVENANCES,
+    UNAVAILABLE,
+    EnergyCounter,
+    EnergyMeter,
+    EnergyResult,
+    EnergySource,
+    EstimatedEnergy,
+    NvmlEnergyCounter,
+    NvmlPowerSampler,
+    PowerSampler,
+    RaplCounter,
+    SourceUnavailable,
+    default_energy_sources,
+    energy_j_per_1k_recs,
+    energy_j_per_step,
+    energy_metrics,
+    nvml_sources,
+    rapl_sources,
+    unavailable_energy,
+)
+from bench.meters.memory import (
+    DeviceMemoryMeter,
+    HostMemoryMeter,
+    jax_peak_fns,
+    torch_cuda_peak_fns,
+)
+from bench.meters.timing import (
+    SampleResult,
+    StepTimer,
+    TimingResult,
+    WarmupResult,
+    median_ci_indices,
+    summarize,
+)
+
+
+@contextlib.contextmanager
+def stacked(*meters: AbstractContextManager[Any]) -> Iterator[tuple[Any, ...]]:
+    """Enter meters in order in one ExitStack, exit them in reverse; yield what they entered.
+
+    Put the meter whose edges matter most (energy, with its device sync) last, so it sits
+    innermost and the others' start/stop work falls outside its window.
+    """
+    with contextlib.ExitStack() as stack:
+        yield tuple(stack.enter_context(m) for m in meters)
+
+
+__all__ = [
+    "ESTIMATED",
+    "MEASURED_COUNTER",
+    "MEASURED_SAMPLED",
+    "PROVENANCES",
+    "UNAVAILABLE",
+    "DeviceMemoryMeter",
+    "EnergyCounter",
+    "EnergyMeter",
+    "EnergyResult",
+    "EnergySource",
+    "EstimatedEnergy",
+    "HostMemoryMeter",
+    "NvmlEnergyCounter",
+    "NvmlPowerSampler",
+    "PowerSampler",
+    "RaplCounter",
+    "SampleResult",
+    "SourceUnavailable",
+    "StepTimer",
+    "TimingResult",
+    "WarmupResult",
+    "default_energy_sources",
+    "energy_j_per_1k_recs",
+    "energy_j_per_step",
+    "energy_metrics",
+    "jax_peak_fns",
+    "median_ci_indices",
+    "nvml_sources",
+    "rapl_sources",
+    "stacked",
+    "summarize",
+    "torch_cuda_peak_fns",
+    "unavailable_energy",
+]

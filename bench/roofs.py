@@ -1,0 +1,468 @@
+"""Measured machine roofs (dense GEMM FLOP/s per dtype, memory bandwidth) and datasheet peaks.
+
+Utilisation in a results file is analytic FLOPs / time against the GEMM roof measured in the
+same run (DESIGN.md "Measurement rules"), and, where the device is in ``DATASHEET_PEAKS``,
+against the vendor's dense peak too. The measured roof is the one to trust: datasheet peaks
+assume boost clocks that a power-capped part rarely holds.
+
+Method. GEMM: square ``n x n`` matmuls in the framework's default precision settings (so
+"fp32" on an Ampere+ GPU is TF32 wherever the framework allows it; the ``method`` string says
+which), 2 n^3 FLOPs each, a warm-up call (JAX compiles here), then the best of a few timed
+repetitions of k back-to-back calls, synchronised at both edges. On CPU, n doubles from 256 up
+to 2048 while the next size's call is predicted (8x the last) to take < 1 s, so slow dtypes
+stay quick; on GPU and TPU n = 8192. Bandwidth: a copy of a buffer larger than any cache
+(256 MiB on CPU, 1 GiB on an accelerator), counting bytes read + bytes written.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from recmodels.config import DTYPES
+from recmodels.errors import InputError
+
+FRAMEWORKS = ("torch", "jax")
+MiB = 2**20
+
+CPU_N_START, CPU_N_MAX = 256, 2048
+# Grow n (x2, so x8 the time) only while the next size's call is predicted under this: one
+# slow dtype (fp16 on most CPUs runs at ~1 GFLOP/s) must not cost seconds per call.
+CPU_NEXT_CALL_MAX_S = 1.0
+ACCEL_N = {"cuda": 8192, "tpu": 8192, "mps": 4096}
+BANDWIDTH_NBYTES = {"cpu": 256 * MiB, "cuda": 1024 * MiB, "tpu": 1024 * MiB, "mps": 512 * MiB}
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda|gpu|tpu|mps)(?::(\d+))?$")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``"cuda:1"`` -> ("cuda", 1); ``"gpu"`` is an alias of ``"cuda"``."""
+    m = _DEVICE_RE.match(str(device).strip().lower())
+    if not m:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda[:N], tpu[:N] or mps")
+    kind = "cuda" if m.group(1) == "gpu" else m.group(1)
+    return kind, int(m.group(2) or 0)
+
+
+def _check_framework(framework: str) -> None:
+    if framework not in FRAMEWORKS:
+        raise InputError(f"unknown framework {framework!r}; use one of {', '.join(FRAMEWORKS)}")
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+
+
+# A step is (call, sync): call() launches work and returns something; sync(out) blocks until
+# the device has finished it. Timing never measures async dispatch.
+Step = tuple[Callable[[], Any], Callable[[Any], None]]
+
+
+def _torch_setup(kind: str, index: int) -> tuple[Any, Any, Callable[[Any], None]]:
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch sees no CUDA device")
+        dev = torch.device("cuda", index)
+        return torch, dev, lambda _: torch.cuda.synchronize(dev)
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise RuntimeError("torch sees no MPS device")
+        return torch, torch.device("mps"), lambda _: torch.mps.synchronize()
+    if kind == "cpu":
+        return torch, torch.device("cpu"), lambda _: None  # eager CPU ops finish on return
+    raise RuntimeError(f"torch cannot run on {kind}")
+
+
+def _jax_device(kind: str, index: int) -> Any:
+    import jax
+
+    platform = {"cuda": "gpu"}.get(kind, kind)
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as e:
+        raise RuntimeError(f"jax has no {platform} backend: {e}") from e
+    return devices[index]
+
+
+def _torch_gemm(kind: str, index: int, dtype: str, n: int) -> Step:
+    torch, dev, sync = _torch_setup(kind, index)
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a = torch.randn(n, n, device=dev).to(tdtype)
+    b = torch.randn(n, n, device=dev).to(tdtype)
+    c = torch.empty(n, n, device=dev, dtype=tdtype)
+    return (lambda: torch.matmul(a, b, out=c)), sync
+
+
+def _jax_gemm(kind: str, index: int, dtype: str, n: int) -> Step:
+    import jax
+    import jax.numpy as jnp
+
+    jdtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}[dtype]
+    dev = _jax_device(kind, index)
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.device_put(jax.random.normal(ka, (n, n), jdtype), dev)
+    b = jax.device_put(jax.random.normal(kb, (n, n), jdtype), dev)
+    f = jax.jit(jnp.matmul)
+    return (lambda: f(a, b)), jax.block_until_ready
+
+
+def _torch_copy(kind: str, index: int, nbytes: int) -> Step:
+    torch, dev, sync = _torch_setup(kind, index)
+    src = torch.ones(nbytes // 4, device=dev, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    return (lambda: dst.copy_(src)), sync
+
+
+def _jax_copy(kind: str, index: int, nbytes: int) -> Step:
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.device_put(jnp.ones(nbytes // 4, jnp.float32), _jax_device(kind, index))
+    f = jax.jit(lambda v: v + 1.0)  # + 1 so XLA cannot elide the copy; reads and writes once
+    return (lambda: f(x)), jax.block_until_ready
+
+
+def _time_one(step: Step) -> float:
+    """Seconds for one warm call: a warm-up (compilation, allocation, page faults), then one."""
+    call, sync = step
+    sync(call())
+    t0 = time.perf_counter()
+    sync(call())
+    return max(time.perf_counter() - t0, 1e-9)
+
+
+def _best_call_s(
+    step: Step, min_time_s: float, repeats: int, one_s: float | None = None
+) -> tuple[float, int]:
+    """Seconds per call (best of ``repeats`` reps of k calls, k sized from one timed call).
+
+    ``one_s``: a warm single-call time already measured on this step (skips the warm-up).
+    """
+    call, sync = step
+    one = one_s if one_s is not None else _time_one(step)
+    k = max(1, math.ceil(min_time_s / repeats / one))
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(k):
+            out = call()
+        sync(out)  # in-order device queue: the last result done means all are
+        best = min(best, (time.perf_counter() - t0) / k)
+    return best, k
+
+
+def _gemm(
+    framework: str, device: str, dtype: str, n: int | None, min_time_s: float, repeats: int
+) -> tuple[float, str]:
+    _check_framework(framework)
+    _check_dtype(dtype)
+    kind, index = parse_device(device)
+    make = _torch_gemm if framework == "torch" else _jax_gemm
+    one_s: float | None = None
+    if n is None and kind == "cpu":
+        n = CPU_N_START
+        while True:  # grow n while a call is short: bigger GEMMs run nearer the peak
+            step = make(kind, index, dtype, n)
+            one_s = _time_one(step)
+            if 8 * one_s > CPU_NEXT_CALL_MAX_S or n >= CPU_N_MAX:
+                break
+            n *= 2
+    else:
+        n = n or ACCEL_N.get(kind, 4096)
+        step = make(kind, index, dtype, n)
+    s, k = _best_call_s(step, min_time_s, repeats, one_s)
+    method = f"{framework} matmul {n}x{n} {dtype} on {device}{_precision_note(framework, kind)}"
+    return 2 * n**3 / s, f"{method}, best of {repeats} reps x {k} calls"
+
+
+def _precision_note(framework: str, kind: str) -> str:
+    if framework == "torch" and kind == "cpu":
+        import torch
+
+        return f" ({torch.get_num_threads()} threads)"
+    if framework == "torch" and kind == "cuda":
+        import torch
+
+        return f" (tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} for fp32)"
+    if framework == "jax":
+        return " (jax default matmul precision)"
+    return ""
+
+
+def measure_gemm(
+    framework: str,
+    device: str,
+    dtype: str,
+    *,
+    n: int | None = None,
+    min_time_s: float = 0.3,
+    repeats: int = 3,
+) -> float:
+    """Dense GEMM throughput in FLOP/s (2 n^3 per matmul; n chosen per device when None).
+
+    Raises when the framework, device or dtype cannot run (measure_roofs turns that into a
+    null roof with a reason).
+    """
+    return _gemm(framework, device, dtype, n, min_time_s, repeats)[0]
+
+
+def _bandwidth(
+    framework: str, device: str, nbytes: int | None, min_time_s: float, repeats: int
+) -> tuple[float, str]:
+    _check_framework(framework)
+    kind, index = parse_device(device)
+    nbytes = nbytes or BANDWIDTH_NBYTES.get(kind, 256 * MiB)
+    make = _torch_copy if framework == "torch" else _jax_copy
+    s, k = _best_call_s(make(kind, index, nbytes), min_time_s, repeats)
+    what = "copy_" if framework == "torch" else "x + 1"
+    method = (
+        f"{framework} {what} of {nbytes // MiB} MiB fp32 on {device}, bytes read + written, "
+        f"best of {repeats} reps x {k} calls"
+    )
+    return 2 * (nbytes // 4) * 4 / s, method
+
+
+def measure_bandwidth(
+    framework: str,
+    device: str,
+    *,
+    nbytes: int | None = None,
+    min_time_s: float = 0.3,
+    repeats: int = 3,
+) -> float:
+    """Memory bandwidth in bytes/s: a copy of ``nbytes`` (bytes read + bytes written)."""
+    return _bandwidth(framework, device, nbytes, min_time_s, repeats)[0]
+
+
+def _short(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {line}"[:160]
+
+
+def measure_roofs(
+    devices: Sequence[str] = ("cpu",),
+    dtypes: Sequence[str] = ("fp32", "bf16"),
+    frameworks: Sequence[str] = ("torch",),
+    *,
+    min_time_s: float = 0.3,
+    repeats: int = 3,
+) -> dict[str, dict[str, Any]]:
+    """Roofs for a results header: ``{"<device>/<dtype>": {gemm_flops_per_s, mem_bytes_per_s,
+    method}}``, keys as given (``cpu/bf16``, ``cuda/fp32``).
+
+    Never raises for a device, framework or dtype that cannot run: its numbers are None and
+    ``reason`` says why. With several frameworks each number is the best of them (the
+    machine's roof) and ``by_framework`` keeps each framework's own.
+    Unknown names (a typo) are an InputError.
+    """
+    for fw in frameworks:
+        _check_framework(fw)
+    for dt in dtypes:
+        _check_dtype(dt)
+    for dev in devices:
+        parse_device(dev)
+
+    roofs: dict[str, dict[str, Any]] = {}
+    for device in devices:
+        per: dict[str, dict[str, dict[str, Any]]] = {dt: {} for dt in dtypes}
+        for fw in frameworks:
+            try:
+                bw, bw_method = _bandwidth(fw, device, None, min_time_s, repeats)
+                bw_error = None
+            except Exception as e:  # a roof that cannot be measured is null, never a crash
+                bw, bw_method, bw_error = None, None, _short(e)
+            for dt in dtypes:
+                try:
+                    gemm, gemm_method = _gemm(fw, device, dt, None, min_time_s, repeats)
+                    gemm_error = None
+                except Exception as e:
+                    gemm, gemm_method, gemm_error = None, None, _short(e)
+                entry: dict[str, Any] = {
+                    "gemm_flops_per_s": gemm,
+                    "mem_bytes_per_s": bw,
+                    "method": "; ".join(m for m in (gemm_method, bw_method) if m) or None,
+                }
+                if gemm_error and gemm_error == bw_error:  # e.g. the device is not there
+                    entry["reason"] = gemm_error
+                elif gemm_error or bw_error:
+                    parts = [("gemm", gemm_error), ("bandwidth", bw_error)]
+                    entry["reason"] = "; ".join(f"{k}: {v}" for k, v in parts if v)
+                per[dt][fw] = entry
+        for dt in dtypes:
+            roofs[f"{device}/{dt}"] = _combine(per[dt])
+    return roofs
+
+
+def _combine(by_fw: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if len(by_fw) == 1:
+        return next(iter(by_fw.values()))
+    entry: dict[str, Any] = {}
+    methods = []
+    for key in ("gemm_flops_per_s", "mem_bytes_per_s"):
+        got = [(v[key], fw) for fw, v in by_fw.items() if v[key] is not None]
+        entry[key] = max(got)[0] if got else None
+        if got:
+            methods.append(f"{key}: best of {', '.join(fw for _, fw in got)} ({max(got)[1]})")
+    entry["method"] = "; ".join(methods) or None
+    reasons = [f"{fw}: {v['reason']}" for fw, v in by_fw.items() if "reason" in v]
+    if reasons:
+        entry["reason"] = "; ".join(reasons)
+    entry["by_framework"] = by_fw
+    return entry
+
+
+# --- datasheet peaks ----------------------------------------------------------------------------
+
+T = 1e12
+# Dense (no 2:4 sparsity) per-chip peaks. NVIDIA datasheets print tensor-core figures "with
+# sparsity": the dense figure is half. "fp32" is the non-tensor-core FP32 rate; "tf32" is
+# what fp32 matmuls reach when TF32 is allowed. TPU docs give bf16 only.
+DATASHEET_PEAKS: dict[str, dict[str, Any]] = {
+    "NVIDIA H100 SXM": {
+        "flops_per_s": {
+            "fp32": 66.9 * T,
+            "tf32": 494.7 * T,
+            "bf16": 989.4 * T,
+            "fp16": 989.4 * T,
+            "fp8": 1978.9 * T,
+        },
+        "mem_bytes_per_s": 3.35 * T,
+        "source": (
+            "NVIDIA H100 Tensor Core GPU Architecture whitepaper (H100 SXM5 dense peaks), "
+            "https://resources.nvidia.com/en-us-tensor-core/gtc22-whitepaper-hopper; "
+            "HBM3 3.35 TB/s: NVIDIA H100 Tensor Core GPU datasheet, "
+            "https://www.nvidia.com/en-us/data-center/h100/"
+        ),
+    },
+    "NVIDIA H200 SXM": {
+        # Same GH100 compute as H100 SXM; the datasheet's 1,979 TFLOPS bf16 is with sparsity.
+        "flops_per_s": {
+            "fp32": 67.0 * T,
+            "tf32": 494.5 * T,
+            "bf16": 989.5 * T,
+            "fp16": 989.5 * T,
+            "fp8": 1979.0 * T,
+        },
+        "mem_bytes_per_s": 4.8 * T,
+        "source": (
+            "NVIDIA H200 Tensor Core GPU datasheet (H200 SXM; sparse figures halved), "
+            "https://www.nvidia.com/en-us/data-center/h200/"
+        ),
+    },
+    "NVIDIA A100 80GB SXM": {
+        "flops_per_s": {"fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
+        "mem_bytes_per_s": 2.039 * T,
+        "source": (
+            "NVIDIA A100 Tensor Core GPU datasheet (A100 80GB SXM, dense), "
+            "https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
+            "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf"
+        ),
+    },
+    "NVIDIA L4": {
+        "flops_per_s": {
+            "fp32": 30.3 * T,
+            "tf32": 60 * T,
+            "bf16": 121 * T,
+            "fp16": 121 * T,
+            "fp8": 242.5 * T,
+        },
+        "mem_bytes_per_s": 300e9,
+        "source": (
+            "NVIDIA L4 Tensor Core GPU datasheet (sparse figures halved), "
+            "https://www.nvidia.com/en-us/data-center/l4/"
+        ),
+    },
+    "TPU v4": {
+        "flops_per_s": {"bf16": 275 * T},
+        "mem_bytes_per_s": 1200e9,
+        "source": "Google Cloud TPU v4 docs, https://cloud.google.com/tpu/docs/v4",
+    },
+    "TPU v5e": {
+        "flops_per_s": {"bf16": 197 * T},
+        "mem_bytes_per_s": 819e9,  # a later revision of the page says "800 GiBps" (859 GB/s)
+        "source": "Google Cloud TPU v5e docs, https://cloud.google.com/tpu/docs/v5e",
+    },
+    "TPU v5p": {
+        "flops_per_s": {"bf16": 459 * T},
+        "mem_bytes_per_s": 2765e9,
+        "source": "Google Cloud TPU v5p docs, https://cloud.google.com/tpu/docs/v5p",
+    },
+    "TPU v6e": {
+        "flops_per_s": {"bf16": 918 * T},
+        "mem_bytes_per_s": 1638e9,
+        "source": "Google Cloud TPU v6e (Trillium) docs, https://cloud.google.com/tpu/docs/v6e",
+    },
+}
+
+# (pattern, key) over the lowercased device name (NVML name or jax device_kind), first match
+# wins. Variants with other clocks or memory (H100 PCIe/NVL, H200 NVL, A100 PCIe/40GB,
+# TPU v4 lite) deliberately match nothing: no number beats a wrong one.
+_NAME_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bh100\b(?!.*(pcie|nvl))(?=.*(sxm|hbm3))"), "NVIDIA H100 SXM"),
+    (re.compile(r"\bh200\b(?!.*nvl)"), "NVIDIA H200 SXM"),
+    (re.compile(r"\ba100\b(?=.*sxm)(?=.*\b80\s*gb)"), "NVIDIA A100 80GB SXM"),
+    (re.compile(r"\bl4\b"), "NVIDIA L4"),
+    (re.compile(r"\bv6\s*(e|lite)\b"), "TPU v6e"),
+    (re.compile(r"\bv5\s*(e|lite|litepod)\b"), "TPU v5e"),
+    (re.compile(r"\bv5\s*p?$|\bv5p\b"), "TPU v5p"),
+    (re.compile(r"\bv4\s*$"), "TPU v4"),
+)
+
+
+def datasheet_key(device_name: str) -> str | None:
+    """The DATASHEET_PEAKS key for an NVML GPU name or a jax TPU device_kind, or None."""
+    name = " ".join(str(device_name).lower().replace("-", " ").split())
+    for pattern, key in _NAME_RULES:
+        if pattern.search(name):
+            return key
+    return None
+
+
+def datasheet_peak(device_name: str, dtype: str) -> tuple[float, str] | None:
+    """(dense peak FLOP/s, source) for ``dtype`` on the named device, or None if not known.
+
+    Names as NVML or jax report them: "NVIDIA H200", "NVIDIA H100 80GB HBM3",
+    "NVIDIA A100-SXM4-80GB", "NVIDIA L4", "TPU v4", "TPU v5 lite", "TPU v5p", "TPU v6 lite".
+    """
+    key = datasheet_key(device_name)
+    if key is None:
+        return None
+    entry = DATASHEET_PEAKS[key]
+    flops = entry["flops_per_s"].get(dtype)
+    return (flops, entry["source"]) if flops is not None else None
+
+
+def datasheet_bandwidth(device_name: str) -> tuple[float, str] | None:
+    """(peak memory bandwidth in bytes/s, source) for the named device, or None."""
+    key = datasheet_key(device_name)
+    if key is None:
+        return None
+    entry = DATASHEET_PEAKS[key]
+    return entry["mem_bytes_per_s"], entry["source"]
+
+
+def datasheet_for_env(env: dict[str, Any], device: str) -> dict[str, Any] | None:
+    """The datasheet entry (plus ``name``) for ``device`` given an env fingerprint, or None.
+
+    ``cuda:N`` is looked up as ``env["gpus"][N]``, NVML's order: right unless
+    CUDA_VISIBLE_DEVICES reorders the GPUs (it is recorded in ``env["env_vars"]``).
+    """
+    kind, index = parse_device(device)
+    name: str | None = None
+    if kind == "cuda":
+        gpus = env.get("gpus") or []
+        name = gpus[index]["name"] if index < len(gpus) else None
+    elif kind == "tpu" and env.get("tpu"):
+        name = env["tpu"].get("device_kind")
+    key = datasheet_key(name) if name else None
+    return {"name": key, **DATASHEET_PEAKS[key]} if key else None

@@ -1,0 +1,285 @@
+"""GenRec configuration, named presets, and the analytic cost model.
+
+One frozen dataclass describes a model; everything the harness needs to know about a
+config's cost (parameter counts, FLOPs, bytes moved, memory) is computed here, once, from
+the config alone, so that both frameworks and every report agree on the same numbers.
+
+FLOP convention: one multiply-add = 2 FLOPs; matmuls and the attention score/value products
+are counted; norms, activations, softmax and embedding gathers are not (gathers are bytes).
+Backward = 2 x forward for every matmul (Kaplan et al. 2020, "Scaling Laws", sec. 2.1), so a
+training step is 3 x forward FLOPs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from recmodels.errors import InputError
+
+BLOCKS = ("sasrec", "hstu", "lstm")
+LOSSES = ("bce", "sampled_softmax", "full_softmax")
+DTYPES = ("fp32", "bf16", "fp16")
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+class ConfigError(InputError):
+    """An impossible or unknown configuration value."""
+
+
+@dataclass(frozen=True)
+class GenRecConfig:
+    d_model: int = 50  # width of item/position embeddings and of every block
+    n_layer: int = 2  # number of blocks (LSTM layers for block="lstm")
+    n_head: int = 1  # attention heads (sasrec, hstu); d_model must divide evenly
+    d_ff: int = 50  # hidden width of the point-wise FFN (sasrec only)
+    seq_len: int = 50  # T: the most recent T items of a user are the input
+    catalog_size: int = 10_000  # C: item ids are 1..C, 0 is padding
+    block: str = "sasrec"  # "sasrec" | "hstu" | "lstm"
+    loss: str = "bce"  # "bce" | "sampled_softmax" | "full_softmax"
+    n_neg: int = 1  # sampled negatives per position (bce: SASRec uses 1)
+    temperature: float = 1.0  # logit divisor for sampled_softmax
+    dropout: float = 0.2  # embedding, attention and residual dropout
+    param_dtype: str = "fp32"  # storage dtype of parameters (and optimizer state)
+    compute_dtype: str = "fp32"  # dtype of matmuls: "fp32" | "bf16" | "fp16" (mixed precision)
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layer", "n_head", "d_ff", "seq_len", "catalog_size", "n_neg"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.block not in BLOCKS:
+            raise ConfigError(f"unknown block {self.block!r}: choose one of {', '.join(BLOCKS)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        for name in ("param_dtype", "compute_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(
+                    f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(DTYPES)}"
+                )
+        if self.block != "lstm" and self.d_model % self.n_head:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_head={self.n_head}: "
+                "pick a head count that divides d_model"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def negatives(self) -> int:
+        """Sampled negatives per position the loss actually uses (0 for full softmax)."""
+        return 0 if self.loss == "full_softmax" else self.n_neg
+
+    def replace(self, **changes) -> GenRecConfig:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+# The ladder the harness sweeps. `tiny` is the SASRec paper's model (Kang & McAuley 2018:
+# d=50, 2 blocks, 1 head, maxlen 50, dropout 0.5 on Amazon data). The others follow the GPT
+# shape (d_ff = 4d) with catalogs of production-like size; `xl` is ~1B parameters
+# (0.68B dense + 0.31B embedding) with a 200k catalog.
+PRESETS: dict[str, GenRecConfig] = {
+    "tiny": GenRecConfig(d_model=50, n_layer=2, n_head=1, d_ff=50, seq_len=50,
+                         catalog_size=23_715, dropout=0.5),
+    "small": GenRecConfig(d_model=256, n_layer=4, n_head=4, d_ff=1024, seq_len=200,
+                          catalog_size=100_000, dropout=0.2),
+    "base": GenRecConfig(d_model=512, n_layer=8, n_head=8, d_ff=2048, seq_len=200,
+                         catalog_size=100_000, dropout=0.1),
+    "large": GenRecConfig(d_model=1024, n_layer=16, n_head=16, d_ff=4096, seq_len=512,
+                          catalog_size=200_000, dropout=0.1),
+    "xl": GenRecConfig(d_model=1536, n_layer=24, n_head=16, d_ff=6144, seq_len=512,
+                       catalog_size=200_000, dropout=0.1),
+}
+
+
+def preset(name: str, **overrides) -> GenRecConfig:
+    """A named preset with optional field overrides (catalog_size, seq_len, block, ...)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+# ---------------------------------------------------------------------------------------
+# Analytic cost. Everything below is a pure function of (config, batch size, workload).
+
+
+def params_embedding(cfg: GenRecConfig) -> int:
+    """Item table (C+1 rows, row 0 = padding) plus learned positions (attention blocks)."""
+    positions = 0 if cfg.block == "lstm" else cfg.seq_len * cfg.d_model
+    return (cfg.catalog_size + 1) * cfg.d_model + positions
+
+
+def params_dense(cfg: GenRecConfig) -> int:
+    """Every parameter outside the embedding tables (the output layer is tied: no extra)."""
+    d, f = cfg.d_model, cfg.d_ff
+    ln = 2 * d
+    if cfg.block == "sasrec":
+        # ln1, qkv (3d x d + 3d), proj (d x d + d), ln2, fc1 (f x d + f), fc2 (d x f + d)
+        per_block = ln + (3 * d * d + 3 * d) + (d * d + d) + ln + (f * d + f) + (d * f + d)
+    elif cfg.block == "hstu":
+        # ln_in, uvqk (4d x d + 4d), relative bias table (2T-1), ln_attn, out (d x d + d)
+        per_block = ln + (4 * d * d + 4 * d) + (2 * cfg.seq_len - 1) + ln + (d * d + d)
+    else:
+        # torch.nn.LSTM layout: weight_ih (4d x d), weight_hh (4d x d), two 4d biases
+        per_block = 2 * (4 * d * d) + 2 * (4 * d)
+    return cfg.n_layer * per_block + ln  # + final LayerNorm
+
+
+def params_total(cfg: GenRecConfig) -> int:
+    return params_dense(cfg) + params_embedding(cfg)
+
+
+def _trunk_flops_per_token(cfg: GenRecConfig) -> int:
+    """Forward FLOPs of all blocks for one position of a length-T sequence."""
+    d, f, t = cfg.d_model, cfg.d_ff, cfg.seq_len
+    if cfg.block == "sasrec":
+        # qkv 6d^2 + proj 2d^2 + FFN 4df; QK^T and AV over all T keys: 2*2*T*d. The causal
+        # mask halves the useful work, but dense kernels (and torch's flop counter) do all T.
+        per_layer = 8 * d * d + 4 * d * f + 4 * t * d
+    elif cfg.block == "hstu":
+        # uvqk 8d^2 + out 2d^2 + QK^T and AV 4Td (HSTU, Zhai et al. 2024, eq. 1-3)
+        per_layer = 10 * d * d + 4 * t * d
+    else:
+        # input and recurrent matmuls: 2 * (d x 4d) each
+        per_layer = 16 * d * d
+    return cfg.n_layer * per_layer
+
+
+def _head_flops_train_per_token(cfg: GenRecConfig) -> int:
+    """Forward FLOPs of the tied output layer for one training position, by loss."""
+    if cfg.loss == "full_softmax":
+        return 2 * cfg.d_model * (cfg.catalog_size + 1)
+    return 2 * cfg.d_model * (1 + cfg.n_neg)  # the positive and its sampled negatives
+
+
+def flops_forward(cfg: GenRecConfig, batch_size: int, workload: str = "train") -> int:
+    """Forward FLOPs for one batch.
+
+    train: the trunk over B x T positions and the training loss head at every position.
+    infer: the trunk over B x T positions, then the last position scored against the whole
+    catalog (C+1 columns, padding included as the kernels compute it).
+    """
+    tokens = batch_size * cfg.seq_len
+    trunk = tokens * _trunk_flops_per_token(cfg)
+    if workload == "train":
+        return trunk + tokens * _head_flops_train_per_token(cfg)
+    if workload == "infer":
+        return trunk + batch_size * 2 * cfg.d_model * (cfg.catalog_size + 1)
+    raise ConfigError(f"unknown workload {workload!r}: choose train or infer")
+
+
+def flops_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train") -> int:
+    """FLOPs of one benchmark step: forward + backward (2x) for train, forward for infer."""
+    fwd = flops_forward(cfg, batch_size, workload)
+    return 3 * fwd if workload == "train" else fwd
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Analytic memory of one step, in bytes. An estimate, not a measurement."""
+
+    weights_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes
+
+
+def _activation_elems_per_token(cfg: GenRecConfig) -> int:
+    """Tensors autograd keeps per position and layer (counted in elements)."""
+    d, f, t, h = cfg.d_model, cfg.d_ff, cfg.seq_len, cfg.n_head
+    if cfg.block == "sasrec":
+        # ln1 in/out, q k v, attention out, proj out, ln2 in/out, fc1 out, gelu out, and the
+        # T x T probabilities per head of the unfused path (fused kernels keep none of them)
+        return 8 * d + 2 * f + h * t
+    if cfg.block == "hstu":
+        # ln_in, uvqk pre/post SiLU (8d), scores pre/post SiLU per head (2hT), AV, LN(AV),
+        # the gated product, out
+        return 13 * d + 2 * h * t
+    return 10 * d  # per step: input, 4 gates pre/post nonlinearity, c, h
+
+
+def memory_estimate(cfg: GenRecConfig, batch_size: int, workload: str = "train",
+                    optimizer: str = "adam") -> MemoryEstimate:
+    """Peak memory of one step: weights, gradients, optimizer state and activations.
+
+    Training keeps fp32 master weights, grads and Adam's two moments (16 bytes/param); the
+    activations of all layers are held for backward, plus the loss head's logits (and their
+    gradient). Inference holds one layer's activations at a time and the B x (C+1) scores.
+    """
+    n = params_total(cfg)
+    p_bytes = DTYPE_BYTES[cfg.param_dtype]
+    a_bytes = DTYPE_BYTES[cfg.compute_dtype]
+    tokens = batch_size * cfg.seq_len
+    weights = n * p_bytes
+    if cfg.compute_dtype != cfg.param_dtype:
+        weights += n * a_bytes  # the low-precision copy made for the matmuls
+    if workload == "infer":
+        acts = tokens * _activation_elems_per_token(cfg) * a_bytes
+        scores = batch_size * (cfg.catalog_size + 1) * 4
+        return MemoryEstimate(weights, 0, 0, acts + scores)
+    if workload != "train":
+        raise ConfigError(f"unknown workload {workload!r}: choose train or infer")
+    grads = n * p_bytes
+    opt_state = {"adam": 2, "sgd": 0}.get(optimizer)
+    if opt_state is None:
+        raise ConfigError(f"unknown optimizer {optimizer!r}: choose adam or sgd")
+    acts = cfg.n_layer * tokens * _activation_elems_per_token(cfg) * a_bytes
+    acts += tokens * 2 * cfg.d_model * a_bytes  # embedding sum and final LN
+    if cfg.loss == "full_softmax":
+        acts += tokens * (cfg.catalog_size + 1) * 4 * 2  # fp32 logits and their gradient
+    else:
+        acts += tokens * (1 + cfg.n_neg) * (cfg.d_model + 2) * a_bytes  # gathered rows, logits
+    return MemoryEstimate(weights, grads, n * p_bytes * opt_state, acts)
+
+
+def bytes_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train",
+                   optimizer: str = "adam") -> int:
+    """Minimum DRAM traffic of one step, in bytes: an estimate for roofline plots.
+
+    Each weight is read once per forward (and once more in backward); training also writes
+    the gradient and reads/writes parameter and optimizer state once in the update (dense
+    Adam touches the whole item table every step). Activations are written once and read
+    once; the scores/logits of the output layer likewise.
+    """
+    mem = memory_estimate(cfg, batch_size, workload, optimizer)
+    if workload == "infer":
+        return mem.weights_bytes + 2 * mem.activations_bytes
+    update = 2 * (mem.weights_bytes + mem.optimizer_bytes) + mem.grads_bytes
+    return 2 * mem.weights_bytes + mem.grads_bytes + update + 2 * mem.activations_bytes
+
+
+def describe(cfg: GenRecConfig, batch_size: int = 128) -> dict:
+    """The analytic cost summary the CLI and the harness print (all values analytic)."""
+    return {
+        "params_dense": params_dense(cfg),
+        "params_embedding": params_embedding(cfg),
+        "params_total": params_total(cfg),
+        "flops_forward_train": flops_forward(cfg, batch_size, "train"),
+        "flops_train_step": flops_per_step(cfg, batch_size, "train"),
+        "flops_infer_step": flops_per_step(cfg, batch_size, "infer"),
+        "est_mem_train_bytes": memory_estimate(cfg, batch_size, "train").total_bytes,
+        "est_mem_infer_bytes": memory_estimate(cfg, batch_size, "infer").total_bytes,
+        "batch_size": batch_size,
+    }
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M' (SI prefixes), for tables."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{prefix}{unit}"
+    return f"{n:.3g}{unit}" if not float(n).is_integer() else f"{int(n)}{unit}"
+

@@ -1,0 +1,215 @@
+"""The framework-neutral train / evaluate loop behind `recbench train`.
+
+Both frameworks are driven through the same `Engine` API (torch_model.Engine,
+jax_model.Engine), so the loop, the data and the metrics are shared and only the model
+code differs. The protocol is SASRec's: leave-one-out, evaluation of the last item against
+100 sampled negatives on at most 10,000 users (or the whole catalog with `eval="full"`),
+and the most-popular-items baseline on the same users and candidates so that learning is
+visible.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from recmodels import data as D
+from recmodels import metrics as M
+from recmodels.config import GenRecConfig, preset
+from recmodels.errors import InputError
+
+FRAMEWORKS = ("torch", "jax")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "tpu", "mps")
+EVAL_PROTOCOLS = ("sampled", "full")
+PAPER_EPOCHS = 200  # SASRec trains ~200 epochs on its datasets
+SYNTHETIC_EPOCHS = 8
+
+
+@dataclass
+class TrainOptions:
+    framework: str = "torch"
+    preset: str = "tiny"
+    dataset: str = "synthetic"
+    epochs: int | None = None  # None: PAPER_EPOCHS for registry data, else SYNTHETIC_EPOCHS
+    batch_size: int = 128
+    lr: float = 1e-3
+    precision: str = "fp32"
+    optimizer: str = "adam"
+    seed: int = 0
+    device: str = "auto"
+    eval: str = "sampled"
+    eval_users: int = 10_000  # SASRec evaluates on a random 10,000 users when there are more
+    overrides: dict = field(default_factory=dict)  # GenRecConfig fields (block, loss, seq_len...)
+
+    def validate(self) -> None:
+        checks = [("framework", FRAMEWORKS), ("precision", PRECISIONS), ("device", DEVICES),
+                  ("eval", EVAL_PROTOCOLS), ("optimizer", ("adam", "sgd"))]
+        for name, allowed in checks:
+            value = getattr(self, name)
+            base = value.split(":")[0] if name == "device" else value
+            if base not in allowed:
+                raise InputError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+        for name in ("batch_size", "eval_users"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise InputError(f"epochs must be a positive integer, got {self.epochs}")
+        if not self.lr > 0:
+            raise InputError(f"lr must be > 0, got {self.lr}")
+
+
+def resolve_device(framework: str, device: str) -> str:
+    """'auto' -> the best device the framework sees; a named device must exist."""
+    kind = device.split(":")[0]
+    if framework == "torch":
+        import torch
+
+        have = {"cpu": True, "cuda": torch.cuda.is_available(),
+                "mps": torch.backends.mps.is_available(), "tpu": False}
+        if kind == "auto":
+            return "cuda" if have["cuda"] else "mps" if have["mps"] else "cpu"
+    else:
+        import jax
+
+        backend = jax.default_backend()  # "cpu" | "gpu" | "tpu"
+        have = {"cpu": True, "cuda": backend == "gpu", "tpu": backend == "tpu", "mps": False}
+        if kind == "auto":
+            return {"gpu": "cuda", "tpu": "tpu"}.get(backend, "cpu")
+    if not have.get(kind, False):
+        raise InputError(f"device {device!r} is not available to {framework} on this machine: "
+                         "use --device auto or cpu")
+    return device
+
+
+def make_engine(framework: str, cfg: GenRecConfig, *, device: str, seed: int = 0,
+                optimizer: str = "adam", lr: float = 1e-3, precision: str = "fp32"):
+    """An Engine of either framework; `precision` tf32 allows TF32 for fp32 matmuls."""
+    if framework == "torch":
+        from recmodels.torch_model import Engine
+    else:
+        from recmodels.jax_model import Engine
+    return Engine(cfg, seed=seed, optimizer=optimizer, lr=lr, device=device,
+                  matmul_precision="tf32" if precision == "tf32" else "highest")
+
+
+def compute_dtype(precision: str) -> str:
+    """Training precision -> the model's matmul dtype (tf32 keeps fp32 storage)."""
+    return {"bf16": "bf16", "fp16": "fp16"}.get(precision, "fp32")
+
+
+def evaluate(engine, split: D.Split, which: str, *, protocol: str, batch_size: int,
+             max_users: int, seed: int, pop: np.ndarray | None = None) -> dict:
+    """HR/NDCG@10 (and classification metrics for the sampled protocol) of the engine, and
+    of the most-popular baseline when `pop` is given, on the same users and candidates."""
+    cfg = engine.cfg
+    model_acc, pop_acc = M.RankAccumulator(), M.RankAccumulator()
+    for b in D.eval_batches(split, which, seq_len=cfg.seq_len, batch_size=max(batch_size, 256),
+                            seed=seed, max_users=max_users):
+        if protocol == "sampled":
+            model_acc.add_sampled(engine.score_candidates(b["seq"], b["candidates"]))
+            if pop is not None:
+                pop_acc.add_sampled(pop[b["candidates"]].astype(np.float64))
+        else:
+            indptr, indices = D.seen_items(split, b["user"], which)
+            model_acc.add_full(engine.score_catalog(b["seq"]), b["target"], indptr, indices)
+            if pop is not None:
+                pop_scores = np.broadcast_to(pop.astype(np.float64), (len(b["target"]), len(pop)))
+                pop_acc.add_full(pop_scores, b["target"], indptr, indices)
+    out = {"model": model_acc.result(ks=(10,)), "n_users": len(model_acc)}
+    if pop is not None:
+        out["popularity"] = pop_acc.result(ks=(10,))
+    return out
+
+
+def _short(m: dict) -> dict:
+    return {k: m[k] for k in ("hr@10", "ndcg@10") if k in m}
+
+
+def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
+          progress: bool | None = None, return_engine: bool = False):
+    """Train on the dataset's leave-one-out split, evaluate, and return the result object
+    (and the trained engine when `return_engine`)."""
+    opts.validate()
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    device = resolve_device(opts.framework, opts.device)
+    t0 = time.perf_counter()
+    data = D.load(opts.dataset)
+    split = D.leave_one_out(data)
+    cfg = preset(opts.preset, **{"catalog_size": data.n_items,
+                                 "compute_dtype": compute_dtype(opts.precision),
+                                 **opts.overrides})
+    if cfg.catalog_size < data.n_items:
+        raise InputError(f"catalog_size {cfg.catalog_size} is smaller than the dataset's "
+                         f"{data.n_items} items: drop the catalog_size override")
+    engine = make_engine(opts.framework, cfg, device=device, seed=opts.seed,
+                         optimizer=opts.optimizer, lr=opts.lr, precision=opts.precision)
+    epochs = opts.epochs or (PAPER_EPOCHS if opts.dataset in D.REGISTRY else SYNTHETIC_EPOCHS)
+    n_batches = D.n_train_batches(split, opts.batch_size)
+    st = data.stats()
+    log(f"{opts.framework} {opts.preset} ({cfg.block}, {cfg.loss}, {opts.precision}) on "
+        f"{data.name}: {st['users']} users, {st['items']} items, {st['actions']} actions; "
+        f"{epochs} epochs x {n_batches} batches of {opts.batch_size} on {device}")
+    use_bar = sys.stderr.isatty() if progress is None else progress
+
+    epoch_s, history, n_seqs = [], [], 0
+    for epoch in range(1, epochs + 1):
+        batches = D.train_batches(split, seq_len=cfg.seq_len, batch_size=opts.batch_size,
+                                  n_neg=cfg.n_neg, seed=opts.seed * 100_003 + epoch)
+        if use_bar:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{epochs}",
+                           leave=False, file=sys.stderr)
+        start = time.perf_counter()
+        losses, n_seqs = [], 0
+        for batch in batches:
+            losses.append(engine.train_step(batch))  # stays on the device: no sync per step
+            n_seqs += len(batch["seq"])
+        loss = float(np.mean([float(x) for x in engine.sync(losses)]))
+        epoch_s.append(time.perf_counter() - start)
+        history.append({"epoch": epoch, "loss": loss, "seconds": epoch_s[-1]})
+        log(f"epoch {epoch}/{epochs}  loss {loss:.4f}  {epoch_s[-1]:.2f} s  "
+            f"{n_seqs / epoch_s[-1]:,.0f} seq/s")
+
+    # The first epoch includes JIT/graph warm-up; steady-state speed is over the rest.
+    steady = epoch_s[1:] or epoch_s
+    sec_per_epoch = float(np.mean(steady))
+    pop = D.popularity(split)
+    kw = {"protocol": opts.eval, "batch_size": opts.batch_size, "max_users": opts.eval_users}
+    valid = evaluate(engine, split, "valid", seed=opts.seed + 1, **kw)
+    test = evaluate(engine, split, "test", seed=opts.seed + 2, pop=pop, **kw)
+    log(f"valid hr@10 {valid['model']['hr@10']:.4f} ndcg@10 {valid['model']['ndcg@10']:.4f} | "
+        f"test hr@10 {test['model']['hr@10']:.4f} ndcg@10 {test['model']['ndcg@10']:.4f} | "
+        f"popularity test hr@10 {test['popularity']['hr@10']:.4f}")
+    test_keys = ("hr@10", "ndcg@10", "auc", "accuracy", "precision", "recall", "f1")
+    result = {
+        "framework": opts.framework,
+        "preset": opts.preset,
+        "dataset": data.name,
+        "device": device,
+        "precision": opts.precision,
+        "optimizer": opts.optimizer,
+        "seed": opts.seed,
+        "epochs": epochs,
+        "batch_size": opts.batch_size,
+        "seconds_per_epoch": sec_per_epoch,
+        "first_epoch_s": epoch_s[0],
+        "sequences_per_s": n_seqs / sec_per_epoch,
+        "speed_note": "wall time of the training loop incl. batch sampling, mean over epochs "
+                      "after the first (which includes compilation); evaluation excluded",
+        "eval_protocol": f"{opts.eval}" + ("-100" if opts.eval == "sampled" else ""),
+        "eval_users": test["n_users"],
+        "valid": _short(valid["model"]),
+        "test": {k: test["model"][k] for k in test_keys if k in test["model"]},
+        "popularity": {"test": _short(test["popularity"])},
+        "dataset_stats": st,
+        "config": asdict(cfg),
+        "history": history,
+        "total_s": time.perf_counter() - t0,
+    }
+    return (result, engine) if return_engine else result

@@ -1,0 +1,140 @@
+"""The config's validation and the analytic cost model, checked against independent counters."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from recmodels import config as C
+from recmodels import jax_model as jm
+from recmodels import torch_model as tm
+from recmodels.errors import InputError
+
+
+def test_tiny_is_the_sasrec_paper_model():
+    cfg = C.PRESETS["tiny"]
+    assert (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_ff, cfg.seq_len) == (50, 2, 1, 50, 50)
+    assert cfg.dropout == 0.5 and cfg.loss == "bce" and cfg.n_neg == 1
+
+
+def test_ladder_grows_and_xl_is_about_one_billion_parameters():
+    sizes = [C.params_total(C.PRESETS[n]) for n in ("tiny", "small", "base", "large", "xl")]
+    assert sizes == sorted(sizes)
+    assert 0.9e9 < sizes[-1] < 1.1e9
+    assert C.PRESETS["xl"].catalog_size == 200_000
+
+
+@pytest.mark.parametrize("block", C.BLOCKS)
+def test_param_counts_equal_both_implementations(block):
+    cfg = C.preset("small", block=block, catalog_size=777, seq_len=33)
+    n_torch = sum(p.numel() for p in tm.GenRec(cfg).parameters())
+    n_jax = sum(v.size for v in jm.init_params(cfg, jax.random.key(0)).values())
+    assert n_torch == n_jax == C.params_total(cfg)
+    positions = 0 if block == "lstm" else cfg.seq_len * cfg.d_model
+    emb = (cfg.catalog_size + 1) * cfg.d_model + positions
+    assert C.params_embedding(cfg) == emb
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(d_model=50, n_head=3), "not divisible by n_head"),
+    (dict(block="mamba"), "unknown block"),
+    (dict(loss="hinge"), "unknown loss"),
+    (dict(compute_dtype="fp8"), "unknown compute_dtype"),
+    (dict(n_layer=0), "n_layer must be a positive integer"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_impossible_configs_are_input_errors(bad, match):
+    with pytest.raises(InputError, match=match):
+        C.GenRecConfig(**bad)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(InputError, match=r"unknown preset 'huge'.*tiny"):
+        C.preset("huge")
+    with pytest.raises(InputError, match="unknown config field"):
+        C.preset("tiny", widht=3)
+
+
+def _torch_forward_flops(cfg, batch_size):
+    """Forward FLOPs of loss_fn counted by torch's FlopCounterMode. SDPA runs on its math
+    backend here: the counter has no formula for the fused CPU kernel, only for the bmm's
+    the math backend decomposes into."""
+    torch.manual_seed(0)
+    model = tm.GenRec(cfg)
+    shape = (batch_size, cfg.seq_len)
+    batch = {"seq": torch.randint(1, cfg.catalog_size, shape),
+             "pos": torch.randint(1, cfg.catalog_size, shape),
+             "neg": torch.randint(1, cfg.catalog_size, (*shape, cfg.n_neg))}
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        tm.loss_fn(model, batch)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", ["small", "base"])
+@pytest.mark.parametrize("block", ["sasrec", "hstu"])
+@pytest.mark.parametrize("loss", C.LOSSES)
+def test_forward_flops_match_torch_flop_counter(name, block, loss):
+    cfg = C.preset(name, block=block, loss=loss, catalog_size=3000, seq_len=32, n_neg=8)
+    counted = _torch_forward_flops(cfg, batch_size=2)
+    analytic = C.flops_forward(cfg, 2, "train")
+    assert analytic == pytest.approx(counted, rel=0.10)
+
+
+@pytest.mark.parametrize("block", C.BLOCKS)
+def test_forward_flops_match_xla_cost_analysis(block, monkeypatch):
+    # XLA's cost analysis counts a while loop's body once, so the LSTM's time loop is
+    # unrolled for the count; torch's counter cannot see the fused CPU LSTM kernel at all.
+    monkeypatch.setattr(jm.jax.lax, "scan", partial(jax.lax.scan, unroll=True))
+    cfg = C.preset("small", block=block, loss="full_softmax", catalog_size=3000, seq_len=32)
+    params = jm.init_params(cfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = {k: jnp.asarray(rng.integers(1, 3000, (2, 32, 1) if k == "neg" else (2, 32)),
+                            jnp.int32) for k in ("seq", "pos", "neg")}
+    cost = jax.jit(partial(jm.loss_fn, cfg=cfg)).lower(params, batch=batch).compile()
+    analysis = cost.cost_analysis()
+    counted = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    # XLA also counts element-wise work (norms, activations, softmax): a few % above.
+    assert C.flops_forward(cfg, 2, "train") == pytest.approx(counted, rel=0.10)
+
+
+def test_train_step_is_three_forwards_and_infer_scores_the_catalog():
+    cfg = C.PRESETS["small"]
+    assert C.flops_per_step(cfg, 64, "train") == 3 * C.flops_forward(cfg, 64, "train")
+    head = 64 * 2 * cfg.d_model * (cfg.catalog_size + 1)
+    trunk = C.flops_forward(cfg.replace(catalog_size=1), 64, "infer") - 64 * 2 * cfg.d_model * 2
+    assert C.flops_per_step(cfg, 64, "infer") == trunk + head
+    with pytest.raises(InputError, match="unknown workload"):
+        C.flops_forward(cfg, 1, "serve")
+
+
+def test_memory_estimate_counts_adam_state_and_grows_with_batch():
+    cfg = C.PRESETS["base"]
+    n = C.params_total(cfg)
+    small, large = C.memory_estimate(cfg, 8), C.memory_estimate(cfg, 64)
+    assert small.weights_bytes == small.grads_bytes == 4 * n
+    assert small.optimizer_bytes == 8 * n
+    assert large.activations_bytes == pytest.approx(8 * small.activations_bytes, rel=1e-6)
+    infer = C.memory_estimate(cfg, 8, "infer")
+    assert infer.grads_bytes == infer.optimizer_bytes == 0 and infer.total_bytes < small.total_bytes
+    sgd = C.memory_estimate(cfg, 8, optimizer="sgd")
+    assert sgd.optimizer_bytes == 0
+    full = C.memory_estimate(cfg.replace(loss="full_softmax"), 8)
+    assert full.activations_bytes - small.activations_bytes > 8 * cfg.seq_len * cfg.catalog_size * 4
+
+
+def test_bytes_per_step_is_at_least_the_weights():
+    for workload in ("train", "infer"):
+        cfg = C.PRESETS["small"]
+        weights = C.memory_estimate(cfg, 32, workload).weights_bytes
+        assert C.bytes_per_step(cfg, 32, workload) > weights
+
+
+def test_human():
+    assert C.human(1_234_567) == "1.23M"
+    assert C.human(999) == "999"
+    assert C.human(2.5e12, "FLOP") == "2.5TFLOP"
