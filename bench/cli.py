@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 
+from recmodels.config import human
 from recmodels.errors import InputError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -177,6 +178,84 @@ def _download_bar() -> Callable[[int, int], None]:
     return update
 
 
+# --- env and run -------------------------------------------------------------------------
+
+
+def cmd_env(args) -> int:
+    from bench.envinfo import fingerprint, format_env
+    from bench.roofs import measure_roofs
+
+    env = fingerprint()
+    devices = ["cpu"] + (["cuda"] if env.get("gpus") else [])
+    roofs = {} if args.no_roofs else measure_roofs(devices, ("fp32", "bf16"))
+    if args.json:
+        _print_json({"env": env, "roofs": roofs})
+        return EXIT_OK
+    print(format_env(env))
+    for key, r in roofs.items():
+        gemm, bw = r.get("gemm_flops_per_s"), r.get("mem_bytes_per_s")
+        print(f"roof {key:10s} GEMM {human(gemm, 'FLOP/s') if gemm else 'n/a':>13s}  "
+              f"bandwidth {human(bw, 'B/s') if bw else 'n/a':>10s}  "
+              f"({r.get('method') or r.get('reason')})")
+    return EXIT_OK
+
+
+def _device_resolver(hardware):
+    """'auto' in a suite -> the device each framework should use on this machine."""
+    import platform
+
+    def resolve(framework: str) -> str:
+        if hardware.n_gpus:
+            return "cuda"
+        if framework == "jax" and hardware.tpu:
+            return "tpu"
+        if framework == "torch" and platform.system() == "Darwin" and platform.machine() == "arm64":
+            return "mps"
+        return "cpu"
+
+    return resolve
+
+
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    from bench.envinfo import fingerprint
+    from bench.runner import find_latest, run_suite, summary_table
+    from bench.suite import detect_hardware, load_suite
+
+    hardware = detect_hardware()
+    overrides = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
+    suite = load_suite(args.suite, overrides=overrides, device_resolver=_device_resolver(hardware),
+                       hardware=hardware)
+    if args.dry_run:
+        for p in suite.points:
+            print(f"{p.id}  {p.label()}")
+        print(f"{len(suite.points)} points in suite {suite.name!r}")
+        return EXIT_OK
+    env = fingerprint()
+    out = Path(args.out)
+    resume = None
+    if args.resume:
+        resume = (find_latest(out, env["machine_id"], suite.name) if args.resume == "latest"
+                  else Path(args.resume))
+    _err(f"suite {suite.name!r}: {len(suite.points)} points"
+         + (f" ({suite.description})" if suite.description else ""))
+    outcome = run_suite(suite, out_dir=out, env=env, resume=resume,
+                        roofs={} if args.no_roofs else None)
+    if args.json:
+        _print_json({"results": str(outcome.path), "counts": dict(outcome.counts),
+                     "interrupted": outcome.interrupted})
+    else:
+        print(summary_table([*outcome.previous, *outcome.records]))
+        print(f"results: {outcome.path}")
+    if outcome.interrupted:
+        _err(f"interrupted: {len(outcome.previous) + len(outcome.records)} of "
+             f"{len(suite.points)} points recorded; continue with: recbench run --suite "
+             f"{args.suite} --resume {outcome.path}")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -226,6 +305,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", nargs="?", help="registry name, synthetic name, or a file path")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data)
+
+    e = sub.add_parser("env", help="environment fingerprint and measured roofs")
+    e.add_argument("--no-roofs", action="store_true", help="skip the GEMM/bandwidth measurement")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_env)
+
+    r = sub.add_parser("run", help="run a benchmark suite")
+    r.add_argument("--suite", default="auto",
+                   help="auto (picked for this hardware) | a name in bench/suites | a .toml path")
+    r.add_argument("--device", help="run every point on this device (cpu, cuda, cuda:1, tpu, mps)")
+    r.add_argument("--out", default="results", help="results directory (default: results)")
+    r.add_argument("--resume", nargs="?", const="latest", metavar="FILE",
+                   help="run only the points with no record in FILE (default: the newest "
+                        "results file of this machine and suite)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a suite field, e.g. measure.min_time_s=0.2 or batch_size=64,128")
+    r.add_argument("--no-roofs", action="store_true", help="do not measure roofs (no utilisation)")
+    r.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
 
     return p
 

@@ -197,7 +197,7 @@ class Point:
         return tuple((k, v) for k, v in self.to_dict().items() if k not in ("batch_size", "preset"))
 
     def dominated_by(self, oom: Point) -> bool:
-        """True if `oom` ran out of memory and is no bigger than self on the same line."""
+        """Whether an OOM at `oom` predicts one here: same line, batch and params no smaller."""
         return (oom.line_key() == self.line_key() and oom.batch_size <= self.batch_size
                 and oom.params_total <= self.params_total)
 
@@ -206,7 +206,7 @@ class Point:
         parts = [self.framework, self.workload, f"{self.preset}/{self.block}",
                  f"C={human(self.catalog_size)}", f"T={self.seq_len}", f"B={self.batch_size}",
                  self.precision, self.device]
-        if self.workload == "train" and self.loss != "bce":
+        if self.loss != "bce":
             parts.append(self.loss + (f":{self.n_neg}" if self.loss == "sampled_softmax" else ""))
         elif self.n_neg != DEFAULT_N_NEG[self.loss]:
             parts.append(f"neg={self.n_neg}")

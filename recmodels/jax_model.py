@@ -355,7 +355,10 @@ class Engine:
         with jax.default_device(self.device):
             params = init_params(cfg, init_key)
             scale = FP16_LOSS_SCALE if cfg.compute_dtype == "fp16" else 1.0
-            self.state = TrainState(params, tx.init(params), dropout_key, jnp.float32(scale))
+            state = TrainState(params, tx.init(params), dropout_key, jnp.float32(scale))
+        # Committed to the device, like the state a jitted step returns: otherwise the
+        # second step sees different input placement and compiles again.
+        self.state = jax.device_put(state, self.device)
         self._train_step = jax.jit(partial(train_step, cfg=cfg, tx=tx), donate_argnums=0)
         self._loss = jax.jit(partial(loss_fn, cfg=cfg))
         self._score_candidates = jax.jit(partial(score_candidates, cfg=cfg))
@@ -383,9 +386,26 @@ class Engine:
     def score_catalog(self, seq: np.ndarray) -> np.ndarray:
         return np.asarray(self._score_catalog(self.state.params, seq=self.put({"seq": seq})["seq"]))
 
+    def infer_step(self, seq: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Array]:
+        """Top-k over the whole catalog for device-resident histories, left on the device."""
+        return self._recommend(self.state.params, seq=seq, k=k)
+
     def recommend(self, seq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self._recommend(self.state.params, seq=self.put({"seq": seq})["seq"], k=k)
+        scores, ids = self.infer_step(self.put({"seq": seq})["seq"], k)
         return np.asarray(scores, dtype=np.float32), np.asarray(ids)
+
+    def planned_memory_bytes(self, batch: dict[str, jax.Array] | None = None,
+                             seq: jax.Array | None = None, k: int = 10) -> int:
+        """XLA's buffer plan for the train step (batch given) or the infer step (seq given):
+        arguments + outputs + temporaries - donated aliases. Exact for the compiled program;
+        the allocator's fragmentation comes on top."""
+        if batch is not None:
+            lowered = self._train_step.lower(self.state, batch)
+        else:
+            lowered = self._recommend.lower(self.state.params, seq=seq, k=k)
+        m = lowered.compile().memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                   - m.alias_size_in_bytes)
 
     def sync(self, value=None):
         return jax.block_until_ready(value)
@@ -398,7 +418,7 @@ class Engine:
         missing = sorted(set(own) ^ set(tensors))
         if missing:
             raise KeyError(f"state dict keys do not match the model: {missing[:5]}")
-        params = {k: jax.device_put(jnp.asarray(tensors[k], own[k].dtype), self.device)
-                  for k in own}
+        params = {k: jnp.asarray(tensors[k], own[k].dtype) for k in own}
         # Fresh optimizer state, as in torch: a loaded model's next step starts Adam anew.
-        self.state = self.state._replace(params=params, opt_state=self.tx.init(params))
+        self.state = jax.device_put(
+            self.state._replace(params=params, opt_state=self.tx.init(params)), self.device)

@@ -312,9 +312,29 @@ class Engine:
     def score_catalog(self, seq: np.ndarray) -> np.ndarray:
         return self._eval(score_catalog, self.put({"seq": seq})["seq"]).cpu().numpy()
 
+    def infer_step(self, seq: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k over the whole catalog for device-resident histories, left on the device."""
+        return self._eval(recommend, seq, k)
+
     def recommend(self, seq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self._eval(recommend, self.put({"seq": seq})["seq"], k)
+        scores, ids = self.infer_step(self.put({"seq": seq})["seq"], k)
         return scores.float().cpu().numpy(), ids.cpu().numpy()
+
+    def compile(self) -> None:
+        """torch.compile the model in place (state_dict keys unchanged)."""
+        self.model.compile()
+
+    def quantize_int8(self) -> None:
+        """Dynamic int8 quantisation of the Linear and LSTM weights, for CPU inference
+        (torch.ao.quantization.quantize_dynamic; the tied catalog scoring stays fp32)."""
+        self.model = torch.ao.quantization.quantize_dynamic(
+            self.model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+
+    def planned_memory_bytes(self, batch: dict | None = None, seq: torch.Tensor | None = None,
+                             k: int = 10) -> None:
+        """Eager PyTorch plans no memory ahead of time (the JAX engine's XLA plan has no
+        counterpart here): None."""
+        return None
 
     def sync(self, value=None):
         if self.device.type == "cuda":
