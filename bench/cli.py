@@ -326,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 
+    # Commands that live next to what they drive; each module adds its own subparser.
+    for module in ("bench.plots", "bench.report", "bench.compare", "bench.gate"):
+        try:
+            __import__(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        sys.modules[module].register_cli(sub)
     return p
 
 

@@ -68,7 +68,7 @@ class Worker:
 
     def __init__(self, framework: str, env: dict[str, str] | None = None):
         self.framework = framework
-        self._stderr = tempfile.TemporaryFile(mode="w+b")
+        self._stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed in kill()
         worker_env = {**os.environ, **(env or {})}
         # JAX grabs 75% of GPU memory up front by default; allocate on demand instead so the
         # memory counters and the OOM frontier reflect what each point needs.
