@@ -51,9 +51,12 @@ def cmd_train(args) -> int:
     from recmodels import weights
     from recmodels.train import TrainOptions, train
 
+    from recmodels.config import parse_overrides
+
     overrides = {k: v for k, v in {"block": args.block, "loss": args.loss,
                                    "seq_len": args.seq_len, "dropout": args.dropout,
                                    "n_neg": args.n_neg}.items() if v is not None}
+    overrides |= parse_overrides(args.set or [])
     opts = TrainOptions(framework=args.framework, preset=args.preset, dataset=args.dataset,
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         precision=args.precision, optimizer=args.optimizer, seed=args.seed,
@@ -289,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seq-len", type=_positive_int)
     t.add_argument("--dropout", type=float)
     t.add_argument("--n-neg", type=_positive_int, help="negatives per position")
+    t.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override any model config field, e.g. n_head=2 or d_ff=128")
     t.add_argument("--save", help="write the trained weights to this .safetensors file")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     t.set_defaults(func=cmd_train)
@@ -340,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (exit 2) and --help (exit 0)
+        return int(e.code or 0)
     try:
         return args.func(args)
     except InputError as e:

@@ -41,7 +41,7 @@ def is_oom(exc: BaseException) -> bool:
 
 def _fault_for(point: Point) -> str | None:
     for rule in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
-        match, _, kind = rule.partition("=")
+        match, _, kind = rule.rpartition("=")
         if match and (match in point.label() or match == point.id):
             return kind
     return None

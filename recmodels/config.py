@@ -108,6 +108,25 @@ def preset(name: str, **overrides) -> GenRecConfig:
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["n_head=3", "dropout=0.1"] -> {"n_head": 3, "dropout": 0.1}, typed by the field."""
+    fields = {f.name: f for f in dataclasses.fields(GenRecConfig)}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise ConfigError(f"bad config override {item!r}: write FIELD=VALUE with FIELD one "
+                              f"of {', '.join(fields)}")
+        kind = type(fields[key].default)
+        try:
+            out[key] = kind(text.strip())
+        except ValueError:
+            raise ConfigError(f"bad config override {item!r}: {key} takes a {kind.__name__}, "
+                              f"got {text!r}") from None
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Analytic cost. Everything below is a pure function of (config, batch size, workload).
 

@@ -63,7 +63,7 @@ def pt(**kw) -> Point:
 def test_shipped_suites_load_with_expected_sizes():
     assert {"quick", "standard", "full", "ci"} <= set(available_suites())
     sizes = {name: len(load_suite(name).points) for name in ("quick", "standard", "full", "ci")}
-    assert sizes == {"quick": 72, "standard": 280, "full": 788, "ci": 8}
+    assert sizes == {"quick": 112, "standard": 280, "full": 788, "ci": 8}
 
 
 def test_quick_meets_its_minimum_sweep():
