@@ -71,7 +71,8 @@ def test_quick_meets_its_minimum_sweep():
     assert {p.preset for p in s.points} >= {"tiny", "small", "base"}
     for preset in ("tiny", "small", "base"):
         combos = {(p.batch_size, p.precision, p.framework, p.workload)
-                  for p in s.points if p.preset == preset}
+                  for p in s.points if p.preset == preset and p.block == "sasrec"
+                  and p.loss == "bce" and p.precision != "int8"}
         assert len({c[0] for c in combos}) >= 3
         assert len(combos) == 3 * 2 * 2 * 2  # every batch x precision x framework x workload
     assert s.measure.warmup_iters == 2 and s.measure.min_iters == 5
@@ -364,9 +365,13 @@ def test_groups_contiguous_and_small_first_within_a_line():
     assert len(keys) == len(set(keys)) == 2  # each (framework, device) appears once
     assert [p for _, ps in groups for p in ps] == s.points
     for _, ps in groups:
-        for _, line in itertools.groupby(ps, key=Point.line_key):
+        for _, group in itertools.groupby(ps, key=Point.line_key):
+            line = list(group)
             sizes = [(p.params_total, p.batch_size) for p in line]
-            assert sizes == sorted(sizes) and len(sizes) == 9  # 3 presets x 3 batch sizes
+            assert sizes == sorted(sizes)
+            first = line[0]
+            if first.block == "sasrec" and first.loss == "bce" and first.precision != "int8":
+                assert len(sizes) == 9  # 3 presets x 3 batch sizes
 
 
 def test_order_points_sorts_by_params_then_batch():
