@@ -49,9 +49,8 @@ def _positive_int(text: str) -> int:
 
 def cmd_train(args) -> int:
     from recmodels import weights
-    from recmodels.train import TrainOptions, train
-
     from recmodels.config import parse_overrides
+    from recmodels.train import TrainOptions, train
 
     overrides = {k: v for k, v in {"block": args.block, "loss": args.loss,
                                    "seq_len": args.seq_len, "dropout": args.dropout,

@@ -141,7 +141,7 @@ def device_capacity_bytes(device: str, env: dict[str, Any]) -> int | None:
     for TPUs (JAX reports it only from inside a process that owns the TPU)."""
     kind = device_kind(device)
     if kind == "cuda":
-        index = int(device.split(":")[1]) if ":" in device else 0
+        index = int(device.split(":")[1]) if device[-1].isdigit() else 0  # :all: each GPU
         gpus = env.get("gpus") or []
         return gpus[index].get("memory_bytes") if index < len(gpus) else None
     if kind in ("cpu", "mps"):

@@ -24,7 +24,8 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
     n_neg = [128]                     # optional, default from the loss (bce 1, sampled 128)
     catalog_size = [24000]            # optional, default the preset's
     seq_len = [50]                    # optional, default the preset's
-    device = ["auto"]                 # optional, default ["auto"]; cpu | cuda | cuda:N | tpu | mps
+    device = ["auto"]                 # optional, default ["auto"]; cpu | cuda | cuda:N | tpu | mps;
+                                      # KIND:all = JAX data parallel over every such device
     compile = [false]                 # optional; torch.compile (jax always jits)
     optimizer = ["adam"]              # optional, default ["adam"]     (adam | sgd)
 
@@ -90,7 +91,7 @@ OPTIMIZERS = ("adam", "sgd")
 DEFAULT_N_NEG = {"bce": 1, "sampled_softmax": 128, "full_softmax": 1}
 # tf32 is fp32 storage with a TF32 matmul mode; int8 quantises at the workload, not in config
 COMPUTE_DTYPE = {"fp32": "fp32", "tf32": "fp32", "int8": "fp32", "bf16": "bf16", "fp16": "fp16"}
-_DEVICE_RE = re.compile(r"(cpu|cuda|tpu|mps)(:\d+)?")
+_DEVICE_RE = re.compile(r"(cpu|cuda|tpu|mps)(:\d+|:all)?")
 _CHOICES: dict[str, Sequence[str]] = {
     "framework": FRAMEWORKS, "workload": WORKLOADS, "preset": tuple(PRESETS), "block": BLOCKS,
     "loss": LOSSES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
@@ -125,7 +126,8 @@ def _problem(name: str, value: Any, *, allow_auto: bool = False) -> str | None:
         if ok or (allow_auto and value == "auto"):
             return None
         auto = ", or auto" if allow_auto else ""
-        return f"expected a device (cpu, cuda, cuda:N, tpu, mps{auto}), got {value!r}"
+        return (f"expected a device (cpu, cuda, cuda:N, cuda:all, tpu, tpu:all, mps{auto}), "
+                f"got {value!r}")
     raise AssertionError(name)
 
 

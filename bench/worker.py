@@ -103,7 +103,8 @@ def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
             with meters.DeviceMemoryMeter(reset_peak, read_peak) as dev:
                 warm = timer.warmup(step, workload.sync, warmup_iters=measure.warmup_iters)
                 kind = device_kind(point.device)
-                index = int(point.device.split(":")[1]) if ":" in point.device else 0
+                suffix = point.device.partition(":")[2]
+                index = None if suffix == "all" else int(suffix or 0)  # None: every device
                 with meters.EnergyMeter(meters.default_energy_sources(kind, index)) as energy:
                     sampled = timer.sample(step, workload.sync, min_time_s=measure.min_time_s,
                                            min_iters=measure.min_iters,

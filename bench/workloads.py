@@ -35,6 +35,7 @@ class DeviceCaps:
     kind: str  # cpu | cuda | tpu | mps
     name: str = ""
     compute_capability: tuple[int, int] | None = None  # NVIDIA only
+    count: int = 1  # devices the point spans ("KIND:all" is data parallel over all of them)
 
     @property
     def ampere_or_newer(self) -> bool:
@@ -66,6 +67,11 @@ def support_reason(point: Point, caps: DeviceCaps) -> str | None:
         return "TPUs have no fp16 matrix units: use bf16"
     if point.compile and kind == "tpu":
         return "torch.compile does not apply on TPU"
+    if point.device.endswith(":all"):
+        if fw == "torch":
+            return "data parallel over all devices is JAX-only here (torch would need DDP)"
+        if point.batch_size % caps.count:
+            return f"batch {point.batch_size} does not split evenly over {caps.count} devices"
     return None
 
 
@@ -121,13 +127,13 @@ def device_caps(framework: str, device: str) -> DeviceCaps:
         idx = torch.device(device).index or 0
         return DeviceCaps(kind, torch.cuda.get_device_name(idx),
                           tuple(torch.cuda.get_device_capability(idx)))
-    if kind in ("cuda", "tpu") and framework == "jax":
-        from recmodels.jax_model import resolve_device
+    if framework == "jax":
+        from recmodels.jax_model import resolve_devices
 
-        d = resolve_device(device)
-        cc = getattr(d, "compute_capability", None)
+        devices = resolve_devices(device)
+        cc = getattr(devices[0], "compute_capability", None)
         cap = tuple(int(x) for x in str(cc).split(".")[:2]) if cc else None
-        return DeviceCaps(kind, d.device_kind, cap)  # type: ignore[arg-type]
+        return DeviceCaps(kind, devices[0].device_kind, cap, len(devices))  # type: ignore[arg-type]
     return DeviceCaps(kind)
 
 

@@ -315,12 +315,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: GenRecCon
     return TrainState(params, opt_state, rng, state.loss_scale), {"loss": loss}
 
 
-def resolve_device(device: str) -> jax.Device:
-    """'cpu' | 'cuda[:i]' | 'gpu[:i]' | 'tpu[:i]' -> a jax.Device (InputError-free: the
-    caller validates names; a missing backend raises RuntimeError from JAX)."""
+def resolve_devices(device: str) -> list[jax.Device]:
+    """'cpu' | 'cuda[:i]' | 'tpu[:i]' -> [that device]; 'KIND:all' -> every local device of
+    that kind (data parallel). The caller validates names; a missing backend raises
+    RuntimeError from JAX."""
     kind, _, index = device.partition(":")
-    platform = {"cuda": "gpu"}.get(kind, kind)
-    return jax.devices(platform)[int(index or 0)]
+    devices = jax.devices({"cuda": "gpu"}.get(kind, kind))
+    return devices if index == "all" else [devices[int(index or 0)]]
 
 
 def set_matmul_precision(mode: str, compute_dtype: str = "fp32") -> None:
@@ -345,7 +346,13 @@ class Engine:
     def __init__(self, cfg: GenRecConfig, *, seed: int = 0, optimizer: str = "adam",
                  lr: float = 1e-3, device: str = "cpu", matmul_precision: str = "highest"):
         self.cfg = cfg
-        self.device = resolve_device(device)
+        self.devices = resolve_devices(device)
+        self.device = self.devices[0]
+        # Data parallel over several devices: parameters and optimizer state replicated,
+        # batches split along their first axis; jit then all-reduces the gradients itself.
+        mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
+        self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self._batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         set_matmul_precision(matmul_precision, cfg.compute_dtype)
         tx = make_optimizer(optimizer, lr)
         if cfg.compute_dtype == "fp16":  # a static loss scale can overflow: skip those steps
@@ -358,7 +365,7 @@ class Engine:
             state = TrainState(params, tx.init(params), dropout_key, jnp.float32(scale))
         # Committed to the device, like the state a jitted step returns: otherwise the
         # second step sees different input placement and compiles again.
-        self.state = jax.device_put(state, self.device)
+        self.state = jax.device_put(state, self._replicated)
         self._train_step = jax.jit(partial(train_step, cfg=cfg, tx=tx), donate_argnums=0)
         self._loss = jax.jit(partial(loss_fn, cfg=cfg))
         self._score_candidates = jax.jit(partial(score_candidates, cfg=cfg))
@@ -366,7 +373,11 @@ class Engine:
         self._recommend = jax.jit(partial(recommend, cfg=cfg), static_argnames="k")
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.device_put(np.asarray(v, dtype=np.int32), self.device)
+        n = len(self.devices)
+        for v in batch.values():
+            if len(v) % n:
+                raise ValueError(f"batch of {len(v)} does not split evenly over {n} devices")
+        return {k: jax.device_put(np.asarray(v, dtype=np.int32), self._batch)
                 for k, v in batch.items()}
 
     def train_step(self, batch: dict) -> jax.Array:
@@ -421,4 +432,5 @@ class Engine:
         params = {k: jnp.asarray(tensors[k], own[k].dtype) for k in own}
         # Fresh optimizer state, as in torch: a loaded model's next step starts Adam anew.
         self.state = jax.device_put(
-            self.state._replace(params=params, opt_state=self.tx.init(params)), self.device)
+            self.state._replace(params=params, opt_state=self.tx.init(params)),
+            self._replicated)
