@@ -19,6 +19,7 @@ import numpy as np
 
 from recmodels import data as D
 from recmodels import metrics as M
+from recmodels import splits as S
 from recmodels.config import GenRecConfig, preset
 from recmodels.errors import InputError
 
@@ -102,20 +103,20 @@ def compute_dtype(precision: str) -> str:
     return {"bf16": "bf16", "fp16": "fp16"}.get(precision, "fp32")
 
 
-def evaluate(engine, split: D.Split, which: str, *, protocol: str, batch_size: int,
+def evaluate(engine, split: S.Split, which: str, *, protocol: str, batch_size: int,
              max_users: int, seed: int, pop: np.ndarray | None = None) -> dict:
     """HR/NDCG@10 (and classification metrics for the sampled protocol) of the engine, and
     of the most-popular baseline when `pop` is given, on the same users and candidates."""
     cfg = engine.cfg
     model_acc, pop_acc = M.RankAccumulator(), M.RankAccumulator()
-    for b in D.eval_batches(split, which, seq_len=cfg.seq_len, batch_size=max(batch_size, 256),
+    for b in S.eval_batches(split, which, seq_len=cfg.seq_len, batch_size=max(batch_size, 256),
                             seed=seed, max_users=max_users):
         if protocol == "sampled":
             model_acc.add_sampled(engine.score_candidates(b["seq"], b["candidates"]))
             if pop is not None:
                 pop_acc.add_sampled(pop[b["candidates"]].astype(np.float64))
         else:
-            indptr, indices = D.seen_items(split, b["user"], which)
+            indptr, indices = S.seen_items(split, b["user"], which)
             model_acc.add_full(engine.score_catalog(b["seq"]), b["target"], indptr, indices)
             if pop is not None:
                 pop_scores = np.broadcast_to(pop.astype(np.float64), (len(b["target"]), len(pop)))
@@ -139,7 +140,7 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
     device = resolve_device(opts.framework, opts.device)
     t0 = time.perf_counter()
     data = D.load(opts.dataset)
-    split = D.leave_one_out(data)
+    split = S.leave_one_out(data)
     cfg = preset(opts.preset, **{"catalog_size": data.n_items,
                                  "compute_dtype": compute_dtype(opts.precision),
                                  **opts.overrides})
@@ -149,7 +150,7 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
     engine = make_engine(opts.framework, cfg, device=device, seed=opts.seed,
                          optimizer=opts.optimizer, lr=opts.lr, precision=opts.precision)
     epochs = opts.epochs or (PAPER_EPOCHS if opts.dataset in D.REGISTRY else SYNTHETIC_EPOCHS)
-    n_batches = D.n_train_batches(split, opts.batch_size)
+    n_batches = S.n_train_batches(split, opts.batch_size)
     st = data.stats()
     log(f"{opts.framework} {opts.preset} ({cfg.block}, {cfg.loss}, {opts.precision}) on "
         f"{data.name}: {st['users']} users, {st['items']} items, {st['actions']} actions; "
@@ -158,7 +159,7 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
 
     epoch_s, history, n_seqs = [], [], 0
     for epoch in range(1, epochs + 1):
-        batches = D.train_batches(split, seq_len=cfg.seq_len, batch_size=opts.batch_size,
+        batches = S.train_batches(split, seq_len=cfg.seq_len, batch_size=opts.batch_size,
                                   n_neg=cfg.n_neg, seed=opts.seed * 100_003 + epoch)
         if use_bar:
             from tqdm import tqdm
@@ -179,7 +180,7 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
     # The first epoch includes JIT/graph warm-up; steady-state speed is over the rest.
     steady = epoch_s[1:] or epoch_s
     sec_per_epoch = float(np.mean(steady))
-    pop = D.popularity(split)
+    pop = S.popularity(split)
     kw = {"protocol": opts.eval, "batch_size": opts.batch_size, "max_users": opts.eval_users}
     valid = evaluate(engine, split, "valid", seed=opts.seed + 1, **kw)
     test = evaluate(engine, split, "test", seed=opts.seed + 2, pop=pop, **kw)

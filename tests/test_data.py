@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from recmodels import data as D
+from recmodels import splits as S
 from recmodels.errors import InputError
 
 
@@ -183,19 +184,19 @@ def _hr10(scores: np.ndarray) -> float:
 
 
 def test_synthetic_is_learnable_by_sequence_not_popularity() -> None:
-    split = D.leave_one_out(D.synthetic(n_users=2000, n_items=1000, mean_len=20, seed=0))
+    split = S.leave_one_out(D.synthetic(n_users=2000, n_items=1000, mean_len=20, seed=0))
     n = split.n_items + 1
     # first-order Markov: count (previous item -> next item) pairs in training
     user = np.repeat(np.arange(split.n_users), split.train_lengths())
     same = user[1:] == user[:-1]
     prev, nxt = split.train_items[:-1][same].astype(np.int64), split.train_items[1:][same]
     keys, counts = np.unique(prev * n + nxt, return_counts=True)
-    batch = next(D.eval_batches(split, "test", seq_len=50, batch_size=10**6, seed=0))
+    batch = next(S.eval_batches(split, "test", seq_len=50, batch_size=10**6, seed=0))
     query = batch["seq"][:, -1:].astype(np.int64) * n + batch["candidates"]
     at = np.minimum(np.searchsorted(keys, query), keys.size - 1)
     markov = np.where(keys[at] == query, counts[at], 0)
     hr_markov = _hr10(markov)
-    hr_pop = _hr10(D.popularity(split)[batch["candidates"]])
+    hr_pop = _hr10(S.popularity(split)[batch["candidates"]])
     assert hr_markov > 0.6 and hr_markov - hr_pop > 0.3, (hr_markov, hr_pop)
 
 
@@ -204,7 +205,7 @@ def test_synthetic_is_learnable_by_sequence_not_popularity() -> None:
 
 def test_leave_one_out_hand_case() -> None:
     data = _interactions([[1, 2, 3, 4, 5], [6, 2, 6], [3, 4], [7]], n_items=7)
-    split = D.leave_one_out(data)
+    split = S.leave_one_out(data)
     train = [split.train_items[a:b].tolist()
              for a, b in zip(split.train_offsets[:-1], split.train_offsets[1:])]
     assert train == [[1, 2, 3], [6], [3, 4], [7]]
@@ -213,7 +214,7 @@ def test_leave_one_out_hand_case() -> None:
     sets = [split.set_items[a:b].tolist()
             for a, b in zip(split.set_offsets[:-1], split.set_offsets[1:])]
     assert sets == [[1, 2, 3, 4, 5], [2, 6], [3, 4], [7]]
-    assert D.popularity(split).tolist() == [0, 1, 1, 2, 1, 0, 1, 1]
+    assert S.popularity(split).tolist() == [0, 1, 1, 2, 1, 0, 1, 1]
 
 
 # --------------------------------------------------------------------------- train batches
@@ -221,32 +222,32 @@ def test_leave_one_out_hand_case() -> None:
 
 def test_train_batches_padding_alignment_and_epoch() -> None:
     data = _interactions([[1, 2, 3, 4, 5], [6, 2, 6], [3, 4], [7], [1, 2, 3, 4, 5, 6, 7]], 9)
-    split = D.leave_one_out(data)  # train: [1 2 3], [6], [3 4], [7], [1 2 3 4 5]
-    (b,) = D.train_batches(split, seq_len=4, batch_size=8, seed=0, shuffle=False)
+    split = S.leave_one_out(data)  # train: [1 2 3], [6], [3 4], [7], [1 2 3 4 5]
+    (b,) = S.train_batches(split, seq_len=4, batch_size=8, seed=0, shuffle=False)
     assert b["seq"].tolist() == [[0, 0, 1, 2], [0, 0, 0, 3], [1, 2, 3, 4]]
     assert b["pos"].tolist() == [[0, 0, 2, 3], [0, 0, 0, 4], [2, 3, 4, 5]]
     assert b["neg"].shape == (3, 4, 1) and b["seq"].dtype == np.int32
     assert ((b["neg"][..., 0] > 0) == (b["pos"] > 0)).all()
-    (b,) = D.train_batches(split, seq_len=2, batch_size=8, seed=0, shuffle=False)
+    (b,) = S.train_batches(split, seq_len=2, batch_size=8, seed=0, shuffle=False)
     assert b["seq"][2].tolist() == [3, 4] and b["pos"][2].tolist() == [4, 5]  # truncated left
     # shuffled epochs: every eligible user once, last batch partial, order set by the seed
-    big = D.leave_one_out(D.synthetic(n_users=301, n_items=200, mean_len=8, seed=1))
+    big = S.leave_one_out(D.synthetic(n_users=301, n_items=200, mean_len=8, seed=1))
     eligible = int((big.train_lengths() >= 2).sum())
-    batches = list(D.train_batches(big, seq_len=6, batch_size=64, n_neg=3, seed=5))
-    assert len(batches) == D.n_train_batches(big, 64) == -(-eligible // 64)
+    batches = list(S.train_batches(big, seq_len=6, batch_size=64, n_neg=3, seed=5))
+    assert len(batches) == S.n_train_batches(big, 64) == -(-eligible // 64)
     assert [len(x["seq"]) for x in batches][-1] == eligible - 64 * (len(batches) - 1)
-    again = list(D.train_batches(big, seq_len=6, batch_size=64, n_neg=3, seed=5))
-    other = list(D.train_batches(big, seq_len=6, batch_size=64, n_neg=3, seed=6))
+    again = list(S.train_batches(big, seq_len=6, batch_size=64, n_neg=3, seed=5))
+    other = list(S.train_batches(big, seq_len=6, batch_size=64, n_neg=3, seed=6))
     assert all(np.array_equal(x["neg"], y["neg"]) for x, y in zip(batches, again))
     assert not np.array_equal(batches[0]["seq"], other[0]["seq"])
     assert batches[0]["neg"].shape == (64, 6, 3)
 
 
-def _half_catalog(n_users: int = 400, n_items: int = 20) -> D.Split:
+def _half_catalog(n_users: int = 400, n_items: int = 20) -> S.Split:
     # every user holds 10 of 20 items (distinct, random order): collisions are the common case
     rng = np.random.default_rng(0)
     seqs = np.argsort(rng.random((n_users, n_items)), axis=1)[:, : n_items // 2] + 1
-    return D.leave_one_out(_interactions(seqs.tolist(), n_items))
+    return S.leave_one_out(_interactions(seqs.tolist(), n_items))
 
 
 def test_negatives_avoid_user_items_and_are_uniform() -> None:
@@ -256,7 +257,7 @@ def test_negatives_avoid_user_items_and_are_uniform() -> None:
         owned[u, split.data.items[split.data.offsets[u]:split.data.offsets[u + 1]]] = True
     counts = np.zeros((split.n_users, split.n_items + 1))
     rows = np.arange(split.n_users)
-    for b in D.train_batches(split, seq_len=8, batch_size=400, n_neg=4, seed=0, shuffle=False):
+    for b in S.train_batches(split, seq_len=8, batch_size=400, n_neg=4, seed=0, shuffle=False):
         pos, neg = b["pos"], b["neg"]
         assert (neg[pos > 0] > 0).all() and (neg[pos == 0] == 0).all()
         assert not owned[rows[:, None, None], neg][pos > 0].any()
@@ -269,9 +270,9 @@ def test_negatives_avoid_user_items_and_are_uniform() -> None:
 
 
 def test_negatives_impossible_when_user_owns_catalog() -> None:
-    split = D.leave_one_out(_interactions([[1, 2, 3, 4], [1, 2, 3]], n_items=4))
+    split = S.leave_one_out(_interactions([[1, 2, 3, 4], [1, 2, 3]], n_items=4))
     with pytest.raises(InputError, match="every item"):
-        next(iter(D.train_batches(split, seq_len=3, batch_size=2, shuffle=False)))
+        next(iter(S.train_batches(split, seq_len=3, batch_size=2, shuffle=False)))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -281,7 +282,7 @@ def test_eval_batches_inputs_and_candidates() -> None:
     split = _half_catalog()
     for which, target in (("valid", split.valid_target), ("test", split.test_target)):
         seen = 0
-        for b in D.eval_batches(split, which, seq_len=9, batch_size=150, n_neg=50, seed=1):
+        for b in S.eval_batches(split, which, seq_len=9, batch_size=150, n_neg=50, seed=1):
             u, cand = b["user"], b["candidates"]
             assert cand.shape == (u.size, 51) and (cand[:, 0] == b["target"]).all()
             assert (b["target"] == target[u]).all()
@@ -290,9 +291,9 @@ def test_eval_batches_inputs_and_candidates() -> None:
             assert all(not set(c[1:]) & s for c, s in zip(cand.tolist(), sets))
             seen += u.size
         assert seen == split.n_users
-    hand = D.leave_one_out(_interactions([[1, 2, 3, 4, 5], [6, 7], [1, 8, 9]], n_items=12))
-    (v,) = D.eval_batches(hand, "valid", seq_len=3, batch_size=8, n_neg=2)
-    (t,) = D.eval_batches(hand, "test", seq_len=3, batch_size=8, n_neg=2)
+    hand = S.leave_one_out(_interactions([[1, 2, 3, 4, 5], [6, 7], [1, 8, 9]], n_items=12))
+    (v,) = S.eval_batches(hand, "valid", seq_len=3, batch_size=8, n_neg=2)
+    (t,) = S.eval_batches(hand, "test", seq_len=3, batch_size=8, n_neg=2)
     assert v["user"].tolist() == [0, 2] and t["user"].tolist() == [0, 2]  # user 1: no target
     assert v["seq"].tolist() == [[1, 2, 3], [0, 0, 1]] and v["target"].tolist() == [4, 8]
     assert t["seq"].tolist() == [[2, 3, 4], [0, 1, 8]] and t["target"].tolist() == [5, 9]
@@ -300,21 +301,21 @@ def test_eval_batches_inputs_and_candidates() -> None:
 
 def test_eval_users_sampling_is_deterministic() -> None:
     split = _half_catalog()
-    a = D.eval_users(split, "test", max_users=100, seed=7)
-    assert a.size == 100 and np.array_equal(a, D.eval_users(split, "test", max_users=100,
+    a = S.eval_users(split, "test", max_users=100, seed=7)
+    assert a.size == 100 and np.array_equal(a, S.eval_users(split, "test", max_users=100,
                                                             seed=7))
-    assert not np.array_equal(a, D.eval_users(split, "test", max_users=100, seed=8))
-    batches = list(D.eval_batches(split, "test", seq_len=4, batch_size=64, max_users=100,
+    assert not np.array_equal(a, S.eval_users(split, "test", max_users=100, seed=8))
+    batches = list(S.eval_batches(split, "test", seq_len=4, batch_size=64, max_users=100,
                                   seed=7))
     assert np.array_equal(np.concatenate([b["user"] for b in batches]), a)
 
 
 def test_seen_items_excludes_target() -> None:
     # user 0: train [1 2 1], valid 3, test 1 (the test target was seen before)
-    split = D.leave_one_out(_interactions([[1, 2, 1, 3, 1], [4, 5, 6], [7]], n_items=8))
-    indptr, idx = D.seen_items(split, np.array([0, 1, 2]), "test")
+    split = S.leave_one_out(_interactions([[1, 2, 1, 3, 1], [4, 5, 6], [7]], n_items=8))
+    indptr, idx = S.seen_items(split, np.array([0, 1, 2]), "test")
     assert indptr.tolist() == [0, 2, 4, 5] and idx.tolist() == [2, 3, 4, 5, 7]
-    indptr, idx = D.seen_items(split, np.array([1, 0]), "valid")
+    indptr, idx = S.seen_items(split, np.array([1, 0]), "valid")
     assert indptr.tolist() == [0, 1, 3] and idx.tolist() == [4, 1, 2]
 
 

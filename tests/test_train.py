@@ -9,6 +9,7 @@ import pytest
 
 from bench.cli import main
 from recmodels import data as D
+from recmodels import splits as S
 from recmodels import weights
 from recmodels.train import TrainOptions, train
 
@@ -101,7 +102,7 @@ def test_malformed_dataset_line_is_exit_2(tmp_path, capsys):
 
 
 def test_popularity_baseline_uses_training_counts():
-    split = D.leave_one_out(D.synthetic(n_users=200, n_items=50, mean_len=10, seed=1))
-    pop = D.popularity(split)
+    split = S.leave_one_out(D.synthetic(n_users=200, n_items=50, mean_len=10, seed=1))
+    pop = S.popularity(split)
     assert pop[0] == 0 and pop.sum() == len(split.train_items)
     assert np.argmax(pop) >= 1
