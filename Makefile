@@ -36,9 +36,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The default suite for this machine (quick on a CPU, standard with a GPU or TPU), then the
+# figures and the HTML report of that run; the last line printed is the report's path.
 bench: $(STAMP)
-	$(BIN)/recbench train --framework torch --epochs 3
-	$(BIN)/recbench train --framework jax --epochs 3
+	$(BIN)/recbench run --suite $(SUITE) --out $(OUT) --report
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

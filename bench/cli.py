@@ -244,12 +244,26 @@ def cmd_run(args) -> int:
          + (f" ({suite.description})" if suite.description else ""))
     outcome = run_suite(suite, out_dir=out, env=env, resume=resume,
                         roofs={} if args.no_roofs else None)
+    table = summary_table([*outcome.previous, *outcome.records])
+    report = None
+    if args.report and not outcome.interrupted and outcome.counts.get("ok"):
+        from bench.plots import plot_all
+        from bench.report import write_report
+
+        run_dir = outcome.path.with_suffix("")  # results/<machine-id>/<run-id>/
+        plots = plot_all([outcome.path], run_dir / "plots")
+        report = write_report([outcome.path], run_dir)
+        _err(f"{len(plots)} figures in {run_dir / 'plots'}")
     if args.json:
+        _err(table)
         _print_json({"results": str(outcome.path), "counts": dict(outcome.counts),
-                     "interrupted": outcome.interrupted})
+                     "interrupted": outcome.interrupted,
+                     "report": str(report) if report else None})
     else:
-        print(summary_table([*outcome.previous, *outcome.records]))
+        print(table)
         print(f"results: {outcome.path}")
+        if report:
+            print(f"report:  {report}")
     if outcome.interrupted:
         _err(f"interrupted: {len(outcome.previous) + len(outcome.records)} of "
              f"{len(suite.points)} points recorded; continue with: recbench run --suite "
@@ -326,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a suite field, e.g. measure.min_time_s=0.2 or batch_size=64,128")
     r.add_argument("--no-roofs", action="store_true", help="do not measure roofs (no utilisation)")
+    r.add_argument("--report", action="store_true",
+                   help="then write the figures and the HTML report next to the results file")
     r.add_argument("--dry-run", action="store_true", help="list the points and exit")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
