@@ -202,33 +202,17 @@ def cmd_env(args) -> int:
     return EXIT_OK
 
 
-def _device_resolver(hardware):
-    """'auto' in a suite -> the device each framework should use on this machine."""
-    import platform
-
-    def resolve(framework: str) -> str:
-        if hardware.n_gpus:
-            return "cuda"
-        if framework == "jax" and hardware.tpu:
-            return "tpu"
-        if framework == "torch" and platform.system() == "Darwin" and platform.machine() == "arm64":
-            return "mps"
-        return "cpu"
-
-    return resolve
-
-
 def cmd_run(args) -> int:
     from pathlib import Path
 
     from bench.envinfo import fingerprint
     from bench.runner import find_latest, run_suite, summary_table
-    from bench.suite import detect_hardware, load_suite
+    from bench.suite import detect_hardware, device_resolver_for, load_suite
 
     hardware = detect_hardware()
     overrides = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
-    suite = load_suite(args.suite, overrides=overrides, device_resolver=_device_resolver(hardware),
-                       hardware=hardware)
+    suite = load_suite(args.suite, overrides=overrides, hardware=hardware,
+                       device_resolver=device_resolver_for(hardware))
     if args.dry_run:
         for p in suite.points:
             print(f"{p.id}  {p.label()}")

@@ -379,6 +379,23 @@ def detect_hardware(env: Mapping[str, str] | None = None, *,
     return Hardware(n_gpus=n_gpus, tpu=tpu)
 
 
+def device_resolver_for(hardware: Hardware) -> Callable[[str], str]:
+    """'auto' in a suite -> the device each framework should use on this machine: CUDA when
+    there are GPUs, the TPU for JAX on a TPU host, Apple's GPU for torch on Apple silicon."""
+    import platform
+
+    def resolve(framework: str) -> str:
+        if hardware.n_gpus:
+            return "cuda"
+        if framework == "jax" and hardware.tpu:
+            return "tpu"
+        if framework == "torch" and platform.system() == "Darwin" and platform.machine() == "arm64":
+            return "mps"
+        return "cpu"
+
+    return resolve
+
+
 def available_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
