@@ -205,8 +205,9 @@ def cmd_env(args) -> int:
 def cmd_run(args) -> int:
     from pathlib import Path
 
+    from bench import results as R
     from bench.envinfo import fingerprint
-    from bench.runner import find_latest, run_suite, summary_table
+    from bench.runner import check_writable, find_latest, run_suite, summary_table
     from bench.suite import detect_hardware, device_resolver_for, load_suite
 
     hardware = detect_hardware()
@@ -224,6 +225,8 @@ def cmd_run(args) -> int:
     if args.resume:
         resume = (find_latest(out, env["machine_id"], suite.name) if args.resume == "latest"
                   else Path(args.resume))
+    else:
+        check_writable(out / R.safe_name(env["machine_id"]))  # before any work or output
     _err(f"suite {suite.name!r}: {len(suite.points)} points"
          + (f" ({suite.description})" if suite.description else ""))
     outcome = run_suite(suite, out_dir=out, env=env, resume=resume,
@@ -330,15 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 
-    # Commands that live next to what they drive; each module adds its own subparser.
-    for module in ("bench.plots", "bench.report", "bench.compare", "bench.gate"):
-        try:
-            __import__(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        sys.modules[module].register_cli(sub)
+    # Commands that live next to what they drive; each module adds its own subparser (and
+    # imports matplotlib, git helpers etc. only when its command runs).
+    from bench import compare, gate, plots, report
+
+    for module in (plots, report, compare, gate):
+        module.register_cli(sub)
     return p
 
 

@@ -287,7 +287,7 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
         roofs = header.roofs
     else:
         machine = env["machine_id"]
-        _check_writable(out_dir / R.safe_name(machine))
+        check_writable(out_dir / R.safe_name(machine))
         if roofs is None:
             roofs = measure_roofs_in_worker(suite.points, log=log)
         header = R.RunHeader(run_id=R.make_run_id(), suite=suite.name, started_at=R.iso_utc(),
@@ -369,7 +369,7 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
     return outcome
 
 
-def _check_writable(directory: Path) -> None:
+def check_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):

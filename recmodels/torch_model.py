@@ -350,7 +350,7 @@ class Engine:
 
     def load_state_dict(self, tensors: dict[str, np.ndarray]) -> None:
         own = self.model.state_dict()
-        self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)).to(own[k].dtype)
+        self.model.load_state_dict({k: torch.tensor(np.asarray(v), dtype=own[k].dtype)
                                     for k, v in tensors.items()})
         # Fresh optimizer state, as in JAX: a loaded model's next step starts Adam anew.
         self.opt = make_optimizer(self.model, self.optimizer, self.lr)
