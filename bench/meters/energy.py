@@ -116,8 +116,10 @@ def _nvml_handles(nvml: ModuleType, indices: Sequence[int] | None) -> tuple[list
         raise SourceUnavailable(f"NVML: {e}") from e
 
 
-class NvmlEnergyCounter(EnergyCounter):
-    """Sum of NVML total-energy counters over the given GPUs (NVML indices, PCI order)."""
+class _NvmlGpus:
+    """The GPUs an NVML source reads (NVML indices, PCI order), probed once when built."""
+
+    _what = "NVML"
 
     def __init__(
         self, indices: Sequence[int] | None = None, nvml: ModuleType | None = None
@@ -128,46 +130,42 @@ class NvmlEnergyCounter(EnergyCounter):
             raise SourceUnavailable("NVML: no GPUs")
         self.name = "nvml:" + ",".join(str(i) for i in idx)
         try:
-            self.read_j()  # probe: NOT_SUPPORTED before Volta, or on some virtualised GPUs
+            self._read()  # NOT_SUPPORTED before Volta (energy), or on some virtualised GPUs
         except self._nvml.NVMLError as e:
-            raise SourceUnavailable(f"NVML energy counter: {e}") from e
+            raise SourceUnavailable(f"{self._what}: {e}") from e
+
+    def _read(self) -> float:
+        raise NotImplementedError
 
     @classmethod
     def available(
         cls, indices: Sequence[int] | None = None, nvml: ModuleType | None = None
     ) -> bool:
         return _constructs(lambda: cls(indices, nvml))
+
+
+class NvmlEnergyCounter(_NvmlGpus, EnergyCounter):
+    """Sum of NVML total-energy counters over the given GPUs."""
+
+    _what = "NVML energy counter"
 
     def read_j(self) -> float:
         get = self._nvml.nvmlDeviceGetTotalEnergyConsumption
         return sum(int(get(h)) for h in self._handles) / 1e3  # mJ -> J
 
+    _read = read_j
 
-class NvmlPowerSampler(PowerSampler):
+
+class NvmlPowerSampler(_NvmlGpus, PowerSampler):
     """Sum of NVML board power over the given GPUs, in watts."""
 
-    def __init__(
-        self, indices: Sequence[int] | None = None, nvml: ModuleType | None = None
-    ) -> None:
-        self._nvml = _load_pynvml(nvml)
-        idx, self._handles = _nvml_handles(self._nvml, indices)
-        if not idx:
-            raise SourceUnavailable("NVML: no GPUs")
-        self.name = "nvml:" + ",".join(str(i) for i in idx)
-        try:
-            self.read_w()
-        except self._nvml.NVMLError as e:
-            raise SourceUnavailable(f"NVML power: {e}") from e
-
-    @classmethod
-    def available(
-        cls, indices: Sequence[int] | None = None, nvml: ModuleType | None = None
-    ) -> bool:
-        return _constructs(lambda: cls(indices, nvml))
+    _what = "NVML power"
 
     def read_w(self) -> float:
         get = self._nvml.nvmlDeviceGetPowerUsage
         return sum(int(get(h)) for h in self._handles) / 1e3  # mW -> W
+
+    _read = read_w
 
 
 def nvml_sources(
