@@ -207,8 +207,9 @@ def cmd_run(args) -> int:
 
     from bench import results as R
     from bench.envinfo import fingerprint
+    from bench.hardware import detect_hardware, device_resolver_for
     from bench.runner import check_writable, find_latest, run_suite, summary_table
-    from bench.suite import detect_hardware, device_resolver_for, load_suite
+    from bench.suite import load_suite
 
     hardware = detect_hardware()
     overrides = list(args.set or []) + ([f"device={args.device}"] if args.device else [])

@@ -25,7 +25,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _load(name: str, overrides: tuple[str, ...]):
-    from bench.suite import detect_hardware, device_resolver_for, load_suite
+    from bench.hardware import detect_hardware, device_resolver_for
+    from bench.suite import load_suite
 
     hardware = detect_hardware()
     try:

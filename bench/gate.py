@@ -130,7 +130,8 @@ class Plan:
 
 def load_gate_suite(name: str, overrides: list[str]) -> Suite:
     """The suite as `recbench run` loads it ("auto" devices resolved for this machine)."""
-    from bench.suite import detect_hardware, device_resolver_for, load_suite
+    from bench.hardware import detect_hardware, device_resolver_for
+    from bench.suite import load_suite
 
     hardware = detect_hardware()
     return load_suite(name, overrides=overrides, hardware=hardware,

@@ -10,18 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from bench.suite import (
+from bench.hardware import (
     Hardware,
+    auto_suite_name,
+    count_nvidia_gpus,
+    detect_hardware,
+    tpu_device_present,
+)
+from bench.suite import (
     Measure,
     Point,
     apply_overrides,
-    auto_suite_name,
     available_suites,
-    count_nvidia_gpus,
-    detect_hardware,
     load_suite,
     order_points,
-    tpu_device_present,
 )
 from recmodels.config import PRESETS, params_total
 from recmodels.errors import InputError
