@@ -121,7 +121,7 @@ class Workload:
 def device_caps(framework: str, device: str) -> DeviceCaps:
     """Ask the framework what the device is (thin: the only hardware call here)."""
     kind = device_kind(device)
-    if kind == "cuda" and framework == "torch":
+    if kind == "cuda" and framework == "torch" and not device.endswith(":all"):
         import torch
 
         idx = torch.device(device).index or 0
