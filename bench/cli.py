@@ -188,8 +188,13 @@ def cmd_env(args) -> int:
     from bench.roofs import measure_roofs
 
     env = fingerprint()
-    devices = ["cpu"] + (["cuda"] if env.get("gpus") else [])
-    roofs = {} if args.no_roofs else measure_roofs(devices, ("fp32", "bf16"))
+    roofs = {}
+    if not args.no_roofs:  # every dtype the suites use on that device
+        roofs = measure_roofs(["cpu"], ("fp32", "bf16"))
+        if env.get("gpus"):
+            roofs |= measure_roofs(["cuda"], ("fp32", "tf32", "bf16", "fp16"))
+        if env.get("tpu"):
+            roofs |= measure_roofs(["tpu"], ("fp32", "bf16"), frameworks=("jax",))
     if args.json:
         _print_json({"env": env, "roofs": roofs})
         return EXIT_OK
