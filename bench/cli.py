@@ -233,8 +233,6 @@ def cmd_run(args) -> int:
                   else Path(args.resume))
     else:
         check_writable(out / R.safe_name(env["machine_id"]))  # before any work or output
-    _err(f"suite {suite.name!r}: {len(suite.points)} points"
-         + (f" ({suite.description})" if suite.description else ""))
     outcome = run_suite(suite, out_dir=out, env=env, resume=resume,
                         roofs={} if args.no_roofs else None)
     table = summary_table([*outcome.previous, *outcome.records])
@@ -258,9 +256,11 @@ def cmd_run(args) -> int:
         if report:
             print(f"report:  {report}")
     if outcome.interrupted:
+        same = "".join(f" --set {s}" for s in args.set or [])
+        same += f" --device {args.device}" if args.device else ""
         _err(f"interrupted: {len(outcome.previous) + len(outcome.records)} of "
              f"{len(suite.points)} points recorded; continue with: recbench run --suite "
-             f"{args.suite} --resume {outcome.path}")
+             f"{args.suite}{same} --resume {outcome.path}")
         return EXIT_INTERRUPTED
     return EXIT_OK
 

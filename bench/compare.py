@@ -240,7 +240,7 @@ def confirm_over_rounds(verdict: dict[str, Any], rounds: list[float],
     elif status == "unchanged" and (hi - lo) / 2 > threshold:
         status = "inconclusive"
         reason = (f"{pooled} in the pooled samples, but the rounds vary too much to rule out a "
-                  f"{threshold:.0%} change ({desc}); add rounds")
+                  f"{stats._fmt_pct(threshold)} change ({desc}); add rounds")
     else:
         reason = f"{reason}; {desc}"
     low, high = verdict["ci_low"], verdict["ci_high"]
@@ -342,17 +342,20 @@ def compare_point(b: Side, v: Side, *, threshold: float, alpha: float, accept_an
         res.status = "failed" if b.ok else "not-compared"
         res.reason = f"base {b.failure}; new {v.failure}"
         return res
+    if "step_ms" in metrics or "samples_per_s" in metrics:  # before dividing by them
+        for side, s in (("base", b), ("new", v)):
+            stats._as_samples(s.samples_ms, f"{side} {label}:", positive=True)
     bs = float(v.point.get("batch_size") or 1)
 
     def tput(ms: float) -> float:
         return bs * 1e3 / ms
 
     found: list[MetricResult | None] = []
-    pairs = paired and align_runs(b, v) is not None
+    aligned = align_runs(b, v) if paired else None
+    pairs = aligned is not None
     if "step_ms" in metrics:
         found.append(_samples_result("step_ms", b.samples_ms, v.samples_ms, higher=False,
-                                     threshold=threshold, alpha=alpha,
-                                     tested=align_runs(b, v) if pairs else None,
+                                     threshold=threshold, alpha=alpha, tested=aligned,
                                      rounds=round_ratios(b, v) if pairs else None))
     if "samples_per_s" in metrics:
         found.append(_samples_result("samples_per_s", [tput(x) for x in b.samples_ms],

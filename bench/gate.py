@@ -25,7 +25,8 @@ How it measures (one machine, both sides):
 4. The base rounds are cached in ``$RECBENCH_CACHE/gate`` (default ``<repo>/.recbench-cache/
    gate``) under ``<base commit 12>-<key 12>``, the key hashing the environment fingerprint
    (``envinfo.fingerprint_key`` and the hostname), the suite file, overrides, rounds and the
-   harness sources that shape a measurement. A cached base was not interleaved with the new
+   harness sources that shape a measurement; rounds where a base point crashed or timed out
+   are not cached. A cached base was not interleaved with the new
    rounds, so drift since then is not cancelled: ``--no-cache`` on a machine that drifts.
 
 NEW is the working tree, uncommitted changes included (the output says so). ``--base HEAD``
@@ -216,7 +217,9 @@ def _measure(workers: dict[str, Worker | None], side: str, root: Path, point: Po
         return PointRecord.for_point(point.to_dict(), "timeout", "no result within "
                                      f"measure.timeout_s = {measure.timeout_s:g} s")
     except WorkerDied as e:
-        workers.pop(side, None)
+        dead = workers.pop(side, None)  # None: it died before it said it was ready
+        if dead is not None:
+            dead.kill()  # reap it and close its stderr file
         tail = e.stderr_tail[-STDERR_TAIL_CHARS:]
         return PointRecord.for_point(point.to_dict(), "crashed",
                                      f"worker {e}" + (f"; stderr: {tail}" if tail else ""))
@@ -240,10 +243,14 @@ def run_round(suite: Suite, roots: dict[str, Path], writers: dict[str, ResultsWr
                 for side in order:
                     writers[side].write(_measure(workers, side, roots[side], point,
                                                  suite.measure))
-        finally:
-            for w in workers.values():
+        except BaseException:  # Ctrl-C, SIGTERM: a worker may be mid-point, so no polite
+            for w in workers.values():  # exit (close() waits up to 30 s for one)
                 if w is not None:
-                    w.close()
+                    w.kill()
+            raise
+        for w in workers.values():
+            if w is not None:
+                w.close()
 
 
 # --- cache -----------------------------------------------------------------------------------
@@ -270,8 +277,9 @@ def cache_key(plan: Plan, env: dict[str, Any]) -> str:
 
 
 def load_cached(entry: Path, rounds: int) -> list[ResultsFile] | None:
-    files = sorted(entry.glob("round-*.jsonl"))
-    if len(files) != rounds:
+    """The cached base rounds in round order (round-2 before round-10), or None."""
+    files = [entry / f"round-{i}.jsonl" for i in range(1, rounds + 1)]
+    if len(list(entry.glob("round-*.jsonl"))) != rounds or not all(f.is_file() for f in files):
         return None
     try:
         return [load(f) for f in files]
@@ -339,13 +347,18 @@ def run_gate(plan: Plan, *, use_cache: bool = True, out: Path | None = None,
                     paths[s].append(w.path)
                 log(f"gate: round {r}/{plan.rounds}: {len(suite.points)} points x "
                     f"{len(sides)} sides in {time.monotonic() - t0:.1f} s")
-        if not cached and use_cache:
-            store_cached(entry, paths["base"])
         base = cached or [load(p) for p in paths["base"]]
+        # A crash or timeout can be the machine's (another job, the OOM killer): caching it
+        # would keep that point uncompared in every later gate against this base.
+        if not cached and use_cache and not any(
+                r.status in ("crashed", "timeout") for f in base for r in f.records):
+            store_cached(entry, paths["base"])
         new = [load(p) for p in paths["new"]]
         if out is not None:
             for side, files in (("base", [f.path for f in base]), ("new", paths["new"])):
                 (out / side).mkdir(parents=True, exist_ok=True)
+                for stale in (out / side).glob("round-*.jsonl"):  # an earlier gate's rounds
+                    stale.unlink()  # would be pooled with these by `compare DIR/base DIR/new`
                 for i, f in enumerate(files, 1):
                     shutil.copyfile(f, out / side / f"round-{i}.jsonl")
         c = C.compare_results(base, new, threshold=threshold, alpha=alpha, paired=True,
@@ -363,6 +376,20 @@ def run_gate(plan: Plan, *, use_cache: bool = True, out: Path | None = None,
     return c
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--markdown FILE must be a file in an existing directory; --out DIR must be creatable."""
+    if args.markdown:
+        md = Path(args.markdown)
+        if md.is_dir() or not md.parent.is_dir():
+            raise InputError(f"--markdown {md}: expected a file in an existing directory")
+    if args.out:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--out {args.out}: cannot create the directory "
+                             f"({e.strerror or e}); pass a writable DIR") from None
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM (a cancelled CI job) cleans up like Ctrl-C
 
@@ -372,6 +399,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     alpha = R.parse_alpha(args.alpha)
     if args.rounds < 1:
         raise InputError(f"--rounds {args.rounds}: expected a positive number of rounds")
+    _check_outputs(args)  # before minutes of measuring, not after
     plan = make_plan(args)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -381,7 +409,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.markdown:
-        Path(args.markdown).write_text(R.format_markdown(c, "recbench gate"), encoding="utf-8")
+        try:
+            Path(args.markdown).write_text(R.format_markdown(c, "recbench gate"),
+                                           encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"--markdown {args.markdown}: cannot write it ({e.strerror or e})"
+                             ) from None
     if args.json:
         json.dump(c.to_json(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

@@ -217,8 +217,10 @@ def capacity_bytes(env: Mapping[str, Any], device: str) -> tuple[int | None, str
     if not isinstance(cap, int):
         return None, f"the run header gives no memory size for {device}"
     if kind == "cuda":
-        index = int(device.split(":")[1]) if ":" in device else 0
-        return cap, f"{env['gpus'][index].get('name', 'GPU')} memory"
+        suffix = device.partition(":")[2]
+        index = int(suffix) if suffix.isdigit() else 0  # cuda:all: each GPU's memory
+        each = " (each GPU)" if suffix == "all" else ""
+        return cap, f"{env['gpus'][index].get('name', 'GPU')} memory{each}"
     return cap, "host RAM"
 
 

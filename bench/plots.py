@@ -387,7 +387,11 @@ def plot_all(files: Sequence[Any], out_dir: str | Path, svg: bool = False) -> li
     for nf in iter_figures(files):
         for ext in ("png", "svg") if svg else ("png",):
             path = out / f"{nf.name}.{ext}"
-            nf.figure.savefig(path, dpi=DPI, format=ext)
+            try:
+                nf.figure.savefig(path, dpi=DPI, format=ext)
+            except OSError as e:  # read-only directory, full disk: as for mkdir above
+                raise InputError(f"cannot write {path}: {e.strerror or e}; pass a writable "
+                                 "--out") from None
             written.append(path)
     return written
 

@@ -30,6 +30,8 @@ from bench.plotdata import (
     GiB,
     as_files,
     capacity_bytes,
+    config_key,
+    describe,
     device_kind,
     entries,
     group,
@@ -37,6 +39,7 @@ from bench.plotdata import (
     machine_summary,
     source_names,
     status_counts,
+    varying_fields,
 )
 from bench.plots import DPI, default_out_dir, iter_figures
 from bench.results import STATUSES, ResultsFile
@@ -177,21 +180,26 @@ _FAILED = ("oom", "infeasible", "skipped-after-oom")
 
 
 def frontier_rows(items: Sequence[Entry]) -> list[list[Any]]:
-    """Per line (machine, device, framework, workload, precision, preset): the largest batch
-    that ran next to the smallest that did not fit (oom, infeasible, skipped-after-oom)."""
+    """Per line (machine, device, and every point field but the batch size): the largest batch
+    that ran next to the smallest that did not fit (oom, infeasible, skipped-after-oom). The
+    preset cell also names the fields (catalog, T, block, ...) that tell lines apart."""
     rows = []
-    lines = group([e for e in items if e.ok or e.status in _FAILED], lambda e: (
-        e.source, e.device, e.point.get("framework"), e.point.get("workload"),
-        e.point.get("precision"), e.point.get("preset")))
-    for (src, dev, fw, wl, prec, pre), members in lines.items():
+    pool = [e for e in items if e.ok or e.status in _FAILED]
+    lines = group(pool, lambda e: (e.source, e.device,
+                                   config_key(e.point, drop=("device", "batch_size"))))
+    shown = ("framework", "workload", "preset", "precision")
+    other = varying_fields([e.point for e in pool], exclude=(*shown, "device", "batch_size"))
+    for (src, dev, _), members in lines.items():
         failed = [e for e in members if e.status in _FAILED]
         if not failed:
             continue
+        p = members[0].point
         first = min(failed, key=lambda e: e.batch_size)
         ok = [e.batch_size for e in members if e.ok]
         est = first.metric("est_mem_bytes")
-        rows.append([src, dev, fw, wl, pre, prec, max(ok) if ok else "none",
-                     first.batch_size, first.status,
+        rows.append([src, dev, p.get("framework"), p.get("workload"),
+                     describe(p, ["preset", *other]), p.get("precision"),
+                     max(ok) if ok else "none", first.batch_size, first.status,
                      f"{est / GiB:.2f} GiB" if est else "-"])
     return rows
 

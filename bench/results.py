@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -353,26 +353,36 @@ class ResultsWriter:
         writer = cls(path, fh, header)
         try:
             writer._write_line(header.to_json())
-        except OSError as e:  # e.g. disk full: leave no headerless file behind
-            writer.close()
+        except BaseException as e:  # disk full, an env value JSON cannot hold, Ctrl-C:
+            writer.close()  # leave no headerless file behind (load and resume refuse one)
             path.unlink(missing_ok=True)
-            raise InputError(
-                f"cannot write results file {path}: {e.strerror or e}; pass a writable --out DIR"
-            ) from e
+            if isinstance(e, OSError):
+                raise InputError(
+                    f"cannot write results file {path}: {e.strerror or e}; "
+                    "pass a writable --out DIR"
+                ) from e
+            raise
         return writer
 
     @classmethod
-    def open_append(cls, path: str | os.PathLike[str]) -> ResultsWriter:
+    def open_append(
+        cls,
+        path: str | os.PathLike[str],
+        check: Callable[[ResultsFile], None] | None = None,
+    ) -> ResultsWriter:
         """Reopen a results file to add records (resume); ``.records`` holds those already there.
 
-        The header is validated as :func:`load` does. A partial last line left by a killed run
-        is cut off first (with a warning); otherwise the next record would be glued to it and
+        The header is validated as :func:`load` does, then by ``check`` (which raises to refuse
+        the file, e.g. one of another suite or machine). A partial last line left by a killed run
+        is cut off next (with a warning); otherwise the next record would be glued to it and
         the file would have a corrupt line in the middle.
         """
         p = Path(path)
         with warnings.catch_warnings():  # _repair_tail warns about the same partial line
             warnings.simplefilter("ignore", ResultsWarning)
             loaded = load(p)  # first, so a file that is not ours is never modified
+        if check is not None:
+            check(loaded)
         _repair_tail(p)
         try:
             fh = open(p, "a", encoding="utf-8", newline="\n")  # noqa: SIM115 (kept open)

@@ -5,9 +5,10 @@ same run (DESIGN.md "Measurement rules"), and, where the device is in ``DATASHEE
 against the vendor's dense peak too. The measured roof is the one to trust: datasheet peaks
 assume boost clocks that a power-capped part rarely holds.
 
-Method. GEMM: square ``n x n`` matmuls in the framework's default precision settings (so
-"fp32" on an Ampere+ GPU is TF32 wherever the framework allows it; the ``method`` string says
-which), 2 n^3 FLOPs each, a warm-up call (JAX compiles here), then the best of a few timed
+Method. GEMM: square ``n x n`` matmuls, 2 n^3 FLOPs each; "tf32" is fp32 with TF32 allowed
+(torch's allow_tf32, JAX's "tensorfloat32" precision), torch's "fp32" has TF32 off, as the
+harness's fp32 points run, and JAX's other dtypes use its default precision (the ``method``
+string says which); a warm-up call (JAX compiles here), then the best of a few timed
 repetitions of k back-to-back calls, synchronised at both edges. On CPU, n doubles from 256 up
 to 2048 while the next size's call is predicted (8x the last) to take < 1 s, so slow dtypes
 stay quick; on GPU and TPU n = 8192. Bandwidth: a copy of a buffer larger than any cache
@@ -22,8 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from recmodels.config import DTYPES
+from recmodels.config import DTYPES as MODEL_DTYPES
 from recmodels.errors import InputError
+
+# The model's dtypes plus "tf32": fp32 matmuls with TF32 tensor cores allowed, the roof of the
+# harness's `tf32` precision (runner.ROOF_DTYPES). fp32 is measured with TF32 off, as the
+# harness's fp32 points run.
+DTYPES = (*MODEL_DTYPES, "tf32")
 
 FRAMEWORKS = ("torch", "jax")
 MiB = 2**20
@@ -95,23 +101,37 @@ def _jax_device(kind: str, index: int) -> Any:
 
 def _torch_gemm(kind: str, index: int, dtype: str, n: int) -> Step:
     torch, dev, sync = _torch_setup(kind, index)
-    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    tdtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+              "fp16": torch.float16}[dtype]
     a = torch.randn(n, n, device=dev).to(tdtype)
     b = torch.randn(n, n, device=dev).to(tdtype)
     c = torch.empty(n, n, device=dev, dtype=tdtype)
-    return (lambda: torch.matmul(a, b, out=c)), sync
+    flags = torch.backends.cuda.matmul
+
+    def call() -> Any:
+        # TF32 for the tf32 roof only, and the process's setting put back (it is global)
+        before = flags.allow_tf32
+        flags.allow_tf32 = dtype == "tf32"
+        try:
+            return torch.matmul(a, b, out=c)
+        finally:
+            flags.allow_tf32 = before
+
+    return call, sync
 
 
 def _jax_gemm(kind: str, index: int, dtype: str, n: int) -> Step:
     import jax
     import jax.numpy as jnp
 
-    jdtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}[dtype]
+    jdtype = {"fp32": jnp.float32, "tf32": jnp.float32, "bf16": jnp.bfloat16,
+              "fp16": jnp.float16}[dtype]
     dev = _jax_device(kind, index)
     ka, kb = jax.random.split(jax.random.PRNGKey(0))
     a = jax.device_put(jax.random.normal(ka, (n, n), jdtype), dev)
     b = jax.device_put(jax.random.normal(kb, (n, n), jdtype), dev)
-    f = jax.jit(jnp.matmul)
+    precision = "tensorfloat32" if dtype == "tf32" else None
+    f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=precision))
     return (lambda: f(a, b)), jax.block_until_ready
 
 
@@ -181,21 +201,21 @@ def _gemm(
         n = n or ACCEL_N.get(kind, 4096)
         step = make(kind, index, dtype, n)
     s, k = _best_call_s(step, min_time_s, repeats, one_s)
-    method = f"{framework} matmul {n}x{n} {dtype} on {device}{_precision_note(framework, kind)}"
+    note = _precision_note(framework, kind, dtype)
+    method = f"{framework} matmul {n}x{n} {dtype} on {device}{note}"
     return 2 * n**3 / s, f"{method}, best of {repeats} reps x {k} calls"
 
 
-def _precision_note(framework: str, kind: str) -> str:
+def _precision_note(framework: str, kind: str, dtype: str) -> str:
     if framework == "torch" and kind == "cpu":
         import torch
 
         return f" ({torch.get_num_threads()} threads)"
     if framework == "torch" and kind == "cuda":
-        import torch
-
-        return f" (tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} for fp32)"
+        return f" (tf32 {'on' if dtype == 'tf32' else 'off'})"
     if framework == "jax":
-        return " (jax default matmul precision)"
+        return " (tensorfloat32 matmul precision)" if dtype == "tf32" else \
+            " (jax default matmul precision)"
     return ""
 
 
@@ -456,7 +476,11 @@ def datasheet_for_env(env: dict[str, Any], device: str) -> dict[str, Any] | None
 
     ``cuda:N`` is looked up as ``env["gpus"][N]``, NVML's order: right unless
     CUDA_VISIBLE_DEVICES reorders the GPUs (it is recorded in ``env["env_vars"]``).
+    ``KIND:all`` (JAX data parallel over every device) gives None: one chip's peak is not the
+    peak of a step spread over several.
     """
+    if str(device).strip().lower().endswith(":all"):
+        return None
     kind, index = parse_device(device)
     name: str | None = None
     if kind == "cuda":

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,11 @@ class Worker:
         )
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self._receive(STARTUP_TIMEOUT_S)  # {"event": "ready"}
+        try:
+            self._receive(STARTUP_TIMEOUT_S)  # {"event": "ready"}
+        except BaseException:  # no Worker is returned, so nobody else could kill this one
+            self.kill()
+            raise
 
     def _read(self) -> None:
         for line in self.proc.stdout:  # type: ignore[union-attr]
@@ -149,19 +153,40 @@ def device_capacity_bytes(device: str, env: dict[str, Any]) -> int | None:
     return None
 
 
+def devices_spanned(device: str, env: dict[str, Any]) -> int:
+    """How many devices a point runs on: every GPU or TPU chip for ``KIND:all`` (JAX data
+    parallel), else 1. ``cpu:all`` splits one CPU into virtual devices that share its roof
+    and its memory, so it counts as 1."""
+    if not device.endswith(":all"):
+        return 1
+    kind = device_kind(device)
+    if kind == "cuda":
+        return max(1, len(env.get("gpus") or []))
+    if kind == "tpu":
+        return max(1, int((env.get("tpu") or {}).get("count") or 1))
+    return 1
+
+
 def add_utilization(metrics: dict[str, Any], point: Point, roofs: dict[str, Any],
                     env: dict[str, Any]) -> None:
     """Achieved FLOP/s and bytes/s against the measured roofs and, where known, the
-    datasheet peak. A missing roof leaves the ratio null, never 0."""
+    datasheet peak. A missing roof leaves the ratio null, never 0. Roofs are measured on one
+    device, so a ``KIND:all`` point is held to ``roof_devices`` times them (and to no
+    datasheet peak)."""
     from bench.roofs import datasheet_for_env
 
     dtype = ROOF_DTYPES.get(point.precision)
-    roof = roofs.get(f"{device_kind(point.device)}/{dtype}") or {}
+    kind, n = device_kind(point.device), devices_spanned(point.device, env)
+    roof = roofs.get(f"{kind}/{dtype}") or {}
     flops, bw = roof.get("gemm_flops_per_s"), roof.get("mem_bytes_per_s")
+    flops, bw = (flops * n if flops else None), (bw * n if bw else None)
+    metrics["roof_devices"] = n
     metrics["roof_flops_per_s"] = flops
     metrics["utilization"] = metrics["achieved_flops_per_s"] / flops if flops else None
     metrics["bandwidth_utilization"] = metrics["achieved_bytes_per_s"] / bw if bw else None
-    sheet = datasheet_for_env(env, point.device) if dtype else None
+    # KIND:all has no datasheet peak (roofs.datasheet_for_env): one chip's is not the step's
+    all_devices = point.device.endswith(":all")
+    sheet = datasheet_for_env(env, point.device) if dtype and not all_devices else None
     peak = (sheet or {}).get("flops_per_s", {}).get(dtype)
     metrics["datasheet_flops_per_s"] = peak
     metrics["utilization_datasheet"] = metrics["achieved_flops_per_s"] / peak if peak else None
@@ -182,7 +207,7 @@ def describe_record(rec: R.PointRecord) -> str:
     m = rec.metrics
     return (f"{m['step_ms']['median']:.2f} ms/step (median of {m['step_ms']['n']})  "
             f"{m['samples_per_s']:,.0f} samples/s  "
-            f"{human(m['achieved_flops_per_s'], 'FLOP/s')}")
+            f"{human(m['achieved_flops_per_s'], 'FLOP/s')} (analytic FLOPs / median)")
 
 
 class Progress:
@@ -255,6 +280,8 @@ def measure_roofs_in_worker(points: Iterable[Point], *, timeout_s: float = 600.0
                                    timeout_s)
             roofs.update(reply["roofs"])
         except (WorkerDied, WorkerTimeout) as e:
+            if worker is not None:
+                worker.kill()  # a hung worker would keep close() waiting its 30 s
             log(f"roofs for {kind} could not be measured ({e}); utilisation will be null")
         finally:
             if worker is not None:
@@ -282,7 +309,7 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
               ) -> RunOutcome:
     """Run every point of `suite` that has no record yet; return what was written."""
     if resume is not None:
-        writer = R.ResultsWriter.open_append(resume)
+        writer = R.ResultsWriter.open_append(resume, check=resumable_by(suite, env))
         header = writer.header
         roofs = header.roofs
     else:
@@ -302,7 +329,11 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
     todo = [p for p in suite.points if p.id not in done]
     outcome = RunOutcome(writer.path, previous=previous)
     progress = progress or Progress(len(todo))
-    log(f"{len(todo)} points to run ({len(done)} already recorded) -> {writer.path}")
+    stale = len(done - {p.id for p in suite.points})  # e.g. resumed with other --set values
+    log(f"suite {suite.name!r}: {len(todo)} points to run "
+        f"({len(suite.points) - len(todo)} already recorded"
+        + (f"; {stale} recorded points are not in the suite now and stay as they are"
+           if stale else "") + f") -> {writer.path}")
 
     def record(point: Point, status: str, reason: str | None = None,
                reply: dict[str, Any] | None = None) -> None:
@@ -329,11 +360,15 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                     record(point, "skipped-after-oom", "a point of the same line with no more "
                            "parameters and no larger batch ran out of memory")
                     continue
-                est, cap = analytic_cost(point)["est_mem_bytes"], device_capacity_bytes(device,
-                                                                                         env)
+                n = devices_spanned(device, env)  # KIND:all: each device holds B / n
+                one = point if n == 1 else replace(point, batch_size=max(1, point.batch_size // n))
+                est, cap = analytic_cost(one)["est_mem_bytes"], device_capacity_bytes(device, env)
                 if cap and est > cap:
+                    where = (f"exceeds {device}'s {human(cap, 'B')}" if n == 1 else
+                             f"per device exceeds the {human(cap, 'B')} of each of {device}'s "
+                             f"{n} devices")
                     record(point, "infeasible", f"analytic memory estimate {human(est, 'B')} "
-                           f"exceeds {device}'s {human(cap, 'B')} (an estimate; not run)")
+                           f"{where} (an estimate; not run)")
                     continue
                 try:
                     if worker is None:
@@ -348,6 +383,7 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                            f"{suite.measure.timeout_s:g} s (measure.timeout_s); worker killed")
                     continue
                 except WorkerDied as e:
+                    worker.kill() if worker else None  # reap it, close its stderr file
                     worker = None
                     tail = e.stderr_tail[-STDERR_TAIL_CHARS:]
                     record(point, "crashed", f"worker {e}" + (f"; stderr: {tail}" if tail else ""),
@@ -367,6 +403,43 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
         writer.close()
         progress.close()
     return outcome
+
+
+# Measure fields that shape the samples; a different timeout_s changes no measurement.
+_SAMPLING_FIELDS = ("warmup_iters", "min_time_s", "min_iters", "max_iters", "max_time_s")
+# machine_id, then the fields of envinfo.fingerprint_key in its order
+_ENV_FIELDS = ("machine", "cpu", "logical cores", "usable cores", "gpus", "tpu", "torch", "jax")
+
+
+def resumable_by(suite: Suite, env: dict[str, Any]) -> Callable[[R.ResultsFile], None]:
+    """A check for ResultsWriter.open_append: the file must hold this suite, measured on this
+    machine and software with the same sampling settings, or its records would be mixed with
+    incomparable ones under a header that describes only the first run."""
+    from bench.envinfo import fingerprint_key
+
+    def check(f: R.ResultsFile) -> None:
+        h = f.header
+        if h.suite != suite.name:
+            raise InputError(f"{f.path} holds a run of suite {h.suite!r}, not {suite.name!r}: "
+                             f"resume it with --suite {h.suite} or start a new run")
+        then = (h.machine_id, *fingerprint_key(h.env))
+        now = (env.get("machine_id"), *fingerprint_key(env))
+        diff = [f"{name} {a!r} vs {b!r} now" for name, a, b in zip(_ENV_FIELDS, then, now)
+                if a != b]
+        if diff:
+            raise InputError(f"{f.path} was recorded in another environment ("
+                             + "; ".join(diff) + "): start a new run")
+        before = h.extra.get("measure")
+        if isinstance(before, dict):
+            current = suite.measure.__dict__
+            diff = [f"measure.{k} {before[k]!r} -> {current[k]!r}" for k in _SAMPLING_FIELDS
+                    if k in before and before[k] != current[k]]
+            if diff:
+                raise InputError(f"{f.path} was measured with other settings ("
+                                 + ", ".join(diff) + "): resume with the same --set values "
+                                 "or start a new run")
+
+    return check
 
 
 def check_writable(directory: Path) -> None:

@@ -114,6 +114,7 @@ class Workload:
     def close(self) -> None:
         """Drop every device buffer this workload holds."""
         self.step = self.sync = None  # type: ignore[assignment]
+        self.planned_mem_bytes = lambda: None  # its closure holds the engine and the batch
         self.engine = None
         gc.collect()
 

@@ -57,6 +57,15 @@ class GenRecConfig:
                 raise ConfigError(
                     f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(DTYPES)}"
                 )
+        if self.param_dtype == "fp16":
+            # Adam's eps (1e-8) rounds to 0 in fp16: the first step divides 0 by 0 (NaN)
+            raise ConfigError("param_dtype fp16 is not supported: Adam's state cannot be held "
+                              "in fp16; keep param_dtype fp32 and set compute_dtype fp16")
+        if self.param_dtype != "fp32" and self.compute_dtype != self.param_dtype:
+            # torch.autocast only lowers: it cannot compute in fp32 (or fp16) on bf16 weights
+            raise ConfigError(f"param_dtype {self.param_dtype} needs compute_dtype "
+                              f"{self.param_dtype}, got {self.compute_dtype}; for mixed "
+                              "precision keep param_dtype fp32")
         if self.block != "lstm" and self.d_model % self.n_head:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_head={self.n_head}: "

@@ -55,6 +55,10 @@ class TrainOptions:
             base = value.split(":")[0] if name == "device" else value
             if base not in allowed:
                 raise InputError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+        index = self.device.partition(":")[2]
+        if ":" in self.device and not index.isdigit():  # e.g. cuda:all (data parallel) or cuda:x
+            raise InputError(f"bad device {self.device!r}: training runs on one device, "
+                             "written KIND or KIND:N (e.g. cuda:1)")
         for name in ("batch_size", "eval_users"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -84,6 +88,15 @@ def resolve_device(framework: str, device: str) -> str:
     if not have.get(kind, False):
         raise InputError(f"device {device!r} is not available to {framework} on this machine: "
                          "use --device auto or cpu")
+    index = device.partition(":")[2]
+    if index and kind in ("cuda", "tpu"):  # an index past the last device fails deep inside
+        if framework == "torch":
+            count = torch.cuda.device_count()
+        else:
+            count = len(jax.devices({"cuda": "gpu"}.get(kind, kind)))
+        if int(index) >= count:
+            raise InputError(f"device {device!r} does not exist: {framework} sees {count} "
+                             f"{kind} device(s), {kind}:0 to {kind}:{count - 1}")
     return device
 
 
@@ -141,6 +154,11 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
     t0 = time.perf_counter()
     data = D.load(opts.dataset)
     split = S.leave_one_out(data)
+    if S.n_train_batches(split, 1) == 0:  # else the epochs run no step and the "trained"
+        raise InputError(                  # model's metrics are those of its initial weights
+            f"{data.name}: no user has 4 or more interactions, so the leave-one-out split "
+            "leaves no training pair (each user gives its last two items to validation and "
+            "test); use a dataset with longer histories")
     cfg = preset(opts.preset, **{"catalog_size": data.n_items,
                                  "compute_dtype": compute_dtype(opts.precision),
                                  **opts.overrides})

@@ -27,8 +27,13 @@ def save(tensors: dict[str, np.ndarray], cfg: GenRecConfig, path: str | Path) ->
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    save_file(arrays, str(tmp), metadata={CONFIG_KEY: json.dumps(dataclasses.asdict(cfg))})
-    tmp.replace(path)
+    try:
+        save_file(arrays, str(tmp), metadata={CONFIG_KEY: json.dumps(dataclasses.asdict(cfg))})
+        tmp.replace(path)
+    except (OSError, SafetensorError) as e:  # a missing directory, no permission, a full disk
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {e}; check that its directory exists and is "
+                         "writable") from None
     return path
 
 
@@ -42,5 +47,14 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], GenRecConfig | None]:
             meta = json.loads(f.read(header_len)).get("__metadata__", {})
     except (OSError, SafetensorError, ValueError) as e:
         raise InputError(f"{path}: not a readable safetensors file ({e})") from None
-    cfg = GenRecConfig(**json.loads(meta[CONFIG_KEY])) if CONFIG_KEY in meta else None
+    if CONFIG_KEY not in meta:
+        return tensors, None
+    try:
+        fields = json.loads(meta[CONFIG_KEY])
+        cfg = GenRecConfig(**fields)
+    except InputError as e:
+        raise InputError(f"{path}: the config saved in this file is invalid ({e})") from None
+    except (TypeError, ValueError) as e:  # not JSON, not an object, or unknown fields
+        raise InputError(f"{path}: the config saved in this file is unreadable ({e}); "
+                         "was it written by another recbench version?") from None
     return tensors, cfg

@@ -345,3 +345,21 @@ def test_paired_runs_flag(tmp_path, capsys):
     rounds(tmp_path, "new", [1.1, 1.65, 0.88, 1.43, 1.21], seed=50)
     rc, out, _ = run(capsys, tmp_path / "base", tmp_path / "new", "--paired-runs", "--json")
     assert rc == 1 and json.loads(out)["paired_runs"] is True
+
+
+def test_a_zero_step_time_is_exit_2_not_a_division_by_zero(pair, capsys):
+    bad = record(point(), seed=1)
+    bad.samples_ms[3] = 0.0  # an unmeasured iteration written as 0
+    b, n = pair([bad], [record(point(), seed=2)])
+    for metric in ("samples_per_s", "step_ms"):
+        rc, _, err = run(capsys, b, n, "--metric", metric)
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert "base torch train tiny/sasrec" in err and "got 0.0 at index 3" in err
+    assert run(capsys, b, n, "--metric", "peak_mem_bytes")[0] == 0  # samples not needed
+
+
+def test_paired_reason_prints_a_fractional_threshold_exactly(tmp_path):
+    base = rounds(tmp_path, "base", [1.0] * 6)
+    wobbly = rounds(tmp_path, "b", [1.12, 0.9, 1.0, 1.1, 0.92, 1.0], seed=9)
+    step = compare_results(base, wobbly, paired=True, threshold=0.075).points[0].metric("step_ms")
+    assert step.status == "inconclusive" and "rule out a 7.5% change" in step.reason

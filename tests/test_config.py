@@ -47,6 +47,9 @@ def test_param_counts_equal_both_implementations(block):
     (dict(compute_dtype="fp8"), "unknown compute_dtype"),
     (dict(n_layer=0), "n_layer must be a positive integer"),
     (dict(dropout=1.0), "dropout"),
+    # both trained to NaN (torch) or crashed in optax (JAX) instead of saying so
+    (dict(param_dtype="fp16", compute_dtype="fp16"), "param_dtype fp16 is not supported"),
+    (dict(param_dtype="bf16", compute_dtype="fp32"), "param_dtype bf16 needs compute_dtype bf16"),
 ])
 def test_impossible_configs_are_input_errors(bad, match):
     with pytest.raises(InputError, match=match):

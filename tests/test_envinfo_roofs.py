@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import envinfo
+from bench import roofs as roofs_mod
 from bench.envinfo import fingerprint, fingerprint_key, format_env, git_info, machine_id
 from bench.roofs import (
     DATASHEET_PEAKS,
@@ -256,6 +257,40 @@ def test_measure_roofs_records_an_absent_device_instead_of_crashing() -> None:
     entry = roofs["cuda/bf16"]
     assert entry["gemm_flops_per_s"] is None and entry["mem_bytes_per_s"] is None
     assert "CUDA" in entry["reason"]
+
+
+def test_measure_roofs_takes_every_dtype_the_runner_asks_for() -> None:
+    """`recbench env` on a GPU and the runner ask for tf32 (runner.ROOF_DTYPES); a roof
+    measurement that refused it lost every roof of the run. TF32 is allowed for the tf32
+    roof only, and the process's setting is put back."""
+    torch = pytest.importorskip("torch")
+    from bench.runner import ROOF_DTYPES
+
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_tf32
+    roofs = measure_roofs(["cpu"], sorted(set(ROOF_DTYPES.values())), min_time_s=0.01,
+                          repeats=1)
+    assert set(roofs) == {f"cpu/{d}" for d in ROOF_DTYPES.values()}
+    assert roofs["cpu/tf32"]["gemm_flops_per_s"] > 1e8
+    assert " tf32 " in roofs["cpu/tf32"]["method"]
+    assert flags.allow_tf32 == before
+    seen = []
+    call, _ = roofs_mod._torch_gemm("cpu", 0, "tf32", 64)
+    orig = torch.matmul
+    try:
+        torch.matmul = lambda *a, **k: seen.append(flags.allow_tf32) or orig(*a, **k)
+        call()
+        roofs_mod._torch_gemm("cpu", 0, "fp32", 64)[0]()
+    finally:
+        torch.matmul = orig
+    assert seen == [True, False] and flags.allow_tf32 == before
+
+
+def test_datasheet_for_data_parallel_devices_is_none_not_an_error() -> None:
+    env = {"gpus": [{"name": "NVIDIA H200", "memory_bytes": 141 * 2**30}] * 2}
+    assert datasheet_for_env(env, "cuda:1")["name"] == "NVIDIA H200 SXM"
+    assert datasheet_for_env(env, "cuda:all") is None
+    assert datasheet_for_env(env, "cpu:all") is None
 
 
 def test_roofs_reject_typos() -> None:

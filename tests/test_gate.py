@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ import pytest
 from bench import gate
 from bench.cli import main
 from bench.results import PointRecord
+from recmodels.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
@@ -34,6 +37,7 @@ GATE_LIMIT_S = 300  # the issue's bound for one gate on this 2-core machine
 SLOWER = '''
 
 import time
+import types
 
 _fast_train_step = train_step
 
@@ -252,3 +256,113 @@ def test_a_base_without_model_code_is_exit_2(throwaway, tmp_path, monkeypatch, c
     assert main(["gate", "--base", "HEAD~1", "--no-cache"]) == 2
     assert "has no recmodels package" in capsys.readouterr().err
     assert worktrees(repo) == [f"worktree {repo}"]
+
+
+# --- workers, cache and outputs (no measurement) ----------------------------------------------
+
+
+class FakeWorker:
+    """Stands in for bench.runner.Worker: records how it was ended."""
+
+    ended: ClassVar[list[str]] = []
+
+    def __init__(self, framework, env=None, fail=None):
+        self.fail = fail
+
+    def request(self, msg, timeout_s):
+        if self.fail:
+            raise self.fail
+        return {"status": "ok", "reason": None, "metrics": {}, "samples_ms": [1.0]}
+
+    def kill(self):
+        FakeWorker.ended.append("kill")
+
+    def close(self):
+        FakeWorker.ended.append("close")
+
+
+def test_a_worker_that_dies_is_reaped_and_interrupted_rounds_kill_their_workers(monkeypatch):
+    from bench.runner import WorkerDied
+    from bench.suite import Measure, Point
+
+    p = Point(framework="torch", workload="train", preset="tiny", batch_size=4,
+              precision="fp32", device="cpu")
+    FakeWorker.ended = []
+    workers = {"new": FakeWorker("torch", fail=WorkerDied(-9, "boom"))}
+    rec = gate._measure(workers, "new", Path("."), p, Measure())
+    assert rec.status == "crashed" and FakeWorker.ended == ["kill"] and "new" not in workers
+
+    FakeWorker.ended = []
+    calls = []
+
+    def measure(workers, side, root, point, m):
+        calls.append(side)
+        workers.setdefault(side, FakeWorker("torch"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second side's worker is busy
+        return fake_record()
+
+    monkeypatch.setattr(gate, "_measure", measure)
+    suite = types.SimpleNamespace(groups=lambda: [(("torch", "cpu"), [p])], measure=Measure())
+    writers = {s: types.SimpleNamespace(write=lambda r: None) for s in ("base", "new")}
+    with pytest.raises(KeyboardInterrupt):
+        gate.run_round(suite, {"base": Path("b"), "new": Path("n")}, writers, ["base", "new"])
+    assert FakeWorker.ended == ["kill", "kill"]  # no polite exit that waits up to 30 s
+
+
+def test_cached_rounds_load_in_round_order(tmp_path):
+    from bench.results import ResultsWriter, RunHeader
+
+    entry = tmp_path / "entry"
+    for r in range(1, 12):
+        header = RunHeader(run_id=f"base-round-{r}", suite="ci", started_at="x",
+                           env={"machine_id": "m"}, roofs={})
+        with ResultsWriter.create(tmp_path, "entry", f"round-{r}", header) as w:
+            w.write(fake_record(seed=r))
+    files = gate.load_cached(entry, 11)
+    assert [f.run_id for f in files] == [f"base-round-{r}" for r in range(1, 12)]
+    assert gate.load_cached(entry, 10) is None
+
+
+def test_a_crashed_base_round_is_not_cached(throwaway, monkeypatch, tmp_path):
+    def crashing_round(suite, roots, writers, order):
+        for side in order:
+            writers[side].write(fake_record() if side == "new" else PointRecord.for_point(
+                fake_record().point, "crashed", "worker killed by signal SIGKILL"))
+
+    monkeypatch.setenv("RECBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gate, "run_round", crashing_round)
+    monkeypatch.setattr(gate, "repo_root", lambda: throwaway)
+    with pytest.raises(InputError, match="none of the 1 common points ran on both sides"):
+        gate.run_gate(gate.make_plan(types.SimpleNamespace(
+            set=None, framework=None, suite="ci", base="HEAD", rounds=2)))
+    assert not (tmp_path / "cache" / "gate").exists()
+
+
+def test_outputs_are_checked_before_any_work_and_out_holds_only_this_gate(
+        throwaway, monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake_round(suite, roots, writers, order):
+        calls.append(order)
+        for side in order:
+            writers[side].write(fake_record(seed=len(calls)))
+
+    monkeypatch.setattr(gate, "run_round", fake_round)
+    monkeypatch.setattr(gate, "repo_root", lambda: throwaway)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for bad in (["--markdown", str(tmp_path / "no" / "gate.md")],
+                ["--out", str(blocker / "sub")]):
+        assert main(["gate", "--base", "HEAD", "--no-cache", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and bad[0] in err
+    assert calls == []
+    out = tmp_path / "out"
+    assert main(["gate", "--base", "HEAD", "--no-cache", "--rounds", "3", "--out", str(out),
+                 "--json"]) == 0
+    assert main(["gate", "--base", "HEAD", "--no-cache", "--rounds", "2", "--out", str(out),
+                 "--json"]) == 0
+    for side in ("base", "new"):
+        assert sorted(p.name for p in (out / side).iterdir()) == ["round-1.jsonl",
+                                                                 "round-2.jsonl"]

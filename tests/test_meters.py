@@ -356,6 +356,18 @@ def test_nvml_counter_difference_over_two_gpus() -> None:
     assert e.result is not None and e.result.measured
 
 
+def test_a_counter_that_did_not_move_is_unavailable_not_zero() -> None:
+    """NVML's counter steps every 100 ms on an H200: a shorter window often reads no step at
+    all, and 0 J per step would be recorded as a measurement."""
+    nv = fake_pynvml([1_000_000], [0])
+    with EnergyMeter(nvml_sources(None, nv)) as e:
+        pass  # no update of the counter inside the window
+    assert e.provenance == "unavailable" and e.energy_j is None and e.mean_power_w is None
+    assert "did not advance" in e.result.note
+    m = energy_metrics(e.result, steps=30, recs=30 * 128)
+    assert m["energy_j_per_1k_recs"] is None and m["energy_j_per_step"] is None
+
+
 def test_nvml_counter_error_falls_back_to_power_sampling() -> None:
     nv = fake_pynvml([0, 0], [150_000, 250_000], counter=False)  # 150 W + 250 W
     sources = nvml_sources([0, 1], nv)

@@ -1,6 +1,7 @@
 """The two implementations: structure, behaviour, and numerical parity through safetensors."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -131,3 +132,34 @@ def test_weights_round_trip_and_bad_file(tmp_path):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(InputError, match="not a readable safetensors file"):
         weights.load(bad)
+    # `recbench train --save` to a missing directory: one line after training, no traceback
+    with pytest.raises(InputError, match=r"cannot write .*no_such_dir"):
+        weights.save(te.state_dict(), cfg, tmp_path / "no_such_dir" / "w.safetensors")
+    from safetensors.numpy import save_file
+
+    for meta in ('{"d_model": 50, "future_field": 1}', "not json", '{"n_head": 7}'):
+        save_file({"a": np.zeros(2, np.float32)}, str(bad), metadata={weights.CONFIG_KEY: meta})
+        with pytest.raises(InputError, match="config saved in this file"):
+            weights.load(bad)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_mixed_precision_losses_mirror_autocast(loss, monkeypatch):
+    """Given the same hidden states, JAX's bf16 losses equal torch's under autocast: only the
+    matmuls (einsum, @) are lowered, the element-wise positive score stays fp32."""
+    cfg = tiny(loss=loss, n_neg=4, compute_dtype="bf16")
+    batch = parity.parity_batch(cfg, batch_size=4)
+    rng = np.random.default_rng(0)
+    h = rng.normal(0, 1, (4, cfg.seq_len, cfg.d_model)).astype(np.float32)
+    table = rng.normal(0, 1, (cfg.catalog_size + 1, cfg.d_model)).astype(np.float32)
+    table[0] = 0
+    te = tm.Engine(cfg, seed=0)
+    with torch.no_grad():
+        te.model.item_emb.weight.copy_(torch.from_numpy(table))
+    monkeypatch.setattr(tm.GenRec, "forward", lambda self, seq: torch.from_numpy(h))
+    monkeypatch.setattr(jm, "forward", lambda p, cfg, seq, rng=None: jnp.asarray(h))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        lt = float(tm.loss_fn(te.model, te.put(batch)))
+    params = {"item_emb.weight": jnp.asarray(table)}
+    lj = float(jm.loss_fn(params, cfg, {k: jnp.asarray(v) for k, v in batch.items()}))
+    assert lj == pytest.approx(lt, rel=2e-6)

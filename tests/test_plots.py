@@ -289,3 +289,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, case: str) -> 
     assert main(["plot", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("recbench plot: error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_unwritable_figure_file_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    """A figure that cannot be written (read-only --out, full disk; here a directory in the
+    way, since tests run as root) is an InputError, not a traceback."""
+    first = next(plots.iter_figures([load(FIX / "single.jsonl")])).name
+    (tmp_path / f"{first}.png").mkdir()
+    assert main(["plot", str(FIX / "single.jsonl"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write" in err and "\n" not in err and "Traceback" not in err

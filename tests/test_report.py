@@ -250,3 +250,36 @@ def test_cross_hardware_picks_the_fastest_of_several_devices() -> None:
     assert max(r.b.candidates for r in t.rows) == 2
     on_cpu = compare_hw.cross_hardware([a], [b], device_b="cpu")
     assert {r.b.device for r in on_cpu.rows} == {"cpu"} and len(on_cpu.rows) == 3
+
+
+def test_data_parallel_device_reads_as_each_gpus_capacity(tmp_path: Path) -> None:
+    """JAX's `cuda:all` points (data parallel) used to crash the report on int('all')."""
+    from bench.plotdata import capacity_bytes
+
+    env = {"gpus": [{"name": "NVIDIA H200", "memory_bytes": 141 << 30}] * 2}
+    assert capacity_bytes(env, "cuda:all") == (141 << 30, "NVIDIA H200 memory (each GPU)")
+    assert capacity_bytes(env, "cuda:1") == (141 << 30, "NVIDIA H200 memory")
+    rec = _ok("cuda:all", 8, 100.0, 1e9)
+    rec.metrics.update(params_dense=1000, params_embedding=1000, peak_device_mem_bytes=1e9)
+    path = _file(tmp_path, "box-dp", "cuda:all", [rec])
+    rf = load(path)
+    rf.header.env["gpus"] = env["gpus"]
+    page = report.build_report([rf])
+    parse(page)
+    assert "cuda:all" in page and "memory (each GPU)" in page
+
+
+def test_oom_frontier_keeps_lines_of_one_preset_apart(tmp_path: Path) -> None:
+    """Two catalog sizes of one preset are two lines: the small catalog's B=64 must not read
+    as 'largest ok batch' next to the large catalog's OOM at B=16."""
+    def rec(batch: int, catalog: int, status: str = "ok") -> PointRecord:
+        point = {**POINT, "batch_size": batch, "device": "cpu", "catalog_size": catalog}
+        if status != "ok":
+            return PointRecord.for_point(point, status, "OOM", metrics={"est_mem_bytes": 2**30})
+        return PointRecord.for_point(point, "ok", metrics={"samples_per_s": 10.0 * batch})
+
+    path = _file(tmp_path, "box-f", "cpu", [rec(8, 1000), rec(64, 1000), rec(8, 10**6),
+                                            rec(16, 10**6, "oom")])
+    rows = report.frontier_rows(report.entries([load(path)]))
+    assert rows == [["box-f", "cpu", "torch", "train", "tiny C=1M", "fp32", 8, 16, "oom",
+                     "1.00 GiB"]]

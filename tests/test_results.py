@@ -209,6 +209,29 @@ def test_open_append_validates_the_header_and_leaves_other_files_alone(tmp_path:
     assert csv.read_bytes() == b"a,b\n1,2\n3,"
 
 
+def test_open_append_check_refuses_before_the_file_is_touched(tmp_path: Path) -> None:
+    path = write_run(tmp_path, [ok_record(64)])
+    with open(path, "a") as f:
+        f.write('{"kind": "point", "id": "abc", "poi')  # a partial line that a resume would cut
+    before = path.read_bytes()
+
+    def refuse(loaded):
+        assert loaded.header.suite == "quick"
+        raise InputError("another suite")
+
+    with pytest.raises(InputError, match="another suite"):
+        ResultsWriter.open_append(path, check=refuse)
+    assert path.read_bytes() == before
+
+
+def test_a_header_json_cannot_hold_leaves_no_file(tmp_path: Path) -> None:
+    bad = header()
+    bad.env["probe"] = object()  # a fingerprint value strict JSON cannot hold
+    with pytest.raises(TypeError, match="cannot store"):
+        ResultsWriter.create(tmp_path, "m1", "r1", bad)
+    assert list((tmp_path / "m1").iterdir()) == []  # no empty, headerless r1.jsonl
+
+
 # --- reader -------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -252,3 +253,145 @@ def test_unwritable_output_directory(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--out" in err and len(err.strip().splitlines()) == 1
     assert blocker.read_text() == "not a directory"
+
+
+def test_a_worker_that_is_not_ready_in_time_is_killed(monkeypatch):
+    from bench import runner
+
+    started = []
+
+    class Popen(subprocess.Popen):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            started.append(self)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", Popen)
+    monkeypatch.setattr(runner, "STARTUP_TIMEOUT_S", 0.01)  # torch takes longer to import
+    with pytest.raises(runner.WorkerTimeout):
+        runner.Worker("torch")
+    (proc,) = started
+    assert proc.returncode is not None  # killed and reaped, not left running in its session
+
+
+def test_workload_close_drops_the_engine():
+    import gc
+    import weakref
+
+    from bench.workloads import build
+
+    w = build(tiny_point(workload="train"))
+    engine = weakref.ref(w.engine)
+    w.step()
+    w.close()
+    gc.collect()
+    assert engine() is None  # planned_mem_bytes' closure no longer holds it
+    assert w.planned_mem_bytes() is None
+
+
+INFEASIBLE = """
+[[grid]]
+framework = ["torch"]
+workload = ["train"]
+preset = ["xl"]
+batch_size = [{batches}]
+precision = ["fp32"]
+"""
+SMALL_ENV = {"machine_id": "test-machine", "cpu": "test cpu", "ram_bytes": 1 << 30, "gpus": []}
+
+
+def _infeasible_run(tmp_path, batches: str, **kw) -> tuple[Path, list[str]]:
+    """A run whose points are all infeasible on SMALL_ENV: the runner decides, no worker."""
+    logged: list[str] = []
+    suite = load_suite(write_suite(tmp_path, INFEASIBLE.format(batches=batches), **kw))
+    out = run_suite(suite, out_dir=tmp_path / "out", env=SMALL_ENV, roofs={}, log=logged.append)
+    return out.path, logged
+
+
+def test_resume_refuses_another_suite_machine_or_sampling(tmp_path):
+    path, _ = _infeasible_run(tmp_path, "4096")
+    before = path.read_bytes()
+    grid = INFEASIBLE.format(batches="4096")
+    other = load_suite(write_suite(tmp_path, grid, name="other"))
+    same = load_suite(write_suite(tmp_path, grid))
+    slower = tmp_path / "slower" / "t.toml"
+    slower.parent.mkdir()
+    slower.write_text((tmp_path / "t.toml").read_text().replace("min_iters = 3", "min_iters = 5"))
+    cases = [(other, SMALL_ENV, "holds a run of suite 't', not 'other'"),
+             (same, {**SMALL_ENV, "machine_id": "elsewhere"}, "machine 'test-machine' vs "
+              "'elsewhere'"),
+             (same, {**SMALL_ENV, "versions": {"torch": "9.9"}}, "torch None vs '9.9'"),
+             (load_suite(slower), SMALL_ENV, "measure.min_iters 3 -> 5")]
+    for suite, env, message in cases:
+        with pytest.raises(R.InputError, match=re.escape(message)):
+            run_suite(suite, out_dir=tmp_path / "out", env=env, resume=path)
+        assert path.read_bytes() == before
+    assert main(["run", "--suite", str(tmp_path / "other.toml"), "--resume", str(path)]) == 2
+
+
+def test_resume_keeps_records_of_points_no_longer_in_the_suite(tmp_path):
+    path, _ = _infeasible_run(tmp_path, "4096, 8192")
+    suite = load_suite(write_suite(tmp_path, INFEASIBLE.format(batches="8192, 16384")))
+    logged: list[str] = []
+    outcome = run_suite(suite, out_dir=tmp_path / "out", env=SMALL_ENV, resume=path,
+                        log=logged.append)
+    assert [Point.from_dict(r.point).batch_size for r in outcome.records] == [16384]
+    assert "1 points to run (1 already recorded; 1 recorded points are not in the suite" in (
+        logged[0])
+    assert sorted(Point.from_dict(r.point).batch_size for r in R.load(path).records) == [
+        4096, 8192, 16384]
+
+
+def test_utilization_of_data_parallel_points_is_against_every_device():
+    from bench.runner import add_utilization, devices_spanned
+
+    roofs = {"cuda/bf16": {"gemm_flops_per_s": 500e12, "mem_bytes_per_s": 4e12},
+             "cpu/fp32": {"gemm_flops_per_s": 1e11, "mem_bytes_per_s": 2e10}}
+    env = {"gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 80 << 30}] * 4}
+    achieved = {"achieved_flops_per_s": 1e15, "achieved_bytes_per_s": 4e12}
+    one = {**achieved}
+    add_utilization(one, tiny_point(framework="jax", precision="bf16", device="cuda:0"), roofs,
+                    env)
+    four = {**achieved}
+    add_utilization(four, tiny_point(framework="jax", precision="bf16", device="cuda:all"),
+                    roofs, env)
+    assert devices_spanned("cuda:all", env) == 4 and four["roof_devices"] == 4
+    assert four["utilization"] == pytest.approx(one["utilization"] / 4) == pytest.approx(0.5)
+    assert four["bandwidth_utilization"] == pytest.approx(0.25)
+    assert one["utilization_datasheet"] > 0 and four["utilization_datasheet"] is None
+    host = {**achieved}  # cpu:all: virtual devices of one CPU, measured by no datasheet
+    add_utilization(host, tiny_point(framework="jax", device="cpu:all"), roofs, env)
+    assert host["utilization"] == pytest.approx(1e4) and host["utilization_datasheet"] is None
+
+
+def test_data_parallel_feasibility_is_per_device(tmp_path, monkeypatch):
+    from bench import runner
+    from bench.workloads import analytic_cost
+
+    class Worker:  # what the point does on the device is not this test's business
+        def __init__(self, framework, env=None):
+            pass
+
+        def request(self, msg, timeout_s):
+            return {"status": "unsupported", "reason": "no GPU in this test"}
+
+        def close(self):
+            pass
+
+        kill = close
+
+    monkeypatch.setattr(runner, "Worker", Worker)
+    grid = INFEASIBLE.format(batches="64").replace('"torch"', '"jax"').replace(
+        'preset = ["xl"]', 'preset = ["tiny"]\ndevice = ["cuda:all"]')
+    cap = 24 << 20
+    env = {**SMALL_ENV, "gpus": [{"name": "GPU", "memory_bytes": cap}] * 8}
+    suite = load_suite(write_suite(tmp_path, grid), device_resolver=lambda d: d)
+    (point,) = suite.points
+    per_device = analytic_cost(Point(**{**point.to_dict(), "batch_size": 8}))["est_mem_bytes"]
+    assert per_device < cap < analytic_cost(point)["est_mem_bytes"]  # all of B fits on no GPU
+    (rec,) = run_suite(suite, out_dir=tmp_path / "out", env=env, roofs={},
+                       log=lambda s: None).records
+    assert rec.status == "unsupported", rec.reason  # it was sent to the worker
+    env["gpus"] = [{"name": "GPU", "memory_bytes": cap}] * 2  # B=32 a device: does not fit
+    (rec,) = run_suite(suite, out_dir=tmp_path / "out2", env=env, roofs={},
+                       log=lambda s: None).records
+    assert rec.status == "infeasible" and "each of cuda:all's 2 devices" in rec.reason

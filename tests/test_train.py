@@ -86,11 +86,22 @@ def test_sgd_and_bf16_run(tmp_path, capsys):
     (["train", "--dataset", "nosuch"], "nosuch"),
     (["train", "--device", "cuda"], "not available"),
     (["train", "--epochs", "0"], "positive integer"),
+    (["train", "--device", "cpu:all"], "training runs on one device"),
+    (["train", "--device", "cuda:x"], "training runs on one device"),
+    (["train", "--set", "param_dtype=fp16"], "param_dtype fp16 is not supported"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_histories_too_short_to_train_on_are_exit_2(tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("1 1\n1 2\n1 3\n2 2\n2 3\n2 4\n")  # 3 items a user: all held out
+    assert main(["train", "--dataset", str(short), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no training pair" in err and len(err.splitlines()) == 1
 
 
 def test_malformed_dataset_line_is_exit_2(tmp_path, capsys):

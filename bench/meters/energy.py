@@ -352,7 +352,8 @@ class EnergyMeter:
     falls inside the window. Counters are read at the edges and polled every ``counter_poll_s``
     (catches RAPL wrap-around in long runs); power samplers are read every ``interval_s`` and
     integrated with the trapezoid rule. With no sources the result is "unavailable". NVML's
-    counter updates only every few tens of ms, so windows under ~1 s read coarsely.
+    counter moves in steps (every 100 ms on an H200), so windows under ~1 s read coarsely, and
+    a counter that did not move at all in the window is "unavailable", never 0 J.
     """
 
     def __init__(
@@ -474,6 +475,12 @@ class EnergyMeter:
             return unavailable_energy(duration, f"energy read failed: {type(e).__name__}: {e}")
         if any(v < 0 for v in by_source.values()):
             return unavailable_energy(duration, "energy counter went backwards (driver reload?)")
+        stalled = [name for name, v in by_source.items() if v == 0]
+        if stalled:  # a powered device uses energy: 0 J means no counter update in the window
+            return unavailable_energy(
+                duration, f"energy counter {', '.join(stalled)} did not advance in "
+                f"{duration:.3g} s: the window is shorter than the counter's update interval "
+                "(raise measure.min_time_s)")
         for i, s in enumerate(self._samplers):
             by_source[s.name] = _trapezoid([(t, w[i]) for t, w in self._samples])
         energy = sum(by_source.values())
