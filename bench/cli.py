@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -56,6 +57,13 @@ def cmd_train(args) -> int:
                                    "seq_len": args.seq_len, "dropout": args.dropout,
                                    "n_neg": args.n_neg}.items() if v is not None}
     overrides |= parse_overrides(args.set or [])
+    if args.save:  # refuse a path that cannot be written before training, not after
+        from pathlib import Path
+
+        parent = Path(args.save).resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise InputError(f"--save {args.save}: directory {parent} does not exist or is not "
+                             "writable; create it or pass another path")
     opts = TrainOptions(framework=args.framework, preset=args.preset, dataset=args.dataset,
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         precision=args.precision, optimizer=args.optimizer, seed=args.seed,

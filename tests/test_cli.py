@@ -28,6 +28,13 @@ def test_data_list_and_info(capsys):
     assert _json(capsys)["users"] == 6000
 
 
+def test_train_refuses_an_unwritable_save_path_before_training(tmp_path, capsys):
+    assert main(["train", "--save", str(tmp_path / "missing" / "w.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "--save" in err and len(err.strip().splitlines()) == 1
+    assert "epoch" not in err  # refused before any training
+
+
 def test_data_fetch_without_a_name_is_exit_2(capsys):
     assert main(["data", "fetch"]) == 2
     assert "dataset name" in capsys.readouterr().err
