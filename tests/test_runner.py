@@ -91,20 +91,21 @@ def test_measure_point_in_process_has_every_metric():
         assert m["energy_provenance"].startswith("measured")
 
 
-def _statuses(path: Path) -> dict[str, str]:
-    return {Point.from_dict(r.point).batch_size: r.status for r in R.load(path).records}
-
-
-FAULTS = """
+def torch_infer_grid(batch_sizes: list[int]) -> str:
+    """A [[grid]] of tiny torch inference points, one per batch size."""
+    return f"""
 [[grid]]
 framework = ["torch"]
 workload = ["infer"]
 preset = ["tiny"]
 catalog_size = [500]
 seq_len = [8]
-batch_size = [1, 2, 3, 4, 5, 6, 7]
+batch_size = {batch_sizes}
 precision = ["fp32"]
+"""
 
+
+FAULTS = torch_infer_grid([1, 2, 3, 4, 5, 6, 7]) + """
 [[grid]]
 framework = ["torch"]
 workload = ["train"]
@@ -156,17 +157,7 @@ def test_faults_become_statuses_and_the_sweep_completes(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_keeps_records_and_resume_finishes(tmp_path):
-    grid = """
-[[grid]]
-framework = ["torch"]
-workload = ["infer"]
-preset = ["tiny"]
-catalog_size = [500]
-seq_len = [8]
-batch_size = [1, 2, 3, 4, 5, 6]
-precision = ["fp32"]
-"""
-    suite_path = write_suite(tmp_path, grid)
+    suite_path = write_suite(tmp_path, torch_infer_grid([1, 2, 3, 4, 5, 6]))
     out = tmp_path / "out"
     env = {**os.environ, "RECBENCH_FAULT": "B=4 =hang"}  # holds the sweep at point 4
     cmd = [sys.executable, "-m", "bench", "run", "--suite", str(suite_path), "--out", str(out),
