@@ -192,8 +192,8 @@ def _download_bar() -> Callable[[int, int], None]:
 
 
 def cmd_env(args) -> int:
-    from bench.envinfo import fingerprint, format_env
-    from bench.roofs import measure_roofs
+    from bench.machine.envinfo import fingerprint, format_env
+    from bench.machine.roofs import measure_roofs
 
     env = fingerprint()
     roofs = {}
@@ -219,10 +219,11 @@ def cmd_run(args) -> int:
     from pathlib import Path
 
     from bench import results as R
-    from bench.envinfo import fingerprint
-    from bench.hardware import detect_hardware, device_resolver_for
-    from bench.runner import check_writable, find_latest, run_suite, summary_table
-    from bench.suite import load_suite
+    from bench.launch.progress import summary_table
+    from bench.launch.runner import check_writable, find_latest, run_suite
+    from bench.machine.envinfo import fingerprint
+    from bench.machine.hardware import detect_hardware, device_resolver_for
+    from bench.suites.suite import load_suite
 
     hardware = detect_hardware()
     overrides = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
@@ -246,8 +247,8 @@ def cmd_run(args) -> int:
     table = summary_table([*outcome.previous, *outcome.records])
     report = None
     if args.report and not outcome.interrupted and outcome.counts.get("ok"):
-        from bench.plots import plot_all
-        from bench.report import write_report
+        from bench.analysis.plots import plot_all
+        from bench.analysis.report import write_report
 
         run_dir = outcome.path.with_suffix("")  # results/<machine-id>/<run-id>/
         plots = plot_all([outcome.path], run_dir / "plots")
@@ -349,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that live next to what they drive; each module adds its own subparser (and
     # imports matplotlib, git helpers etc. only when its command runs).
-    from bench import compare, gate, plots, report
+    from bench.analysis import plots, report
+    from bench.gate import compare_report, gate
 
-    for module in (plots, report, compare, gate):
+    for module in (plots, report, compare_report, gate):
         module.register_cli(sub)
     return p
 

@@ -1,9 +1,9 @@
 """How much does the harness add to a step? A benchmark, not a test.
 
 For one point, times the same step two ways in one process, alternating A B A B ... so that
-machine drift hits both: (A) under the harness (`bench.worker.measure_point`: meters, host-RSS
-sampling thread, energy meter, per-iteration sync), (B) a bare loop of the same step with one
-perf_counter pair per iteration and the same sync. Prints the ratio of the medians of the
+machine drift hits both: (A) under the harness (`bench.launch.worker.measure_point`: meters,
+host-RSS sampling thread, energy meter, per-iteration sync), (B) a bare loop of the same step
+with one perf_counter pair per iteration and the same sync. Prints the ratio of the medians of the
 per-round medians; the harness aims to stay within 3%.
 
     python benchmarks/harness_overhead.py [--framework torch|jax] [--workload train|infer]
@@ -16,9 +16,9 @@ import argparse
 import statistics
 import time
 
-from bench.suite import Measure, Point
-from bench.worker import measure_point
-from bench.workloads import build
+from bench.launch.worker import measure_point
+from bench.point import Measure, Point
+from bench.scenarios.step import build
 
 
 def bare_loop_ms(point: Point, iters: int, warmup: int) -> float:

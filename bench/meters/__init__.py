@@ -23,29 +23,25 @@ from bench.meters.energy import (
     PROVENANCES,
     UNAVAILABLE,
     EnergyCounter,
-    EnergyMeter,
     EnergyResult,
     EnergySource,
     EstimatedEnergy,
-    NvmlEnergyCounter,
-    NvmlPowerSampler,
     PowerSampler,
-    RaplCounter,
     SourceUnavailable,
-    default_energy_sources,
     energy_j_per_1k_recs,
     energy_j_per_step,
     energy_metrics,
-    nvml_sources,
-    rapl_sources,
     unavailable_energy,
 )
+from bench.meters.energy_meter import EnergyMeter, default_energy_sources
 from bench.meters.memory import (
     DeviceMemoryMeter,
     HostMemoryMeter,
     jax_peak_fns,
     torch_cuda_peak_fns,
 )
+from bench.meters.nvml import NvmlEnergyCounter, NvmlPowerSampler, nvml_sources
+from bench.meters.rapl import RaplCounter, rapl_sources
 from bench.meters.timing import (
     SampleResult,
     StepTimer,

@@ -1,0 +1,158 @@
+"""The scaffolding every recbench figure shares: series, colours, titles, legend, batch axis.
+
+A *panel* is what one figure shows: the entries of one device kind, framework and workload
+(``PANEL_OF``). Several sources (machines, or runs of one machine) on one panel share its axes
+with one colour per source, and line style and marker tell the series of one source apart;
+with a single source the colour tells the series apart. A *series* is the points of one source
+whose fields differ only in batch size; its legend names only the fields that vary.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from bench.analysis.plotdata import Entry, config_key, describe, group, machine_summary
+from bench.analysis.plotdata import varying_fields as _varying
+from bench.point import device_kind
+
+DPI = 110
+# Fixed within a panel, so never part of a series' name. The device stays in the series key
+# (a panel holds one device kind, but cuda:0 and cuda:1 are two series).
+FIXED = ("framework", "workload")
+SERIES_DROP = (*FIXED, "batch_size")
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+            "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "D", "v", "P", "*", "h", "<", ">", "p")
+
+
+def panel_of(e: Entry) -> tuple[str, str, str]:
+    """(device kind, framework, workload): the panel an entry is drawn on."""
+    return device_kind(e.device), str(e.point.get("framework")), str(e.point.get("workload"))
+
+
+@dataclass
+class Series:
+    """Points of one source that differ only in batch size (sorted by it)."""
+
+    source: str
+    name: str  # what tells it apart from the other series of its source, e.g. "tiny bf16"
+    entries: list[Entry]
+
+
+def make_series(items: Sequence[Entry], drop: Sequence[str] = SERIES_DROP,
+                always: Sequence[str] = ("preset",)) -> list[Series]:
+    """Group entries into series: one per source and point config minus ``drop``."""
+    fields = _varying([e.point for e in items], exclude=drop, always=always)
+    groups = group(items, lambda e: (e.source, config_key(e.point, drop)))
+    return [Series(src, describe(members[0].point, fields) or "all points",
+                   sorted(members, key=lambda e: e.batch_size))
+            for (src, _), members in groups.items()]
+
+
+class Styler:
+    """Colour per source when several share the axes, else colour per series."""
+
+    def __init__(self, series: Sequence[Series], sources: Sequence[str] | None = None):
+        self.sources = list(sources or dict.fromkeys(s.source for s in series))
+        self.names = list(dict.fromkeys(s.name for s in series))
+        self.multi = len(self.sources) > 1
+
+    def label(self, s: Series, suffix: str = "") -> str:
+        return (f"{s.source}: {s.name}" if self.multi else s.name) + suffix
+
+    def colour(self, source: str) -> str:
+        return _COLOURS[self.sources.index(source) % len(_COLOURS)] if source in self.sources \
+            else "black"
+
+    def __call__(self, s: Series) -> dict[str, Any]:
+        i = self.names.index(s.name)
+        if self.multi:
+            return {"color": self.colour(s.source), "linestyle": _STYLES[i % len(_STYLES)],
+                    "marker": _MARKERS[i % len(_MARKERS)]}
+        return {"color": _COLOURS[i % len(_COLOURS)], "linestyle": "-",
+                "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def panel_text(items: Sequence[Entry], with_framework: bool = True) -> str:
+    """``"torch train on cpu"`` (``"train on cpu"`` for a figure across frameworks)."""
+    if not items:
+        return ""
+    kind, framework, workload = panel_of(items[0])
+    return f"{framework + ' ' if with_framework else ''}{workload} on {kind}"
+
+
+def subtitle(items: Sequence[Entry]) -> str:
+    """The machine(s) a figure shows: source name and hardware, one clause per source."""
+    seen: dict[str, Any] = {}
+    for e in items:
+        seen.setdefault(e.source, e.file)
+    word = "machine" if len(seen) == 1 else "machines"
+    text = f"{word}: " + "; ".join(f"{s} ({machine_summary(f)})" for s, f in seen.items())
+    return "\n".join(textwrap.wrap(text, 110))
+
+
+def new_figure(title: str, items: Sequence[Entry], ncols: int = 1,
+               sharey: bool = False) -> tuple[Figure, list[Axes]]:
+    """A Figure (no pyplot) whose suptitle is the title, then the machine(s) as a subtitle."""
+    fig = Figure(figsize=(6.0 + 3.6 * ncols, 5.2), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False, sharey=sharey)[0]
+    fig.suptitle(f"{title}\n{subtitle(items)}", fontsize=10.5)
+    return fig, list(axes)
+
+
+def legend(fig: Figure, axes: Sequence[Axes]) -> None:
+    """One legend below the axes (labels de-duplicated across axes). Below, not beside: the
+    figure's two-line title spans the full width and a side legend would run into it."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        longest = max(len(t) for t in handles)
+        ncols = max(1, min(len(handles), 4 if longest < 28 else 2 if longest < 60 else 1))
+        rows = -(-len(handles) // ncols)
+        fig.set_figheight(fig.get_figheight() + 0.2 * rows)  # keep the axes their height
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncols=ncols, fontsize="small", frameon=False)
+
+
+def batch_axis(ax: Axes, batches: Sequence[float]) -> None:
+    """Log2 batch-size axis ticked at the measured batch sizes."""
+    ax.set_xscale("log", base=2)
+    ticks = sorted({b for b in batches if b > 0})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("batch size (sequences per step)")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def draw_lines(ax: Axes, series: Sequence[Series], y: Callable[[Entry], float | None],
+               styler: Styler, suffix: str = "", **style: Any) -> list[float]:
+    """Plot y(entry) vs batch size for each series; returns the batch sizes drawn."""
+    xs_all: list[float] = []
+    for s in series:
+        pts = [(e.batch_size, v) for e in s.entries if (v := y(e)) is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, label=styler.label(s, suffix), gid="series", **{**styler(s), **style})
+        xs_all += xs
+    return xs_all
+
+
+def flops_unit(values: Sequence[float]) -> tuple[float, str]:
+    """(scale, unit) that shows the largest of ``values`` as a number >= 1."""
+    top = max(values)
+    for scale, name in ((1e15, "PFLOP/s"), (1e12, "TFLOP/s"), (1e9, "GFLOP/s"), (1e6, "MFLOP/s")):
+        if top >= scale:
+            return scale, name
+    return 1.0, "FLOP/s"

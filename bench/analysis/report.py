@@ -1,0 +1,360 @@
+"""``recbench report``: one self-contained static HTML page about one or more result files.
+
+The page needs no network and no JavaScript: figures are PNGs embedded as base64 data URIs,
+the style sheet is inline, and every piece of text from a file goes through html.escape.
+Sections: what is missing, status counts (with each non-ok point's reason), the environment of
+each machine, the measured roofs, a summary (best throughput per preset and precision; the
+largest model and batch that ran on each device; the OOM frontier; a cross-hardware table when
+there are two or more machines), then the figures of bench.analysis.plots.
+
+Input without a single ok record is not an error here (``recbench plot`` refuses it): the
+page is then the useful answer, saying what ran, what failed and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench.analysis import compare_hw
+from bench.analysis.plotdata import (
+    MEASURED_ENERGY,
+    NO_ENERGY,
+    Entry,
+    GiB,
+    as_files,
+    capacity_bytes,
+    config_key,
+    describe,
+    entries,
+    group,
+    knee,
+    machine_summary,
+    source_names,
+    status_counts,
+    varying_fields,
+)
+from bench.analysis.plots import DPI, default_out_dir, iter_figures
+from bench.point import device_kind
+from bench.results import STATUSES, ResultsFile
+from recmodels.config import human
+from recmodels.errors import InputError
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
+padding:0 1rem;color:#222;line-height:1.4}
+h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ccc;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.missing li{color:#8a4b00}.muted{color:#666;font-size:.9rem}
+figure{margin:1.2rem 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:.9rem}nav a{margin-right:1rem}
+pre{overflow-x:auto;font-size:.8rem;background:#fafafa;padding:.5rem}
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def table(head: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
+    """An HTML table; every cell escaped; columns in ``numeric`` right-aligned."""
+    out = ["<table><thead><tr>", *(f"<th>{esc(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    for r in rows:
+        out.append("<tr>" + "".join(f'<td class="n">{esc(c)}</td>' if i in numeric
+                                    else f"<td>{esc(c)}</td>" for i, c in enumerate(r)) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>\n{body}\n</section>\n'
+
+
+def _num(v: float | None, unit: str = "") -> str:
+    return "-" if v is None else human(v, unit)
+
+
+# --- what is missing ----------------------------------------------------------------------
+
+
+def missing_notes(files: Sequence[ResultsFile]) -> list[str]:
+    """One sentence per thing a reader would look for and not find."""
+    notes: list[str] = []
+    for name, f in zip(source_names(files), files):
+        ok = [r for r in f.records if r.ok]
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(status_counts(f).items()))
+        if not f.records:
+            notes.append(f"{name}: the file has no point records (the run wrote only its header)")
+        elif not ok:
+            notes.append(f"{name}: no ok records ({counts}): nothing was measured, so no "
+                         "throughput, latency or energy; see the status table for the reasons")
+        devices = sorted({str(r.point.get("device", "?")) for r in ok})
+        for dev in devices:
+            provs = {r.metrics.get("energy_provenance") for r in ok if r.point.get("device") == dev}
+            where = "this machine" if len(devices) == 1 else dev
+            if provs <= set(NO_ENERGY):
+                notes.append(f"{name}: no energy measured on {where}: RAPL/NVML unavailable "
+                             "(energy_provenance 'unavailable' on every ok point)")
+            elif not provs & set(MEASURED_ENERGY):
+                notes.append(f"{name}: energy on {where} is estimated only (from an assumed "
+                             "power), never measured")
+        roofs = f.header.roofs or {}
+        if not any(isinstance(v, dict) and v.get("gemm_flops_per_s") for v in roofs.values()):
+            why = "; ".join(f"{k}: {v.get('reason')}" for k, v in roofs.items()
+                            if isinstance(v, dict) and v.get("reason"))
+            notes.append(f"{name}: no measured GEMM roof, so no utilisation and no roofline"
+                         + (f" ({why})" if why else " (run without roofs)"))
+        for dev in devices:
+            if device_kind(dev) not in ("cpu", "mps") and not any(
+                    r.metrics.get("peak_device_mem_bytes") for r in ok
+                    if r.point.get("device") == dev):
+                notes.append(f"{name}: no device memory counter on {dev}: its peak memory is "
+                             "unknown")
+            cap, why = capacity_bytes(f.header.env, dev)
+            if cap is None:
+                notes.append(f"{name}: capacity of {dev} unknown ({why}): the memory figure "
+                             "has no capacity line")
+        notes += [f"{name}: {w}" for w in f.warnings]
+    return notes
+
+
+# --- summary tables -----------------------------------------------------------------------
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _params(e: Entry) -> str:
+    return _num(e.params_total)
+
+
+def best_throughput_rows(items: Sequence[Entry]) -> list[list[Any]]:
+    """Best samples/s per (machine, device, framework, workload, preset, precision)."""
+    ok = [e for e in items if e.ok and e.metric("samples_per_s")]
+    rows = []
+    for (src, dev, fw, wl, pre, prec), members in group(ok, lambda e: (
+            e.source, e.device, e.point.get("framework"), e.point.get("workload"),
+            e.point.get("preset"), e.point.get("precision"))).items():
+        best = max(members, key=lambda e: e.metric("samples_per_s") or 0.0)
+        per_batch: dict[int, float] = {}
+        for e in members:  # other fields may vary: the best at each batch size
+            per_batch[e.batch_size] = max(per_batch.get(e.batch_size, 0.0),
+                                          e.metric("samples_per_s") or 0.0)
+        k = knee(list(per_batch), list(per_batch.values()))
+        util = best.metric("utilization")
+        rows.append([src, dev, fw, wl, pre, prec, _fmt(best.metric("samples_per_s")),
+                     best.batch_size, _fmt(best.metric("step_ms.median")),
+                     f"{util:.1%}" if util is not None else "-",
+                     f"{k:g}" if k is not None else "none in range"])
+    return rows
+
+
+def largest_rows(items: Sequence[Entry]) -> list[list[Any]]:
+    """Per (machine, device): the largest model that ran and its largest batch; the largest
+    batch that ran at all; the memory it took against the device's capacity."""
+    rows = []
+    for (src, dev), members in group([e for e in items if e.ok and e.params_total],
+                                     lambda e: (e.source, e.device)).items():
+        top = max(e.params_total or 0 for e in members)
+        at_top = max((e for e in members if e.params_total == top), key=lambda e: e.batch_size)
+        widest = max(members, key=lambda e: (e.batch_size, e.params_total or 0))
+        mem, kind = at_top.peak_memory()
+        cap, what = capacity_bytes(members[0].file.header.env, dev)
+        rows.append([src, dev, f"{at_top.point.get('preset')} ({_params(at_top)} params)",
+                     at_top.batch_size, f"{widest.batch_size} ({widest.point.get('preset')})",
+                     f"{mem / GiB:.2f} GiB ({kind})" if mem else "-",
+                     f"{cap / GiB:.1f} GiB {what}" if cap else "unknown"])
+    return rows
+
+
+_FAILED = ("oom", "infeasible", "skipped-after-oom")
+
+
+def frontier_rows(items: Sequence[Entry]) -> list[list[Any]]:
+    """Per line (machine, device, and every point field but the batch size): the largest batch
+    that ran next to the smallest that did not fit (oom, infeasible, skipped-after-oom). The
+    preset cell also names the fields (catalog, T, block, ...) that tell lines apart."""
+    rows = []
+    pool = [e for e in items if e.ok or e.status in _FAILED]
+    lines = group(pool, lambda e: (e.source, e.device,
+                                   config_key(e.point, drop=("device", "batch_size"))))
+    shown = ("framework", "workload", "preset", "precision")
+    other = varying_fields([e.point for e in pool], exclude=(*shown, "device", "batch_size"))
+    for (src, dev, _), members in lines.items():
+        failed = [e for e in members if e.status in _FAILED]
+        if not failed:
+            continue
+        p = members[0].point
+        first = min(failed, key=lambda e: e.batch_size)
+        ok = [e.batch_size for e in members if e.ok]
+        est = first.metric("est_mem_bytes")
+        rows.append([src, dev, p.get("framework"), p.get("workload"),
+                     describe(p, ["preset", *other]), p.get("precision"),
+                     max(ok) if ok else "none", first.batch_size, first.status,
+                     f"{est / GiB:.2f} GiB" if est else "-"])
+    return rows
+
+
+def status_table(files: Sequence[ResultsFile]) -> str:
+    present = [s for s in STATUSES if any(status_counts(f).get(s) for f in files)]
+    rows = [[name, f.run_id, f.header.suite, str(f.path), *(status_counts(f).get(s, 0)
+                                                             for s in present), len(f.records)]
+            for name, f in zip(source_names(files), files)]
+    head = ["machine", "run", "suite", "file", *present, "total"]
+    body = table(head, rows, numeric=range(4, len(head)))
+    failed = [e for e in entries(files) if not e.ok]
+    if failed:
+        detail = table(["machine", "status", "point", "reason"],
+                       [[e.source, e.status, compare_hw.config_label(e.point) + f" [{e.device}]",
+                         e.record.reason or ""] for e in failed])
+        body += (f"<details open><summary>{len(failed)} point(s) not ok, with reasons"
+                 f"</summary>{detail}</details>")
+    return body
+
+
+def env_section(files: Sequence[ResultsFile]) -> str:
+    parts = []
+    for name, f in zip(source_names(files), files):
+        env = f.header.env
+        gpus = env.get("gpus") or []
+        versions = env.get("versions") or {}
+        git = env.get("git") or {}
+        rows = [["machine", machine_summary(f)], ["cpu", env.get("cpu")],
+                ["cores", ", ".join(f"{k} {v}" for k, v in (env.get("cores") or {}).items())],
+                ["RAM", f"{env['ram_bytes'] / GiB:.1f} GiB" if isinstance(
+                    env.get("ram_bytes"), (int, float)) else "unknown"],
+                ["GPUs", "; ".join(f"{g.get('name')} ({(g.get('memory_bytes') or 0) / GiB:.0f}"
+                                   f" GiB, driver {g.get('driver')})" for g in gpus) or "none"],
+                ["TPU", env.get("tpu") or "none"], ["OS", env.get("os")],
+                ["python", env.get("python")],
+                ["versions", ", ".join(f"{k} {v}" for k, v in versions.items())],
+                ["git", f"{str(git.get('commit'))[:12]}{' (dirty)' if git.get('dirty') else ''}"
+                 if git.get("commit") else "unknown"],
+                ["run", f"{f.run_id}, suite {f.header.suite}, started {f.header.started_at}"]]
+        parts.append(f"<h3>{esc(name)}</h3>" + table(["field", "value"], rows))
+    return "".join(parts)
+
+
+def roofs_section(files: Sequence[ResultsFile]) -> str:
+    rows = []
+    for name, f in zip(source_names(files), files):
+        for key, r in sorted((f.header.roofs or {}).items()):
+            r = r if isinstance(r, dict) else {}
+            rows.append([name, key, _num(r.get("gemm_flops_per_s"), "FLOP/s"),
+                         _num(r.get("mem_bytes_per_s"), "B/s"),
+                         r.get("method") or r.get("reason") or ""])
+        if not f.header.roofs:
+            rows.append([name, "-", "-", "-", "no roofs measured in this run"])
+    return (table(["machine", "device/dtype", "GEMM roof", "bandwidth roof", "method"], rows,
+                  numeric=(2, 3))
+            + '<p class="muted">Utilisation is analytic FLOPs / median step time over the '
+            "GEMM roof measured in the same run.</p>")
+
+
+def summary_section(files: Sequence[ResultsFile], items: Sequence[Entry]) -> str:
+    parts = ["<h3>Best throughput per preset and precision</h3>"]
+    best = best_throughput_rows(items)
+    parts.append(table(["machine", "device", "framework", "workload", "preset", "precision",
+                        "best samples/s", "at batch", "step ms (median)", "utilisation",
+                        "knee (batch)"], best, numeric=(6, 7, 8, 9)) if best
+                 else "<p>No ok records: nothing measured.</p>")
+    parts.append('<p class="muted">Knee: the first batch size from which the next measured '
+                 "batch gains less than 10% throughput per doubling of the batch.</p>")
+    parts.append("<h3>Largest feasible model and batch per device</h3>")
+    large = largest_rows(items)
+    parts.append(table(["machine", "device", "largest model that ran", "its largest batch",
+                        "largest batch that ran (preset)", "peak memory there", "capacity"],
+                       large) if large else "<p>No ok records: nothing ran.</p>")
+    parts.append("<h3>OOM frontier</h3>")
+    front = frontier_rows(items)
+    parts.append(table(["machine", "device", "framework", "workload", "preset", "precision",
+                        "largest ok batch", "first failing batch", "status", "estimate there"],
+                       front, numeric=(6, 7)) if front
+                 else "<p>No point ran out of memory or was infeasible: the frontier lies "
+                      "beyond this sweep.</p>")
+    machines = list(dict.fromkeys(f.machine_id for f in files))
+    if len(machines) >= 2:
+        parts.append("<h3>Cross-hardware</h3>")
+        first = [f for f in files if f.machine_id == machines[0]]
+        for other in machines[1:]:
+            t = compare_hw.cross_hardware(first, [f for f in files if f.machine_id == other])
+            parts.append(f"<pre>{esc(compare_hw.format_table(t))}</pre>")
+    return "".join(parts)
+
+
+def figures_section(files: Sequence[ResultsFile]) -> str:
+    parts = []
+    for nf in iter_figures(files):
+        if not parts or f"<h3>{esc(nf.kind)}</h3>" not in parts:
+            parts.append(f"<h3>{esc(nf.kind)}</h3>")
+        buf = io.BytesIO()
+        nf.figure.savefig(buf, format="png", dpi=DPI)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        parts.append(f'<figure id="fig-{esc(nf.name)}"><img src="data:image/png;base64,{data}" '
+                     f'alt="{esc(nf.kind)}: {esc(nf.panel)}"><figcaption>{esc(nf.kind)}: '
+                     f"{esc(nf.panel)}</figcaption></figure>")
+    return "\n".join(parts) or "<p>No figures: there is nothing ok (or oom/infeasible) to draw.</p>"
+
+
+def build_report(files: Sequence[Any]) -> str:
+    """The whole page as a string. ``files``: ResultsFiles or paths."""
+    files = as_files(files)
+    items = entries(files)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    notes = missing_notes(files)
+    sections = [
+        section("missing", "What is missing", '<ul class="missing">' + "".join(
+            f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes
+                else "<p>Nothing: every file has ok records, energy, roofs and memory.</p>"),
+        section("status", "Status counts", status_table(files)),
+        section("environment", "Environment", env_section(files)),
+        section("roofs", "Measured roofs", roofs_section(files)),
+        section("summary", "Summary", summary_section(files, items)),
+        section("figures", "Figures", figures_section(files)),
+    ]
+    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
+        ("missing", "missing"), ("status", "statuses"), ("environment", "environment"),
+        ("roofs", "roofs"), ("summary", "summary"), ("figures", "figures")))
+    title = "recbench report: " + ", ".join(dict.fromkeys(source_names(files)))
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n"
+            f"<h1>{esc(title)}</h1><p class=\"muted\">{len(files)} result file(s), "
+            f"{len(items)} point record(s); generated {esc(when)}.</p><nav>{nav}</nav>\n"
+            + "".join(sections) + "</body></html>\n")
+
+
+def write_report(files: Sequence[Any], out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.html``; returns its path."""
+    page = build_report(files)
+    out = Path(out_dir)
+    path = out / "report.html"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}; pass a writable --out") from e
+    return path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else default_out_dir(args.results, None)
+    print(write_report(args.results, out))
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``recbench report RESULTS... [--out DIR]``."""
+    p = subparsers.add_parser("report", help="one self-contained HTML page from result files")
+    p.add_argument("results", nargs="+", metavar="RESULTS",
+                   help="results .jsonl files or directories of them")
+    p.add_argument("--out", help="directory for report.html (default: the first RESULTS dir)")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,1 @@
+"""How a point runs: worker processes and the runner (isolation, faults, resume)."""

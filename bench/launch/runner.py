@@ -1,0 +1,376 @@
+"""Runs a suite: worker processes, isolation, faults as results, resume.
+
+Points run in one worker process per (framework, device) group (bench/launch/worker.py), so
+imports and compilation caches are paid once per group. What can go wrong with a point is
+recorded as its status and the sweep goes on:
+  infeasible         the analytic memory estimate exceeds the device's memory: not run
+  skipped-after-oom  a smaller point of the same line ran out of memory (Point.dominated_by)
+  unsupported        the precision/device/framework combination cannot run (with the reason)
+  oom                the framework raised out-of-memory; the worker freed memory and went on
+  timeout            the point ran past measure.timeout_s; its worker was killed
+  crashed            the worker died (signal or exit), the reason holds the tail of stderr
+  error              any other exception in the point, with its message
+Every record is appended and fsync'ed as soon as its point ends, so Ctrl-C (or a kill of the
+runner) loses nothing finished, and `--resume` runs only the points with no record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench import results as R
+from bench.launch.progress import Progress
+from bench.machine.hardware import device_capacity_bytes, devices_spanned
+from bench.machine.roofs import ROOF_DTYPES
+from bench.point import Point, device_kind
+from bench.scenarios.step import analytic_cost
+from bench.suites.suite import Suite
+from recmodels.config import human
+from recmodels.errors import InputError
+
+STARTUP_TIMEOUT_S = 180.0  # importing torch/jax on a cold, busy machine
+STDERR_TAIL_CHARS = 2000
+
+
+class WorkerDied(Exception):
+    def __init__(self, returncode: int | None, stderr_tail: str):
+        self.returncode, self.stderr_tail = returncode, stderr_tail
+        super().__init__(describe_exit(returncode))
+
+
+class WorkerTimeout(Exception):
+    pass
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "worker closed its output without exiting"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class Worker:
+    """One `python -m bench.launch.worker FRAMEWORK` process and its JSON-lines channel."""
+
+    def __init__(self, framework: str, env: dict[str, str] | None = None):
+        self.framework = framework
+        self._stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed in kill()
+        worker_env = {**os.environ, **(env or {})}
+        # JAX grabs 75% of GPU memory up front by default; allocate on demand instead so the
+        # memory counters and the OOM frontier reflect what each point needs.
+        worker_env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        worker_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.launch.worker", framework],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            env=worker_env, start_new_session=True,  # Ctrl-C reaches the runner only
+        )
+        self._lines: queue.Queue[bytes | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        try:
+            self._receive(STARTUP_TIMEOUT_S)  # {"event": "ready"}
+        except BaseException:  # no Worker is returned, so nobody else could kill this one
+            self.kill()
+            raise
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _receive(self, timeout_s: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            raise WorkerTimeout(f"no reply within {timeout_s:.0f} s") from None
+        if line is None:
+            try:
+                code = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise WorkerDied(code, self.stderr_tail())
+        return json.loads(line)
+
+    def request(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        try:
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError):
+            pass  # the reader sees the EOF and reports how the worker died
+        return self._receive(timeout_s)
+
+    def stderr_tail(self, limit: int = STDERR_TAIL_CHARS) -> str:
+        self._stderr.flush()
+        self._stderr.seek(0, os.SEEK_END)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - limit))
+        return self._stderr.read().decode(errors="replace").strip()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._stderr.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b'{"cmd": "exit"}\n')  # type: ignore[union-attr]
+                self.proc.stdin.close()  # type: ignore[union-attr]
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+
+# --- what the runner decides without running a point ---------------------------------------
+
+
+def add_utilization(metrics: dict[str, Any], point: Point, roofs: dict[str, Any],
+                    env: dict[str, Any]) -> None:
+    """Achieved FLOP/s and bytes/s against the measured roofs and, where known, the
+    datasheet peak. A missing roof leaves the ratio null, never 0. Roofs are measured on one
+    device, so a ``KIND:all`` point is held to ``roof_devices`` times them (and to no
+    datasheet peak)."""
+    from bench.machine.datasheet import datasheet_for_env
+
+    dtype = ROOF_DTYPES.get(point.precision)
+    kind, n = device_kind(point.device), devices_spanned(point.device, env)
+    roof = roofs.get(f"{kind}/{dtype}") or {}
+    flops, bw = roof.get("gemm_flops_per_s"), roof.get("mem_bytes_per_s")
+    flops, bw = (flops * n if flops else None), (bw * n if bw else None)
+    metrics["roof_devices"] = n
+    metrics["roof_flops_per_s"] = flops
+    metrics["utilization"] = metrics["achieved_flops_per_s"] / flops if flops else None
+    metrics["bandwidth_utilization"] = metrics["achieved_bytes_per_s"] / bw if bw else None
+    # KIND:all has no datasheet peak (roofs.datasheet_for_env): one chip's is not the step's
+    all_devices = point.device.endswith(":all")
+    sheet = datasheet_for_env(env, point.device) if dtype and not all_devices else None
+    peak = (sheet or {}).get("flops_per_s", {}).get(dtype)
+    metrics["datasheet_flops_per_s"] = peak
+    metrics["utilization_datasheet"] = metrics["achieved_flops_per_s"] / peak if peak else None
+
+
+# --- the sweep -----------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    path: Path
+    records: list[R.PointRecord] = field(default_factory=list)  # written this run
+    previous: list[R.PointRecord] = field(default_factory=list)  # already in the file
+    interrupted: bool = False
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(r.status for r in [*self.previous, *self.records])
+
+
+def measure_roofs_in_worker(points: Iterable[Point], *, timeout_s: float = 600.0,
+                            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure GEMM and bandwidth roofs for the suite's devices and precisions in a worker,
+    so the runner itself never initialises a GPU (and never holds its memory)."""
+    by_kind: dict[str, set[str]] = {}
+    for p in points:
+        if p.precision in ROOF_DTYPES:
+            by_kind.setdefault(device_kind(p.device), set()).add(ROOF_DTYPES[p.precision])
+    roofs: dict[str, Any] = {}
+    for kind, dtypes in sorted(by_kind.items()):
+        framework = "jax" if kind == "tpu" else "torch"
+        log(f"measuring {kind} roofs ({', '.join(sorted(dtypes))}) with {framework} ...")
+        worker = None
+        try:
+            worker = Worker(framework)
+            reply = worker.request({"cmd": "roofs", "devices": [kind], "dtypes": sorted(dtypes)},
+                                   timeout_s)
+            roofs.update(reply["roofs"])
+        except (WorkerDied, WorkerTimeout) as e:
+            if worker is not None:
+                worker.kill()  # a hung worker would keep close() waiting its 30 s
+            log(f"roofs for {kind} could not be measured ({e}); utilisation will be null")
+        finally:
+            if worker is not None:
+                worker.close()
+    return roofs
+
+
+def find_latest(out_dir: Path, machine_id: str, suite_name: str) -> Path:
+    """The newest results file of this machine for `suite_name` (for a bare --resume)."""
+    candidates = sorted((out_dir / machine_id).glob("*.jsonl"), reverse=True)
+    for path in candidates:
+        try:
+            if R.load(path).header.suite == suite_name:
+                return path
+        except InputError:
+            continue
+    raise InputError(f"nothing to resume: no results file for suite {suite_name!r} under "
+                     f"{out_dir / machine_id}; run without --resume or pass the file")
+
+
+def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
+              resume: Path | None = None, roofs: dict[str, Any] | None = None,
+              progress: Progress | None = None,
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+              ) -> RunOutcome:
+    """Run every point of `suite` that has no record yet; return what was written."""
+    if resume is not None:
+        writer = R.ResultsWriter.open_append(resume, check=resumable_by(suite, env))
+        header = writer.header
+        roofs = header.roofs
+    else:
+        machine = env["machine_id"]
+        check_writable(out_dir / R.safe_name(machine))
+        if roofs is None:
+            roofs = measure_roofs_in_worker(suite.points, log=log)
+        header = R.RunHeader(run_id=R.make_run_id(), suite=suite.name, started_at=R.iso_utc(),
+                             env=env, roofs=roofs,
+                             extra={"measure": suite.measure.__dict__,
+                                    "suite_path": str(suite.path or ""),
+                                    "n_points": len(suite.points)})
+        writer = R.ResultsWriter.create(out_dir, machine, header.run_id, header)
+    previous = list(writer.records)
+    done = {r.id for r in previous}
+    ooms = [Point.from_dict(r.point) for r in previous if r.status == "oom"]
+    todo = [p for p in suite.points if p.id not in done]
+    outcome = RunOutcome(writer.path, previous=previous)
+    progress = progress or Progress(len(todo))
+    stale = len(done - {p.id for p in suite.points})  # e.g. resumed with other --set values
+    log(f"suite {suite.name!r}: {len(todo)} points to run "
+        f"({len(suite.points) - len(todo)} already recorded"
+        + (f"; {stale} recorded points are not in the suite now and stay as they are"
+           if stale else "") + f") -> {writer.path}")
+
+    def record(point: Point, status: str, reason: str | None = None,
+               reply: dict[str, Any] | None = None) -> None:
+        reply = reply or {}
+        metrics = reply.get("metrics") or {}
+        if status == "ok":
+            add_utilization(metrics, point, roofs or {}, env)
+        else:  # the analytic cost is known for every point, whatever happened to it
+            metrics = {**analytic_cost(point), **metrics}
+        rec = R.PointRecord.for_point(point.to_dict(), status, reason or reply.get("reason"),
+                                      metrics, reply.get("samples_ms") or [],
+                                      **{k: v for k, v in (reply.get("extra") or {}).items()
+                                         if v is not None})
+        writer.write(rec)
+        outcome.records.append(rec)
+        progress.finished(rec, point)
+
+    worker: Worker | None = None
+    try:
+        for (framework, device), points in suite.groups():
+            for point in (p for p in points if p.id not in done):
+                progress.starting(point)
+                if suite.skip_after_oom and any(point.dominated_by(o) for o in ooms):
+                    record(point, "skipped-after-oom", "a point of the same line with no more "
+                           "parameters and no larger batch ran out of memory")
+                    continue
+                n = devices_spanned(device, env)  # KIND:all: each device holds B / n
+                one = point if n == 1 else replace(point, batch_size=max(1, point.batch_size // n))
+                est, cap = analytic_cost(one)["est_mem_bytes"], device_capacity_bytes(device, env)
+                if cap and est > cap:
+                    where = (f"exceeds {device}'s {human(cap, 'B')}" if n == 1 else
+                             f"per device exceeds the {human(cap, 'B')} of each of {device}'s "
+                             f"{n} devices")
+                    record(point, "infeasible", f"analytic memory estimate {human(est, 'B')} "
+                           f"{where} (an estimate; not run)")
+                    continue
+                try:
+                    if worker is None:
+                        worker = Worker(framework)
+                    reply = worker.request({"cmd": "run", "point": point.to_dict(),
+                                            "measure": suite.measure.__dict__},
+                                           suite.measure.timeout_s)
+                except WorkerTimeout:
+                    worker.kill() if worker else None
+                    worker = None
+                    record(point, "timeout", f"no result within the point's limit of "
+                           f"{suite.measure.timeout_s:g} s (measure.timeout_s); worker killed")
+                    continue
+                except WorkerDied as e:
+                    worker.kill() if worker else None  # reap it, close its stderr file
+                    worker = None
+                    tail = e.stderr_tail[-STDERR_TAIL_CHARS:]
+                    record(point, "crashed", f"worker {e}" + (f"; stderr: {tail}" if tail else ""),
+                           {"extra": {"exit_status": e.returncode}})
+                    continue
+                record(point, reply["status"], reply=reply)
+                if reply["status"] == "oom":
+                    ooms.append(point)
+            if worker is not None:
+                worker.close()
+                worker = None
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    finally:
+        if worker is not None:
+            worker.kill()
+        writer.close()
+        progress.close()
+    return outcome
+
+
+# Measure fields that shape the samples; a different timeout_s changes no measurement.
+_SAMPLING_FIELDS = ("warmup_iters", "min_time_s", "min_iters", "max_iters", "max_time_s")
+# machine_id, then the fields of envinfo.fingerprint_key in its order
+_ENV_FIELDS = ("machine", "cpu", "logical cores", "usable cores", "gpus", "tpu", "torch", "jax")
+
+
+def resumable_by(suite: Suite, env: dict[str, Any]) -> Callable[[R.ResultsFile], None]:
+    """A check for ResultsWriter.open_append: the file must hold this suite, measured on this
+    machine and software with the same sampling settings, or its records would be mixed with
+    incomparable ones under a header that describes only the first run."""
+    from bench.machine.envinfo import fingerprint_key
+
+    def check(f: R.ResultsFile) -> None:
+        h = f.header
+        if h.suite != suite.name:
+            raise InputError(f"{f.path} holds a run of suite {h.suite!r}, not {suite.name!r}: "
+                             f"resume it with --suite {h.suite} or start a new run")
+        then = (h.machine_id, *fingerprint_key(h.env))
+        now = (env.get("machine_id"), *fingerprint_key(env))
+        diff = [f"{name} {a!r} vs {b!r} now" for name, a, b in zip(_ENV_FIELDS, then, now)
+                if a != b]
+        if diff:
+            raise InputError(f"{f.path} was recorded in another environment ("
+                             + "; ".join(diff) + "): start a new run")
+        before = h.extra.get("measure")
+        if isinstance(before, dict):
+            current = suite.measure.__dict__
+            diff = [f"measure.{k} {before[k]!r} -> {current[k]!r}" for k in _SAMPLING_FIELDS
+                    if k in before and before[k] != current[k]]
+            if diff:
+                raise InputError(f"{f.path} was measured with other settings ("
+                                 + ", ".join(diff) + "): resume with the same --set values "
+                                 "or start a new run")
+
+    return check
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise InputError(f"cannot write results to {directory} ({e.strerror or e}): "
+                         "pass a writable directory with --out") from None
+
+
+# --- the closing table -----------------------------------------------------------------------

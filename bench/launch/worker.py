@@ -1,0 +1,189 @@
+"""Measuring one point, in-process (`measure_point`) or in a worker process (`main`).
+
+The runner starts `python -m bench.launch.worker FRAMEWORK` per (framework, device) group, so that
+imports and compilation caches are paid once per group, and talks to it in JSON lines:
+  -> {"cmd": "run", "point": {...}, "measure": {...}}   <- {"status", "reason", "metrics", ...}
+  -> {"cmd": "roofs", "devices": [...], "dtypes": [...]} <- {"roofs": {...}}
+  -> {"cmd": "exit"}
+Replies go to the original stdout; anything else the process prints (framework logs, stray
+prints, C libraries) is sent to stderr, which the runner keeps for crash reports. A device
+OOM becomes an `oom` reply and the worker frees what it can and carries on; a crash or a hang
+is the runner's to detect.
+
+RECBENCH_FAULT injects faults for the harness's own tests: a comma list of MATCH=KIND, where
+MATCH is a substring of a point's label or id and KIND is one of sigkill, segfault, hang,
+oom, error (the worker then fails on that point the way the named fault would).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from bench.point import Measure, Point
+
+FAULT_ENV = "RECBENCH_FAULT"
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "can't allocate memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError, a MemoryError, or an XLA RESOURCE_EXHAUSTED error."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return any(m in str(exc) for m in OOM_MARKERS)
+
+
+def _fault_for(point: Point) -> str | None:
+    for rule in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        match, _, kind = rule.rpartition("=")
+        if match and (match in point.label() or match == point.id):
+            return kind
+    return None
+
+
+def _inject(kind: str, step):
+    """Make the point fail like `kind` would; the OOM and error faults fire inside the step,
+    so the worker's own recovery path is what gets tested."""
+    if kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    if kind == "hang":
+        while True:
+            time.sleep(3600)
+
+    def faulty():
+        step()
+        if kind == "oom":
+            raise MemoryError("RESOURCE_EXHAUSTED: injected out of memory (RECBENCH_FAULT)")
+        raise RuntimeError("injected error (RECBENCH_FAULT)")
+
+    return faulty
+
+
+def _free_device_memory(framework: str) -> None:
+    gc.collect()
+    if framework == "torch" and "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _short_error(exc: BaseException) -> str:
+    lines = [s for s in str(exc).strip().splitlines() if s.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
+    """Build, warm up and time one point; never raises for the point's own failures."""
+    from bench import meters
+    from bench.point import device_kind
+    from bench.scenarios.step import Unsupported, build
+
+    workload = None
+    try:
+        with meters.HostMemoryMeter() as host:
+            workload = build(point)
+            fault = _fault_for(point)
+            step = _inject(fault, workload.step) if fault else workload.step
+            reset_peak, read_peak = workload.peak_fns
+            # JAX cannot reset its peak counter: a reading is this point's own only when the
+            # point raised the process's peak (else it is unknown, not someone else's).
+            peak_before = read_peak() if (read_peak and not reset_peak) else None
+            timer = meters.StepTimer()
+            with meters.DeviceMemoryMeter(reset_peak, read_peak) as dev:
+                warm = timer.warmup(step, workload.sync, warmup_iters=measure.warmup_iters)
+                kind = device_kind(point.device)
+                suffix = point.device.partition(":")[2]
+                index = None if suffix == "all" else int(suffix or 0)  # None: every device
+                with meters.EnergyMeter(meters.default_energy_sources(kind, index)) as energy:
+                    sampled = timer.sample(step, workload.sync, min_time_s=measure.min_time_s,
+                                           min_iters=measure.min_iters,
+                                           max_iters=measure.max_iters,
+                                           max_time_s=measure.max_time_s)
+            planned = workload.planned_mem_bytes()
+    except Unsupported as e:
+        return {"status": "unsupported", "reason": str(e)}
+    except Exception as e:
+        status = "oom" if is_oom(e) else "error"
+        reason = _short_error(e)
+        detail = "".join(traceback.format_exception(e)[-6:]) if status == "error" else None
+        traceback.clear_frames(e.__traceback__)
+        del e
+        return {"status": status, "reason": reason, "extra": {"traceback": detail}}
+    finally:
+        if workload is not None:
+            workload.close()
+        _free_device_memory(point.framework)
+
+    peak_dev = dev.peak_bytes
+    if peak_before is not None and (peak_dev is None or peak_dev <= peak_before):
+        peak_dev = None
+    summary = meters.summarize(sampled.samples_ms)
+    median_s = summary["median"] / 1e3
+    n = len(sampled.samples_ms)
+    cost = workload.cost
+    metrics = {
+        "step_ms": summary,
+        "samples_per_s": workload.samples_per_step / median_s,
+        "tokens_per_s": workload.tokens_per_step / median_s,
+        "compile_s": warm.compile_s,
+        "warmup_s": warm.warmup_s,
+        **cost,
+        "achieved_flops_per_s": cost["flops_per_step"] / median_s,
+        "achieved_bytes_per_s": cost["bytes_per_step"] / median_s,
+        "peak_device_mem_bytes": peak_dev,
+        "planned_device_mem_bytes": planned,
+        "peak_host_rss_bytes": host.peak_rss_bytes,
+        **meters.energy_metrics(energy.result, steps=n, recs=n * workload.samples_per_step),
+        "energy_source": energy.result.source,
+        "stop_reason": sampled.stop_reason,
+    }
+    return {"status": "ok", "reason": None, "metrics": metrics, "samples_ms": sampled.samples_ms}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    framework = argv[0] if argv else "torch"
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything else printed to stdout lands in stderr
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
+    if framework == "jax":
+        import jax  # noqa: F401  (pay the import before the first point's clock starts)
+    else:
+        import torch  # noqa: F401
+    replies.write(json.dumps({"event": "ready", "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "exit":
+            break
+        if msg["cmd"] == "roofs":
+            from bench.machine.roofs import measure_roofs
+
+            reply = {"roofs": measure_roofs(msg["devices"], msg["dtypes"], (framework,))}
+        else:
+            reply = measure_point(Point.from_dict(msg["point"]), Measure(**msg["measure"]))
+        replies.write(json.dumps(reply, default=_json_default) + "\n")
+    return 0
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

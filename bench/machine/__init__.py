@@ -1,0 +1,1 @@
+"""The machine: hardware detection, environment fingerprint, measured roofs, datasheet peaks."""

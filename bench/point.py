@@ -1,0 +1,197 @@
+"""What one benchmark measurement is: :class:`Point` (a model config, a workload, where and in
+what precision it runs) and :class:`Measure` (how long it is timed), with the vocabulary of
+their fields.
+
+The bottom of the harness: suites make Points, scenarios build them, the launcher runs them,
+results and comparisons label them; this module imports nothing from ``bench``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from recmodels.config import BLOCKS, LOSSES, PRESETS, GenRecConfig, human, params_total, preset
+from recmodels.errors import InputError
+
+FRAMEWORKS = ("torch", "jax")
+WORKLOADS = ("train", "infer")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "int8")
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_N_NEG = {"bce": 1, "sampled_softmax": 128, "full_softmax": 1}
+# tf32 is fp32 storage with a TF32 matmul mode; int8 quantises at the workload, not in config
+COMPUTE_DTYPE = {"fp32": "fp32", "tf32": "fp32", "int8": "fp32", "bf16": "bf16", "fp16": "fp16"}
+_DEVICE_RE = re.compile(r"(cpu|cuda|tpu|mps)(:\d+|:all)?")
+_CHOICES: dict[str, Sequence[str]] = {
+    "framework": FRAMEWORKS, "workload": WORKLOADS, "preset": tuple(PRESETS), "block": BLOCKS,
+    "loss": LOSSES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
+}
+POSITIVE_INT_FIELDS = ("n_neg", "catalog_size", "seq_len", "batch_size")
+
+
+def device_kind(device: str) -> str:
+    """``"cuda:1"`` -> ``"cuda"``; ``"cpu:all"`` -> ``"cpu"``."""
+    return str(device).split(":")[0]
+
+
+def suggest(word: object, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def field_problem(name: str, value: Any, *, allow_auto: bool = False) -> str | None:
+    """What is wrong with one value of Point field `name`, or None."""
+    if name in _CHOICES:
+        choices = _CHOICES[name]
+        if isinstance(value, str) and value in choices:
+            return None
+        options = ", ".join(choices)
+        return f"unknown {name} {value!r}{suggest(value, choices)}; choose one of {options}"
+    if name in POSITIVE_INT_FIELDS:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return None
+        whole = isinstance(value, float) and value.is_integer() and value >= 1
+        hint = f"; write {int(value)} (no decimal point)" if whole else ""
+        return f"expected a positive integer, got {value!r}{hint}"
+    if name == "compile":
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if name == "device":
+        ok = isinstance(value, str) and bool(_DEVICE_RE.fullmatch(value))
+        if ok or (allow_auto and value == "auto"):
+            return None
+        auto = ", or auto" if allow_auto else ""
+        return (f"expected a device (cpu, cuda, cuda:N, cuda:all, tpu, tpu:all, mps{auto}), "
+                f"got {value!r}")
+    raise AssertionError(name)
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class Point:
+    """One benchmark measurement: a model config, a workload and where/how to run it."""
+
+    framework: str  # "torch" | "jax"
+    workload: str  # "train" (forward+backward+update) | "infer" (score the full catalog)
+    preset: str  # a key of recmodels.config.PRESETS
+    block: str = "sasrec"  # "sasrec" | "hstu" | "lstm"
+    loss: str = "bce"  # train loss; infer keeps it but always scores the whole catalog
+    n_neg: int | None = None  # None -> the loss's default (always set after init)
+    catalog_size: int | None = None  # None -> the preset's (always set after init)
+    seq_len: int | None = None  # None -> the preset's (always set after init)
+    batch_size: int
+    precision: str  # "fp32" | "tf32" | "bf16" | "fp16" | "int8"
+    device: str  # "cpu" | "cuda" | "cuda:N" | "tpu" | "mps" ("auto" is resolved before this)
+    compile: bool = False  # torch.compile; jax always jits, so jax points carry False
+    optimizer: str = "adam"  # "adam" | "sgd"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:  # checked first: the defaults below read the preset
+            raise InputError(f"point: preset: {field_problem('preset', self.preset)}")
+        base = PRESETS[self.preset]
+        defaults = {"n_neg": DEFAULT_N_NEG.get(self.loss, 1), "catalog_size": base.catalog_size,
+                    "seq_len": base.seq_len}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        for f in dataclasses.fields(self):
+            problem = field_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise InputError(f"point: {f.name}: {problem}")
+        if self.loss == "full_softmax":
+            object.__setattr__(self, "n_neg", 1)  # unused: one value keeps ids unique
+        if self.framework == "jax":
+            object.__setattr__(self, "compile", False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Point:
+        """The inverse of to_dict (for result files); extra keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [n for n in ("framework", "workload", "preset", "batch_size", "precision",
+                               "device") if n not in d]
+        if missing:
+            raise InputError(f"point: missing field(s) {', '.join(missing)} in {dict(d)!r}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @property
+    def id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+    def model_config(self) -> GenRecConfig:
+        return preset(self.preset, block=self.block, loss=self.loss, n_neg=self.n_neg,
+                      catalog_size=self.catalog_size, seq_len=self.seq_len,
+                      compute_dtype=COMPUTE_DTYPE[self.precision])
+
+    @property
+    def params_total(self) -> int:
+        return params_total(self.model_config())
+
+    def line_key(self) -> tuple[tuple[str, Any], ...]:
+        """Everything but batch size and preset: the points along which size grows."""
+        return tuple((k, v) for k, v in self.to_dict().items() if k not in ("batch_size", "preset"))
+
+    def dominated_by(self, oom: Point) -> bool:
+        """Whether an OOM at `oom` predicts one here: same line, batch and params no smaller."""
+        return (oom.line_key() == self.line_key() and oom.batch_size <= self.batch_size
+                and oom.params_total <= self.params_total)
+
+    def label(self) -> str:
+        """A short human string, e.g. 'torch train tiny/sasrec C=23.7k T=50 B=128 bf16 cpu'."""
+        parts = [self.framework, self.workload, f"{self.preset}/{self.block}",
+                 f"C={human(self.catalog_size)}", f"T={self.seq_len}", f"B={self.batch_size}",
+                 self.precision, self.device]
+        if self.loss != "bce":
+            parts.append(self.loss + (f":{self.n_neg}" if self.loss == "sampled_softmax" else ""))
+        elif self.n_neg != DEFAULT_N_NEG[self.loss]:
+            parts.append(f"neg={self.n_neg}")
+        if self.compile:
+            parts.append("compiled")
+        if self.optimizer != "adam":
+            parts.append(self.optimizer)
+        return " ".join(parts)
+
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How each point is timed. The timed loop runs until both minimums are met and stops at
+    either maximum, whichever comes first."""
+
+    warmup_iters: int = 3  # untimed steps after the first (compiling) one
+    min_time_s: float = 1.0
+    min_iters: int = 10
+    max_iters: int = 1000
+    max_time_s: float = 30.0  # caps the timed loop (not warm-up or compile)
+    timeout_s: float = 300.0  # the whole point, compile included; past it: status "timeout"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int":
+                lowest = 0 if f.name == "warmup_iters" else 1
+                if not isinstance(v, int) or isinstance(v, bool) or v < lowest:
+                    kind = "a non-negative" if lowest == 0 else "a positive"
+                    raise InputError(f"measure.{f.name}: expected {kind} integer, got {v!r}")
+            else:
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+                    raise InputError(f"measure.{f.name}: expected seconds >= 0, got {v!r}")
+                object.__setattr__(self, f.name, float(v))
+        if self.max_iters < self.min_iters:
+            raise InputError(f"measure.max_iters: {self.max_iters} is below min_iters "
+                             f"{self.min_iters}; raise max_iters or lower min_iters")
+        if self.max_time_s < self.min_time_s:
+            raise InputError(f"measure.max_time_s: {self.max_time_s} is below min_time_s "
+                             f"{self.min_time_s}; raise max_time_s or lower min_time_s")
+        for name in ("max_time_s", "timeout_s"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"measure.{name}: must be > 0 seconds")
+

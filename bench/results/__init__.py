@@ -1,0 +1,52 @@
+"""Typed result records and their JSONL files (DESIGN.md "Result files (schema version 1)").
+
+A results file is ``<out>/<machine-id>/<run-id>.jsonl``: one ``{"kind": "run", ...}`` header
+line, then one ``{"kind": "point", ...}`` line per finished point, each appended, flushed and
+fsync'ed as the point ends, so killing a run loses nothing that finished. A reader therefore
+tolerates a truncated *last* line (an interrupted write) with a warning, but refuses a corrupt
+line anywhere else (someone edited the file) and a schema version it does not know.
+
+Fields other than the documented ones are kept in ``extra`` and written back unchanged, so a
+file round-trips through :func:`load` and :class:`ResultsWriter` without loss.
+
+The package splits along the file's life: ``schema`` (records and their validation), ``read``
+(loading, and the repair of an interrupted last line), ``write`` (the appending writer) and
+``frame`` (a pandas view). Import from ``bench.results``; the names below are its API.
+"""
+
+from bench.results.frame import record_row, records_frame
+from bench.results.read import ResultsFile, iter_ok, load, load_many, repair_tail
+from bench.results.schema import (
+    SCHEMA_VERSION,
+    STATUSES,
+    PointRecord,
+    ResultsWarning,
+    RunHeader,
+    iso_utc,
+    json_safe,
+    make_run_id,
+    point_id,
+    safe_name,
+)
+from bench.results.write import ResultsWriter
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "PointRecord",
+    "ResultsFile",
+    "ResultsWarning",
+    "ResultsWriter",
+    "RunHeader",
+    "iso_utc",
+    "iter_ok",
+    "json_safe",
+    "load",
+    "load_many",
+    "make_run_id",
+    "point_id",
+    "record_row",
+    "records_frame",
+    "repair_tail",
+    "safe_name",
+]

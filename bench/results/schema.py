@@ -1,0 +1,284 @@
+"""The result schema, version 1 (DESIGN.md "Result files"): the run header and point records,
+their validation, and the JSON and id helpers both the reader and the writer use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from recmodels.errors import InputError
+
+SCHEMA_VERSION = 1
+STATUSES = (
+    "ok",
+    "oom",
+    "infeasible",
+    "skipped-after-oom",
+    "unsupported",
+    "crashed",
+    "timeout",
+    "error",
+)
+
+_RUN_KEYS = ("kind", "schema_version", "run_id", "suite", "started_at", "env", "roofs")
+_POINT_KEYS = ("kind", "id", "point", "status", "reason", "metrics", "samples_ms")
+
+
+class ResultsWarning(UserWarning):
+    """A results file was readable but not intact (e.g. a truncated last line was skipped)."""
+
+
+# --- JSON helpers -------------------------------------------------------------------------------
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can hold.
+
+    NaN and infinities become None (a metric without a value is null, never a fake number);
+    numpy scalars and arrays become Python numbers and lists; tuples become lists; paths
+    become strings.
+    """
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    tolist = getattr(obj, "tolist", None)  # numpy scalar or array, without importing numpy
+    if callable(tolist):
+        return json_safe(tolist())
+    raise TypeError(f"cannot store a {type(obj).__name__} in a results file: {obj!r}")
+
+
+def dumps(obj: Mapping[str, Any]) -> str:
+    return json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False)
+
+
+def point_id(point: Mapping[str, Any]) -> str:
+    """Stable id of a sweep point: first 12 hex of sha1 over its canonical JSON.
+
+    Canonical means sorted keys, no whitespace, numpy values as Python values, so the id does
+    not depend on dict order. This id is the key ``recbench run --resume`` uses to skip points
+    already in a file and the key ``recbench compare`` uses to pair points across files: any
+    change to a point's fields (including 1 vs 1.0) makes it a different point.
+    """
+    canonical = json.dumps(
+        json_safe(point), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def make_run_id(now: datetime | None = None) -> str:
+    """``20261128T121500Z-1a2b``: UTC start time plus 4 random hex against same-second clashes.
+
+    A naive ``now`` is taken as UTC.
+    """
+    now = _utc(now)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
+
+
+def iso_utc(now: datetime | None = None) -> str:
+    """``2026-11-28T12:15:00Z``: the ``started_at`` format."""
+    return _utc(now).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        return now.replace(tzinfo=timezone.utc)
+    return now.astimezone(timezone.utc)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """``name`` as one filesystem-safe path component: ``[A-Za-z0-9._-]``, at most 100 chars."""
+    s = _UNSAFE.sub("-", str(name)).strip(".-")[:100].strip(".-")
+    if not s:
+        raise InputError(f"{what} {name!r} has no filesystem-safe characters; use letters/digits")
+    return s
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+def _require(d: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
+    if key not in d:
+        raise InputError(f"{what} has no {key!r} field")
+    v = d[key]
+    if not isinstance(v, types):
+        raise InputError(f"{what} field {key!r} has the wrong type ({type(v).__name__})")
+    return v
+
+
+@dataclass
+class RunHeader:
+    """The first line of a results file: who ran what, where, and the machine's roofs."""
+
+    run_id: str
+    suite: str
+    started_at: str  # ISO 8601 UTC, see iso_utc()
+    env: dict[str, Any]  # bench.machine.envinfo.fingerprint()
+    roofs: dict[str, Any]  # bench.machine.roofs.measure_roofs(): "<device>/<dtype>" -> {...}
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, kept for round trips
+
+    def __post_init__(self) -> None:
+        clash = set(self.extra) & set(_RUN_KEYS)
+        if clash:
+            raise ValueError(f"RunHeader.extra must not hold documented fields: {sorted(clash)}")
+
+    @property
+    def machine_id(self) -> str | None:
+        return self.env.get("machine_id")
+
+    def to_json(self) -> dict[str, Any]:
+        """The header as a JSON-ready dict (``kind`` first, extras last)."""
+        d: dict[str, Any] = {
+            "kind": "run",
+            "schema_version": self.schema_version,
+            "run_id": self.run_id,
+            "suite": self.suite,
+            "started_at": self.started_at,
+            "env": self.env,
+            "roofs": self.roofs,
+        }
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RunHeader:
+        """Parse a header dict; raises InputError (without file context) when it is invalid."""
+        if not isinstance(d, Mapping) or d.get("kind") != "run":
+            raise InputError('first line is not a run header ({"kind": "run", ...})')
+        _check_schema(d.get("schema_version"))
+        return cls(
+            run_id=_require(d, "run_id", str, "run header"),
+            suite=_require(d, "suite", str, "run header"),
+            started_at=_require(d, "started_at", str, "run header"),
+            env=dict(_require(d, "env", dict, "run header")),
+            roofs=dict(_require(d, "roofs", dict, "run header")),
+            schema_version=d["schema_version"],
+            extra={k: v for k, v in d.items() if k not in _RUN_KEYS},
+        )
+
+
+def _check_schema(v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(f"run header has no valid schema_version (got {v!r}); not a recbench file")
+    if v > SCHEMA_VERSION:
+        raise InputError(
+            f"written by a newer recbench (schema {v}); this version reads schema "
+            f"{SCHEMA_VERSION}: upgrade recbench"
+        )
+    if v != SCHEMA_VERSION:
+        raise InputError(f"unknown schema_version {v}; this recbench reads schema {SCHEMA_VERSION}")
+
+
+@dataclass
+class PointRecord:
+    """One finished sweep point: its parameters, status, metrics and raw step times."""
+
+    id: str  # point_id(point)
+    point: dict[str, Any]  # framework, workload, preset, ..., device
+    status: str  # one of STATUSES
+    reason: str | None = None  # why, for every status but "ok"
+    metrics: dict[str, Any] = field(default_factory=dict)  # see DESIGN.md; null, never 0
+    samples_ms: list[float] = field(default_factory=list)  # raw per-iteration step times
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, kept for round trips
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
+        if self.status != "ok" and not (isinstance(self.reason, str) and self.reason.strip()):
+            raise ValueError(f"status {self.status!r} needs a reason (why it is not ok)")
+        clash = set(self.extra) & set(_POINT_KEYS)
+        if clash:
+            raise ValueError(f"PointRecord.extra must not hold documented fields: {sorted(clash)}")
+        if not all(math.isfinite(x) for x in self.samples_ms):
+            raise ValueError("samples_ms must be finite step times in ms")  # JSON has no NaN
+
+    @classmethod
+    def for_point(
+        cls,
+        point: Mapping[str, Any],
+        status: str,
+        reason: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        samples_ms: Iterable[float] | None = None,
+        **extra: Any,
+    ) -> PointRecord:
+        """A record whose ``id`` is ``point_id(point)``."""
+        return cls(
+            id=point_id(point),
+            point=dict(point),
+            status=status,
+            reason=reason,
+            metrics=dict(metrics or {}),
+            samples_ms=[float(x) for x in (() if samples_ms is None else samples_ms)],
+            extra=dict(extra),
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (``kind`` first, extras last)."""
+        d: dict[str, Any] = {
+            "kind": "point",
+            "id": self.id,
+            "point": self.point,
+            "status": self.status,
+            "reason": self.reason,
+            "metrics": self.metrics,
+            "samples_ms": self.samples_ms,
+        }
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PointRecord:
+        """Parse a point dict; raises InputError (without file context) when it is invalid."""
+        if not isinstance(d, Mapping) or d.get("kind") != "point":
+            raise InputError('not a point record ({"kind": "point", ...})')
+        reason = d.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise InputError(f"point record field 'reason' must be a string, got {reason!r}")
+        samples = d.get("samples_ms", [])
+        if not isinstance(samples, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in samples
+        ):
+            raise InputError("point record field 'samples_ms' must be a list of numbers")
+        metrics = d.get("metrics", {})
+        if not isinstance(metrics, dict):
+            raise InputError("point record field 'metrics' must be an object")
+        try:
+            return cls(
+                id=_require(d, "id", str, "point record"),
+                point=dict(_require(d, "point", dict, "point record")),
+                status=_require(d, "status", str, "point record"),
+                reason=reason,
+                metrics=dict(metrics),
+                samples_ms=[float(x) for x in samples],
+                extra={k: v for k, v in d.items() if k not in _POINT_KEYS},
+            )
+        except InputError:
+            raise
+        except ValueError as e:  # bad status or a missing reason, from __post_init__
+            raise InputError(f"invalid point record: {e}") from e
+

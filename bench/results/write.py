@@ -1,0 +1,141 @@
+"""Writing results files: each record appended, flushed and fsync'ed as its point ends."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from bench.results.read import ResultsFile, load, repair_tail
+from bench.results.schema import (
+    SCHEMA_VERSION,
+    PointRecord,
+    ResultsWarning,
+    RunHeader,
+    dumps,
+    safe_name,
+)
+from recmodels.errors import InputError
+
+
+class ResultsWriter:
+    """Appends point records to one results file, each flushed and fsync'ed as it is written.
+
+    Use :meth:`create` for a new run and :meth:`open_append` to resume one; both return an open
+    writer (also a context manager). One writer per file at a time.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fh: IO[str],
+        header: RunHeader,
+        records: list[PointRecord] | None = None,
+    ) -> None:
+        self.path = path
+        self.header = header
+        self.records: list[PointRecord] = records or []  # those already in the file on open
+        self._fh: IO[str] | None = fh
+
+    @classmethod
+    def create(
+        cls, out_dir: str | os.PathLike[str], machine_id: str, run_id: str, header: RunHeader
+    ) -> ResultsWriter:
+        """Create ``out_dir/<machine-id>/<run-id>.jsonl`` and write the header line.
+
+        Never overwrites: an existing file is an InputError. The two ids are made filesystem
+        safe with :func:`safe_name` (the header keeps them as given).
+        """
+        if header.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"can only write schema {SCHEMA_VERSION}, not {header.schema_version}")
+        directory = Path(out_dir) / safe_name(machine_id, "machine id")
+        path = directory / f"{safe_name(run_id, 'run id')}.jsonl"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(
+                f"cannot create results directory {directory}: {e.strerror or e}; "
+                "pass a writable --out DIR"
+            ) from e
+        try:
+            fh = open(path, "x", encoding="utf-8", newline="\n")  # noqa: SIM115 (kept open)
+        except FileExistsError as e:
+            raise InputError(
+                f"results file {path} already exists; resume it with --resume or use another run id"
+            ) from e
+        except OSError as e:
+            raise InputError(
+                f"cannot write in results directory {directory}: {e.strerror or e}; "
+                "pass a writable --out DIR"
+            ) from e
+        writer = cls(path, fh, header)
+        try:
+            writer._write_line(header.to_json())
+        except BaseException as e:  # disk full, an env value JSON cannot hold, Ctrl-C:
+            writer.close()  # leave no headerless file behind (load and resume refuse one)
+            path.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise InputError(
+                    f"cannot write results file {path}: {e.strerror or e}; "
+                    "pass a writable --out DIR"
+                ) from e
+            raise
+        return writer
+
+    @classmethod
+    def open_append(
+        cls,
+        path: str | os.PathLike[str],
+        check: Callable[[ResultsFile], None] | None = None,
+    ) -> ResultsWriter:
+        """Reopen a results file to add records (resume); ``.records`` holds those already there.
+
+        The header is validated as :func:`load` does, then by ``check`` (which raises to refuse
+        the file, e.g. one of another suite or machine). A partial last line left by a killed run
+        is cut off next (with a warning); otherwise the next record would be glued to it and
+        the file would have a corrupt line in the middle.
+        """
+        p = Path(path)
+        with warnings.catch_warnings():  # repair_tail warns about the same partial line
+            warnings.simplefilter("ignore", ResultsWarning)
+            loaded = load(p)  # first, so a file that is not ours is never modified
+        if check is not None:
+            check(loaded)
+        repair_tail(p)
+        try:
+            fh = open(p, "a", encoding="utf-8", newline="\n")  # noqa: SIM115 (kept open)
+        except OSError as e:
+            raise InputError(f"cannot append to results file {p}: {e.strerror or e}") from e
+        return cls(p, fh, loaded.header, loaded.records)
+
+    def write(self, record: PointRecord) -> None:
+        """Append one record; it is on disk (flushed and fsync'ed) when this returns."""
+        if not isinstance(record, PointRecord):
+            raise TypeError(f"write() takes a PointRecord, not {type(record).__name__}")
+        self._write_line(record.to_json())
+        self.records.append(record)
+
+    def _write_line(self, obj: Mapping[str, Any]) -> None:
+        if self._fh is None:
+            raise ValueError(f"results writer for {self.path} is closed")
+        self._fh.write(dumps(obj) + "\n")  # one write per line: a kill can only cut the tail
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    @property
+    def closed(self) -> bool:
+        return self._fh is None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

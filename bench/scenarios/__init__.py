@@ -1,0 +1,1 @@
+"""What is measured for a point: today the step scenario (train/infer step time)."""

@@ -1,0 +1,178 @@
+"""Point -> a runnable step, its device sync and its analytic cost, through recmodels' API.
+
+Nothing here knows a model's internals: a workload is an `Engine` (recmodels.torch_model or
+recmodels.jax_model) plus a fixed, device-resident batch, and one step is
+  train: Engine.train_step(batch)   forward, backward, optimizer step
+  infer: Engine.infer_step(seq, k)  forward over the histories, score the last position
+                                    against the whole catalog, top-k
+The inputs are full-length random sequences (no padding): the worst case of a length-T
+history, with a uniform gather pattern over the item table.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.point import Point, device_kind
+from recmodels import config as C
+
+TOP_K = 10
+
+
+class Unsupported(Exception):
+    """The point cannot run here by design (reason in the message); recorded, not raised."""
+
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    """What a device can do, as far as the precision matrix cares."""
+
+    kind: str  # cpu | cuda | tpu | mps
+    name: str = ""
+    compute_capability: tuple[int, int] | None = None  # NVIDIA only
+    count: int = 1  # devices the point spans ("KIND:all" is data parallel over all of them)
+
+    @property
+    def ampere_or_newer(self) -> bool:
+        return self.compute_capability is not None and self.compute_capability >= (8, 0)
+
+
+def support_reason(point: Point, caps: DeviceCaps) -> str | None:
+    """Why `point` cannot run on a device with `caps`, or None when it can."""
+    fw, kind, prec = point.framework, caps.kind, point.precision
+    if fw == "torch" and kind == "tpu":
+        return "PyTorch on TPU needs torch_xla, which recbench does not drive: use jax"
+    if fw == "jax" and kind == "mps":
+        return "JAX has no Metal (mps) backend here: use torch"
+    if prec == "int8":
+        if (fw, point.workload, kind) != ("torch", "infer", "cpu"):
+            return ("int8 is PyTorch dynamic quantisation for CPU inference only "
+                    "(torch, infer, cpu)")
+        if point.block == "lstm" and point.compile:
+            return "torch.compile does not support dynamically quantised LSTMs"
+    if prec == "tf32" and not (kind == "cuda" and caps.ampere_or_newer):
+        return f"tf32 is an NVIDIA tensor-core mode (compute capability >= 8.0); not on {kind}"
+    if prec == "bf16" and kind == "cuda" and not caps.ampere_or_newer:
+        return f"bf16 needs compute capability >= 8.0; {caps.name} is {caps.compute_capability}"
+    if prec == "fp16" and kind == "tpu":
+        return "TPUs have no fp16 matrix units: use bf16"
+    if point.compile and kind == "tpu":
+        return "torch.compile does not apply on TPU"
+    if point.device.endswith(":all"):
+        if fw == "torch":
+            return "data parallel over all devices is JAX-only here (torch would need DDP)"
+        if point.batch_size % caps.count:
+            return f"batch {point.batch_size} does not split evenly over {caps.count} devices"
+    return None
+
+
+def analytic_cost(point: Point) -> dict[str, int]:
+    """The analytic numbers every record carries next to the measured ones."""
+    cfg, b, w = point.model_config(), point.batch_size, point.workload
+    return {
+        "params_dense": C.params_dense(cfg),
+        "params_embedding": C.params_embedding(cfg),
+        "flops_per_step": C.flops_per_step(cfg, b, w),
+        "bytes_per_step": C.bytes_per_step(cfg, b, w, point.optimizer),
+        "est_mem_bytes": C.memory_estimate(cfg, b, w, point.optimizer).total_bytes,
+    }
+
+
+def random_batch(cfg: C.GenRecConfig, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Full-length histories with next-item targets and uniform negatives."""
+    rng = np.random.default_rng(seed)
+    shape = (batch_size, cfg.seq_len + 1)
+    window = rng.integers(1, cfg.catalog_size + 1, shape, dtype=np.int32)
+    neg = rng.integers(1, cfg.catalog_size + 1, (batch_size, cfg.seq_len, cfg.n_neg),
+                       dtype=np.int32)
+    return {"seq": window[:, :-1], "pos": window[:, 1:], "neg": neg}
+
+
+@dataclass
+class Workload:
+    point: Point
+    step: Callable[[], Any]  # one step; returns what `sync` waits on
+    sync: Callable[[Any], Any]  # blocks until the device has finished that value
+    samples_per_step: int  # sequences (train) or users served (infer) per step
+    tokens_per_step: int
+    cost: dict[str, int]
+    peak_fns: tuple[Callable | None, Callable | None]  # (reset, read) device peak bytes
+    # XLA's buffer plan of the step (JAX; None for eager torch). Call it after the first
+    # step: it reuses that compilation, while calling it first would compile twice.
+    planned_mem_bytes: Callable[[], int | None] = lambda: None
+    engine: Any = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Drop every device buffer this workload holds."""
+        self.step = self.sync = None  # type: ignore[assignment]
+        self.planned_mem_bytes = lambda: None  # its closure holds the engine and the batch
+        self.engine = None
+        gc.collect()
+
+
+def device_caps(framework: str, device: str) -> DeviceCaps:
+    """Ask the framework what the device is (thin: the only hardware call here)."""
+    kind = device_kind(device)
+    if kind == "cuda" and framework == "torch" and not device.endswith(":all"):
+        import torch
+
+        idx = torch.device(device).index or 0
+        return DeviceCaps(kind, torch.cuda.get_device_name(idx),
+                          tuple(torch.cuda.get_device_capability(idx)))
+    if framework == "jax":
+        from recmodels.jax_model import resolve_devices
+
+        devices = resolve_devices(device)
+        cc = getattr(devices[0], "compute_capability", None)
+        cap = tuple(int(x) for x in str(cc).split(".")[:2]) if cc else None
+        return DeviceCaps(kind, devices[0].device_kind, cap, len(devices))  # type: ignore[arg-type]
+    return DeviceCaps(kind)
+
+
+def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
+    """Build the point's step on its device; raises Unsupported with the reason."""
+    from bench.meters import jax_peak_fns, torch_cuda_peak_fns
+    from recmodels.train import make_engine
+
+    caps = caps or device_caps(point.framework, point.device)
+    reason = support_reason(point, caps)
+    if reason:
+        raise Unsupported(reason)
+    cfg = point.model_config()
+    engine = make_engine(point.framework, cfg, device=point.device, optimizer=point.optimizer,
+                         precision=point.precision)
+    if point.precision == "int8":
+        engine.quantize_int8()
+    if point.compile:
+        engine.compile()
+    batch = random_batch(cfg, point.batch_size)
+    if point.workload == "train":
+        dev_batch = engine.put(batch)
+
+        def step():
+            return engine.train_step(dev_batch)
+
+        def planned():
+            return engine.planned_memory_bytes(batch=dev_batch)
+    else:
+        dev_seq = engine.put({"seq": batch["seq"]})["seq"]
+
+        def step():
+            return engine.infer_step(dev_seq, TOP_K)
+
+        def planned():
+            return engine.planned_memory_bytes(seq=dev_seq, k=TOP_K)
+    if point.framework == "torch":
+        peak = torch_cuda_peak_fns(point.device) if caps.kind == "cuda" else (None, None)
+    else:
+        peak = jax_peak_fns(engine.device)
+    return Workload(point=point, step=step, sync=engine.sync,
+                    samples_per_step=point.batch_size,
+                    tokens_per_step=point.batch_size * cfg.seq_len,
+                    cost=analytic_cost(point), peak_fns=peak, planned_mem_bytes=planned,
+                    engine=engine)

@@ -1,0 +1,1 @@
+"""Suite files (*.toml here) -> ordered benchmark Points."""

@@ -1,0 +1,391 @@
+"""Suite files -> an ordered list of benchmark Points.
+
+A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
+
+    [suite]                 # optional; name defaults to the file's stem
+    name = "quick"
+    description = "CPU-sized sweep"
+
+    [measure]               # optional; any Measure field (defaults in Measure below)
+    min_time_s = 0.5
+
+    [runner]                # optional
+    skip_after_oom = true   # skip points dominated by an OOM'd one (see Point.dominated_by)
+
+    [[grid]]                # one or more; each is a cartesian product of its axes;
+    framework = ["torch", "jax"]      # the suite is the union of all grids, de-duplicated
+    workload = ["train", "infer"]
+    preset = ["tiny", "small"]        # keys of recmodels.config.PRESETS
+    batch_size = [32, 128, 512]
+    precision = ["fp32", "bf16"]      # fp32 | tf32 | bf16 | fp16 | int8
+    block = ["sasrec"]                # optional, default ["sasrec"]   (sasrec | hstu | lstm)
+    loss = ["bce"]                    # optional, default ["bce"]      (bce | sampled_softmax |
+                                      #                                 full_softmax)
+    n_neg = [128]                     # optional, default from the loss (bce 1, sampled 128)
+    catalog_size = [24000]            # optional, default the preset's
+    seq_len = [50]                    # optional, default the preset's
+    device = ["auto"]                 # optional, default ["auto"]; cpu | cuda | cuda:N | tpu | mps;
+                                      # KIND:all = JAX data parallel over every such device
+    compile = [false]                 # optional; torch.compile (jax always jits)
+    optimizer = ["adam"]              # optional, default ["adam"]     (adam | sgd)
+
+    [[exclude]]             # optional; drops a point that matches ALL keys of the table;
+    preset = "small"        # a value may be a scalar or a list (matches any element);
+    batch_size = [512]      # keys are grid axes, matched against the resolved point
+
+Every grid axis is a list, even with one value. ``framework``, ``workload``, ``preset``,
+``batch_size`` and ``precision`` are required in each grid.
+
+Normalisation (so that equal work has one id): jax points always carry ``compile = false``;
+full_softmax points carry ``n_neg = 1`` (unused). An infer point keeps its suite's ``loss``
+and ``optimizer`` although inference scores the whole catalog and updates nothing.
+
+``device = "auto"`` is resolved while points are made, by the caller's
+``device_resolver(framework)`` (the runner maps it to cuda, tpu or cpu); without one it is
+``cpu``. Excludes are matched after that, so they name real devices.
+
+``--set`` overrides (``load_suite(..., overrides=[...])``) edit the parsed TOML before
+validation: ``measure.min_time_s=0.2``, ``runner.skip_after_oom=false``, ``suite.name=x``,
+``grid.batch_size=64,128`` (replaces that axis in every grid; a bare axis such as
+``batch_size=64`` means the same). Values: comma lists become lists; ints, floats and
+true/false are parsed; anything else is a string.
+
+Execution order: points are grouped by (framework, device), in order of first appearance, so
+that one worker process serves a group; within a group they are sorted by (line, params,
+batch size), so skip-after-OOM meets the small points of a line first.
+
+Every problem is a one-line ``InputError`` naming the file, the field path
+(``grid[1].precision[2]``) and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.point import (
+    POSITIVE_INT_FIELDS,
+    Measure,
+    Point,
+    field_problem,
+    suggest,
+)
+from recmodels.errors import InputError
+
+if TYPE_CHECKING:
+    from bench.machine.hardware import Hardware
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - python 3.10
+    import tomli as tomllib
+
+SUITES_DIR = Path(__file__).parent
+
+_MAX_GRID_POINTS = 100_000  # a typo guard: no real sweep is this large
+
+GRID_AXES = tuple(f.name for f in dataclasses.fields(Point))
+_REQUIRED_AXES = ("framework", "workload", "preset", "batch_size", "precision")
+_AXIS_DEFAULTS: dict[str, list[Any]] = {
+    "block": ["sasrec"], "loss": ["bce"], "n_neg": [None], "catalog_size": [None],
+    "seq_len": [None], "device": ["auto"], "compile": [False], "optimizer": ["adam"],
+}
+
+
+
+def order_points(points: Iterable[Point]) -> list[Point]:
+    """Group by (framework, device) in order of first appearance; small first in each line."""
+    groups: dict[tuple[str, str], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.framework, p.device), []).append(p)
+    ordered: list[Point] = []
+    for members in groups.values():
+        ordered += sorted(members, key=lambda p: (p.line_key(), p.params_total, p.batch_size,
+                                                  p.preset))
+    return ordered
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    path: Path | None
+    points: list[Point]  # in execution order (see order_points)
+    measure: Measure = field(default_factory=Measure)
+    skip_after_oom: bool = True
+
+    @property
+    def devices(self) -> dict[str, int]:
+        """Points per device, in execution order."""
+        counts: dict[str, int] = {}
+        for p in self.points:
+            counts[p.device] = counts.get(p.device, 0) + 1
+        return counts
+
+    def groups(self) -> list[tuple[tuple[str, str], list[Point]]]:
+        """[((framework, device), points)], contiguous runs of self.points."""
+        out: list[tuple[tuple[str, str], list[Point]]] = []
+        for key, run in itertools.groupby(self.points, key=lambda p: (p.framework, p.device)):
+            out.append((key, list(run)))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "path": str(self.path) if self.path else None, "n_points": len(self.points),
+                "devices": self.devices, "measure": dataclasses.asdict(self.measure),
+                "skip_after_oom": self.skip_after_oom}
+
+
+# --- hardware and suite lookup ------------------------------------------------------------
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def suite_path(name_or_path: str | os.PathLike[str], hardware: Hardware | None = None) -> Path:
+    """A bare name -> bench/suites/<name>.toml ("auto" picks by hardware); else a file path."""
+    s = os.fspath(name_or_path)
+    if s == "auto":
+        from bench.machine.hardware import auto_suite_name, detect_hardware
+
+        s = auto_suite_name(hardware if hardware is not None else detect_hardware())
+    if s.endswith(".toml") or "/" in s or os.sep in s:
+        path = Path(s)
+        if not path.is_file():
+            raise InputError(f"{s}: no such suite file; pass an existing .toml path or one of: "
+                             + ", ".join(available_suites()))
+        return path
+    path = SUITES_DIR / f"{s}.toml"
+    if not path.is_file():
+        raise InputError(f"unknown suite {s!r}{suggest(s, available_suites())}; available: "
+                         + ", ".join([*available_suites(), "auto"]) + " (or a path to a .toml)")
+    return path
+
+
+# --- loading ------------------------------------------------------------------------------
+
+_TABLES = ("suite", "measure", "runner", "grid", "exclude")
+_SECTION_KEYS = {
+    "measure": tuple(f.name for f in dataclasses.fields(Measure)),
+    "runner": ("skip_after_oom",),
+    "suite": ("name", "description"),
+}
+SET_KEYS = (*(f"{s}.{k}" for s, keys in _SECTION_KEYS.items() for k in keys),
+            *(f"grid.{a}" for a in GRID_AXES))
+
+
+def _parse_scalar(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, str]:
+    """Apply `--set key=value` strings to parsed TOML in place; returns key -> the --set text."""
+    origin: dict[str, str] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set {item}: missing '='; write KEY=VALUE, "
+                             "e.g. --set measure.min_time_s=0.2")
+        key, _, text = (s.strip() for s in item.partition("="))
+        if "." not in key and key in GRID_AXES:
+            key = f"grid.{key}"
+        if key not in SET_KEYS:
+            raise InputError(f"--set {item}: unknown key {key!r}{suggest(key, SET_KEYS)}; known: "
+                             + ", ".join(SET_KEYS) + " (grid axes may omit 'grid.')")
+        section, name = key.split(".", 1)
+        if section == "suite":  # verbatim: a description may hold commas
+            value: Any = text
+        else:
+            items = [_parse_scalar(t.strip()) for t in text.split(",")]
+            value = items if section == "grid" or len(items) > 1 else items[0]
+        if section == "grid":
+            grids = raw.get("grid")
+            for grid in grids if isinstance(grids, list) else []:
+                if isinstance(grid, dict):
+                    grid[name] = value
+        else:
+            table = raw.setdefault(section, {})
+            if isinstance(table, dict):
+                table[name] = value
+        origin[key] = item
+    return origin
+
+
+class _Source:
+    """Formats errors as '<file>: <field path>: <problem>' (+ the --set that made the value)."""
+
+    def __init__(self, label: str, origin: Mapping[str, str]) -> None:
+        self.label, self.origin = label, origin
+
+    def error(self, path: str, problem: str, key: str | None = None) -> InputError:
+        note = f" (from --set {self.origin[key]})" if key in self.origin else ""
+        return InputError(f"{self.label}: {path}: {problem}{note}")
+
+    def table(self, raw: Mapping[str, Any], name: str, keys: Sequence[str]) -> dict[str, Any]:
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            raise self.error(name, f"expected a table [{name}], got {value!r}")
+        for k in value:
+            if k not in keys:
+                raise self.error(f"{name}.{k}", f"unknown key{suggest(k, keys)}; known: "
+                                 + ", ".join(keys))
+        return value
+
+    def tables(self, raw: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+        value = raw.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            raise self.error(name, f"expected [[{name}]] tables (an array of tables), "
+                             f"got {value!r}; write [[{name}]] rather than [{name}]")
+        for i, table in enumerate(value):
+            for k in table:
+                if k not in GRID_AXES:
+                    raise self.error(f"{name}[{i}].{k}", f"unknown axis{suggest(k, GRID_AXES)}; "
+                                     "known: " + ", ".join(GRID_AXES))
+        return value
+
+
+_PLURAL = {"compile": "booleans", "device": "device strings", **{k: "positive integers"
+           for k in POSITIVE_INT_FIELDS}}
+
+
+def _grid_axis(src: _Source, grid: Mapping[str, Any], i: int, axis: str) -> list[Any]:
+    path = f"grid[{i}].{axis}"
+    if axis not in grid:
+        if axis in _AXIS_DEFAULTS:
+            return _AXIS_DEFAULTS[axis]
+        raise src.error(path, f"missing; every [[grid]] needs {', '.join(_REQUIRED_AXES)}")
+    values, key = grid[axis], f"grid.{axis}"
+    if not isinstance(values, list):
+        hint = f"; write {axis} = [{json.dumps(values)}]" if not field_problem(
+            axis, values, allow_auto=True) else ""
+        raise src.error(path, f"expected a list of {_PLURAL.get(axis, 'strings')}, "
+                        f"got {values!r}{hint}", key)
+    if not values:
+        raise src.error(path, "empty list; give at least one value or drop the key", key)
+    for j, v in enumerate(values):
+        problem = field_problem(axis, v, allow_auto=True)
+        if problem:
+            raise src.error(f"{path}[{j}]", problem, key)
+    return values
+
+
+def _exclude_rules(src: _Source, raw: Mapping[str, Any]) -> list[dict[str, list[Any]]]:
+    rules = []
+    for i, table in enumerate(src.tables(raw, "exclude")):
+        if not table:
+            raise src.error(f"exclude[{i}]", "empty table would drop every point; add keys")
+        rule = {}
+        for axis, value in table.items():
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise src.error(f"exclude[{i}].{axis}", "empty list matches nothing; drop it")
+            for j, v in enumerate(values):
+                problem = field_problem(axis, v)
+                if problem:
+                    where = f"exclude[{i}].{axis}" + (f"[{j}]" if isinstance(value, list) else "")
+                    raise src.error(where, problem + (" (excludes match resolved devices)"
+                                                      if v == "auto" else ""))
+            rule[axis] = values
+        rules.append(rule)
+    return rules
+
+
+def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
+                overrides: Iterable[str] = (),
+                device_resolver: Callable[[str], str] | None = None) -> Suite:
+    """Parsed TOML -> Suite; `source` names the file in error messages."""
+    src = _Source(source, apply_overrides(raw, overrides))
+    for name in raw:
+        if name not in _TABLES:
+            raise src.error(f"[{name}]", f"unknown table{suggest(name, _TABLES)}; known: "
+                            + ", ".join(_TABLES))
+    head = src.table(raw, "suite", _SECTION_KEYS["suite"])
+    for k in head:
+        if not isinstance(head[k], str) or (k == "name" and not head[k].strip()):
+            raise src.error(f"suite.{k}", f"expected a non-empty string, got {head[k]!r}",
+                            f"suite.{k}")
+    try:
+        measure = Measure(**src.table(raw, "measure", _SECTION_KEYS["measure"]))
+    except InputError as e:  # Measure says "measure.<field>: <problem>"
+        where, _, problem = str(e).partition(": ")
+        raise src.error(where, problem, where) from None
+    runner = src.table(raw, "runner", _SECTION_KEYS["runner"])
+    skip = runner.get("skip_after_oom", True)
+    if not isinstance(skip, bool):
+        raise src.error("runner.skip_after_oom", f"expected true or false, got {skip!r}",
+                        "runner.skip_after_oom")
+
+    grids = src.tables(raw, "grid")
+    if not grids:
+        raise src.error("grid", "no [[grid]] table; add at least one (see bench/suites/suite.py)")
+    resolve = device_resolver or (lambda framework: "cpu")
+    points: dict[Point, None] = {}  # insertion-ordered set: the union, de-duplicated
+    for i, grid in enumerate(grids):
+        axes = [_grid_axis(src, grid, i, a) for a in GRID_AXES]
+        size = 1
+        for values in axes:
+            size *= len(values)
+        if size > _MAX_GRID_POINTS:
+            raise src.error(f"grid[{i}]", f"expands to {size} points (limit "
+                            f"{_MAX_GRID_POINTS}); split it or shorten its lists")
+        for combo in itertools.product(*axes):
+            values = dict(zip(GRID_AXES, combo))
+            if values["device"] == "auto":
+                values["device"] = resolve(values["framework"])
+            try:
+                point = Point(**values)
+            except InputError as e:
+                raise src.error(f"grid[{i}]", str(e)) from None
+            try:
+                point.model_config()  # an impossible config fails here, not in a worker
+            except InputError as e:
+                raise src.error(f"grid[{i}]", f"{point.label()}: {e}") from None
+            points[point] = None
+
+    rules = _exclude_rules(src, raw)
+    kept = [p for p in points
+            if not any(all(getattr(p, a) in vs for a, vs in r.items()) for r in rules)]
+    if not kept:
+        raise src.error("exclude", "every point is excluded; loosen the [[exclude]] tables")
+    name = head.get("name") or (path.stem if path else source)
+    return Suite(name=name, description=head.get("description", ""), path=path,
+                 points=order_points(kept), measure=measure, skip_after_oom=skip)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_suite(name_or_path: str | os.PathLike[str], *, overrides: Iterable[str] = (),
+               device_resolver: Callable[[str], str] | None = None,
+               hardware: Hardware | None = None) -> Suite:
+    """Load a suite by name ("quick", "auto", ...) or .toml path, apply --set overrides, expand
+    and order its points. `hardware` (for "auto") defaults to detect_hardware()."""
+    path = suite_path(name_or_path, hardware)
+    label = _display(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{label}: TOML syntax error: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{label}: cannot read the suite file: {e}") from None
+    return parse_suite(raw, source=label, path=path, overrides=list(overrides),
+                       device_resolver=device_resolver)

@@ -1,0 +1,369 @@
+"""Environment fingerprint (on fake hardware) and machine roofs (measured here, datasheets)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bench.machine import envinfo
+from bench.machine import roofs as roofs_mod
+from bench.machine.datasheet import (
+    DATASHEET_PEAKS,
+    datasheet_bandwidth,
+    datasheet_for_env,
+    datasheet_key,
+    datasheet_peak,
+)
+from bench.machine.envinfo import fingerprint, fingerprint_key, format_env, git_info, machine_id
+from bench.machine.roofs import measure_bandwidth, measure_gemm, measure_roofs
+from recmodels.errors import InputError
+
+GiB = 2**30
+
+CPUINFO = "".join(
+    f"processor\t: {i}\nvendor_id\t: GenuineIntel\n"
+    f"model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
+    f"physical id\t: 0\ncore id\t\t: {i // 2}\ncpu cores\t: 2\n\n"
+    for i in range(4)
+)
+
+
+class FakeNvml:
+    """The slice of pynvml that envinfo uses, with configurable GPUs."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, names: list[str | bytes], memory_bytes: int = 141 * GiB, fail=False):
+        self.names = names
+        self.memory_bytes = memory_bytes
+        self.fail = fail
+        self.shutdowns = 0
+
+    def nvmlInit(self) -> None:
+        if self.fail:
+            raise self.NVMLError("NVML Shared Library Not Found")
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "550.54.15"
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.names)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetName(self, h: int) -> str | bytes:
+        return self.names[h]
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
+        return SimpleNamespace(total=self.memory_bytes, free=0, used=0)
+
+
+class FakeCuda:
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def is_available(self) -> bool:
+        return bool(self.names)
+
+    def device_count(self) -> int:
+        return len(self.names)
+
+    def get_device_properties(self, i: int) -> SimpleNamespace:
+        return SimpleNamespace(name=self.names[i], total_memory=24 * GiB)
+
+
+@pytest.fixture
+def cpuinfo(tmp_path: Path) -> Path:
+    p = tmp_path / "cpuinfo"
+    p.write_text(CPUINFO)
+    return p
+
+
+def fp(cpuinfo: Path, **kw):
+    args = {
+        "nvml": FakeNvml(["NVIDIA H200", b"NVIDIA H200"]),
+        "torch_cuda": False,
+        "jax_devices": False,
+        "cpuinfo_path": cpuinfo,
+        "ram": 64 * GiB,
+        "hostname": "ci-runner-1",
+    }
+    args.update(kw)
+    return fingerprint(**args)
+
+
+# --- envinfo ------------------------------------------------------------------------------------
+
+
+def test_fingerprint_fields_from_fake_hardware(cpuinfo: Path) -> None:
+    nvml = FakeNvml(["NVIDIA H200", b"NVIDIA H200"])
+    env = fp(cpuinfo, nvml=nvml)
+    assert env["cpu"] == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    assert env["cores"]["logical"] == 4 and env["cores"]["physical"] == 2
+    assert env["ram_bytes"] == 64 * GiB
+    assert env["gpus"] == [
+        {"index": 0, "name": "NVIDIA H200", "memory_bytes": 141 * GiB, "driver": "550.54.15"},
+        {"index": 1, "name": "NVIDIA H200", "memory_bytes": 141 * GiB, "driver": "550.54.15"},
+    ]
+    assert nvml.shutdowns == 1
+    assert env["tpu"] is None
+    assert set(env["versions"]) == {"torch", "jax", "jaxlib", "recbench", "numpy"}
+    assert env["versions"]["recbench"] == "0.1.0"
+    assert env["versions"]["numpy"] is not None
+    assert set(env["git"]) == {"commit", "dirty"}
+    assert env["python"].count(".") == 2 and env["os"]
+    assert env["hostname"] == "ci-runner-1"
+    json.dumps(env)  # a results header must hold it as is
+
+
+def test_machine_id_is_stable_safe_and_ignores_hostname(cpuinfo: Path) -> None:
+    a = fp(cpuinfo)
+    b = fp(cpuinfo, hostname="ci-runner-2")
+    assert a["machine_id"] == b["machine_id"] == machine_id(a)
+    assert re.fullmatch(r"nvidia-h200x2-[0-9a-f]{6}", a["machine_id"])
+    c = fp(cpuinfo, nvml=FakeNvml(["NVIDIA H100 80GB HBM3"] * 2, 80 * GiB))
+    assert c["machine_id"].startswith("nvidia-h100-80gb-hbm3x2-")
+    assert c["machine_id"] != a["machine_id"]
+
+
+def test_cpu_only_machine_id_and_torch_fallback(cpuinfo: Path) -> None:
+    no_nvml = FakeNvml([], fail=True)
+    env = fp(cpuinfo, nvml=no_nvml, torch_cuda=FakeCuda([]), ram=int(63.8 * GiB))
+    assert env["gpus"] == []
+    assert re.fullmatch(r"intel-xeon-platinum-8481c-4c-64g-[0-9a-f]{6}", env["machine_id"])
+    # NVML cannot initialise (e.g. ROCm): torch.cuda still lists the GPUs, driver unknown.
+    env = fp(cpuinfo, nvml=no_nvml, torch_cuda=FakeCuda(["AMD Instinct MI300X"]))
+    assert env["gpus"] == [
+        {"index": 0, "name": "AMD Instinct MI300X", "memory_bytes": 24 * GiB, "driver": None}
+    ]
+    assert env["machine_id"].startswith("amd-instinct-mi300xx1-")
+
+
+def test_tpu_from_fake_jax_devices(cpuinfo: Path) -> None:
+    devs = [SimpleNamespace(platform="tpu", device_kind="TPU v5 lite", id=i) for i in range(4)]
+    env = fp(cpuinfo, nvml=False, jax_devices=lambda: devs)
+    assert env["tpu"] == {"device_kind": "TPU v5 lite", "count": 4}
+    assert re.fullmatch(r"tpu-v5-litex4-[0-9a-f]{6}", env["machine_id"])
+    cpu_devs = [SimpleNamespace(platform="cpu", device_kind="cpu", id=0)]
+    assert fp(cpuinfo, nvml=False, jax_devices=lambda: cpu_devs)["tpu"] is None
+    assert datasheet_for_env(env, "tpu")["name"] == "TPU v5e"
+
+
+def test_fingerprint_key_differs_when_the_gpu_differs(cpuinfo: Path) -> None:
+    h200 = fp(cpuinfo)
+    assert fingerprint_key(h200) == fingerprint_key(fp(cpuinfo, hostname="other"))
+    h100 = fp(cpuinfo, nvml=FakeNvml(["NVIDIA H100 80GB HBM3"] * 2))
+    assert fingerprint_key(h100) != fingerprint_key(h200)
+    newer_torch = {**h200, "versions": {**h200["versions"], "torch": "9.9.9"}}
+    assert fingerprint_key(newer_torch) != fingerprint_key(h200)
+    assert fingerprint_key({}) == (None, None, None, (), None, None, None)  # old/partial env
+
+
+def test_format_env_is_readable(cpuinfo: Path) -> None:
+    text = format_env(fp(cpuinfo))
+    assert text.splitlines()[0].startswith("machine_id")
+    assert "NVIDIA H200, 141.0 GiB, driver 550.54.15" in text
+    assert "Xeon" in text and "64.0 GiB" in text
+
+
+def test_git_info(tmp_path: Path) -> None:
+    assert git_info(tmp_path) == {"commit": None, "dirty": None}  # not a checkout
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text("[project]\n")
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            check=True,
+            capture_output=True,
+        )
+
+    git("init", "-q")
+    assert git_info(repo) == {"commit": None, "dirty": None}  # no commit yet
+    git("add", "pyproject.toml")
+    git("commit", "-q", "-m", "x")
+    info = git_info(repo)
+    assert re.fullmatch(r"[0-9a-f]{40}", info["commit"]) and info["dirty"] is False
+    (repo / "results.jsonl").write_text("{}")  # untracked output: still clean
+    assert git_info(repo)["dirty"] is False
+    (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert git_info(repo)["dirty"] is True
+
+
+def test_probe_jax_0_never_imports_jax() -> None:
+    code = (
+        "import os, sys; os.environ['RECBENCH_PROBE_JAX'] = '0'\n"
+        "from bench.machine import envinfo; env = envinfo.fingerprint()\n"
+        "print(env['tpu'], 'jax' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["None", "False"]
+
+
+def test_real_fingerprint_is_complete() -> None:
+    env = envinfo.fingerprint(jax_devices=False)
+    assert env["cores"]["logical"] >= 1 and env["ram_bytes"] > 0
+    assert re.fullmatch(r"[a-z0-9.-]+", env["machine_id"])
+
+
+# --- roofs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_measure_gemm_on_cpu(dtype: str) -> None:
+    flops = measure_gemm("torch", "cpu", dtype, n=512, min_time_s=0.05)
+    assert flops > 1e8  # a sanity floor only: this machine is shared
+
+
+def test_measure_gemm_jax_on_cpu() -> None:
+    pytest.importorskip("jax")
+    assert measure_gemm("jax", "cpu", "fp32", n=256, min_time_s=0.05) > 1e8
+
+
+def test_measure_bandwidth_on_cpu() -> None:
+    assert measure_bandwidth("torch", "cpu", nbytes=64 * 2**20, min_time_s=0.05) > 1e8
+
+
+def test_measure_roofs_keys_and_header_format() -> None:
+    roofs = measure_roofs(["cpu"], ["fp32", "bf16"], min_time_s=0.05, repeats=2)
+    assert set(roofs) == {"cpu/fp32", "cpu/bf16"}
+    for entry in roofs.values():
+        assert entry["gemm_flops_per_s"] > 1e8 and entry["mem_bytes_per_s"] > 1e8
+        assert "matmul" in entry["method"] and "reason" not in entry
+    json.dumps(roofs)
+
+
+def test_measure_roofs_records_an_absent_device_instead_of_crashing() -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    roofs = measure_roofs(["cuda"], ["bf16"], min_time_s=0.01)
+    entry = roofs["cuda/bf16"]
+    assert entry["gemm_flops_per_s"] is None and entry["mem_bytes_per_s"] is None
+    assert "CUDA" in entry["reason"]
+
+
+def test_measure_roofs_takes_every_dtype_the_runner_asks_for() -> None:
+    """`recbench env` on a GPU and the runner ask for tf32 (roofs.ROOF_DTYPES); a roof
+    measurement that refused it lost every roof of the run. TF32 is allowed for the tf32
+    roof only, and the process's setting is put back."""
+    torch = pytest.importorskip("torch")
+    from bench.machine.roofs import ROOF_DTYPES
+
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_tf32
+    roofs = measure_roofs(["cpu"], sorted(set(ROOF_DTYPES.values())), min_time_s=0.01,
+                          repeats=1)
+    assert set(roofs) == {f"cpu/{d}" for d in ROOF_DTYPES.values()}
+    assert roofs["cpu/tf32"]["gemm_flops_per_s"] > 1e8
+    assert " tf32 " in roofs["cpu/tf32"]["method"]
+    assert flags.allow_tf32 == before
+    seen = []
+    call, _ = roofs_mod._torch_gemm("cpu", 0, "tf32", 64)
+    orig = torch.matmul
+    try:
+        torch.matmul = lambda *a, **k: seen.append(flags.allow_tf32) or orig(*a, **k)
+        call()
+        roofs_mod._torch_gemm("cpu", 0, "fp32", 64)[0]()
+    finally:
+        torch.matmul = orig
+    assert seen == [True, False] and flags.allow_tf32 == before
+
+
+def test_datasheet_for_data_parallel_devices_is_none_not_an_error() -> None:
+    env = {"gpus": [{"name": "NVIDIA H200", "memory_bytes": 141 * 2**30}] * 2}
+    assert datasheet_for_env(env, "cuda:1")["name"] == "NVIDIA H200 SXM"
+    assert datasheet_for_env(env, "cuda:all") is None
+    assert datasheet_for_env(env, "cpu:all") is None
+
+
+def test_roofs_reject_typos() -> None:
+    with pytest.raises(InputError, match="unknown dtype"):
+        measure_roofs(["cpu"], ["fp64x"])
+    with pytest.raises(InputError, match="unknown device"):
+        measure_gemm("torch", "gpu0", "fp32")
+    with pytest.raises(InputError, match="unknown framework"):
+        measure_bandwidth("tensorflow", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "expected"),
+    [
+        ("NVIDIA H200", "bf16", 989.5e12),
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12),
+        ("NVIDIA H100 80GB HBM3", "fp32", 66.9e12),
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+        ("NVIDIA A100-SXM4-80GB", "tf32", 156e12),
+        ("NVIDIA L4", "bf16", 121e12),
+        ("TPU v4", "bf16", 275e12),
+        ("TPU v5 lite", "bf16", 197e12),
+        ("TPU v5e", "bf16", 197e12),
+        ("TPU v5", "bf16", 459e12),
+        ("TPU v5p", "bf16", 459e12),
+        ("TPU v6 lite", "bf16", 918e12),
+        ("TPU v6e", "bf16", 918e12),
+    ],
+)
+def test_datasheet_peak_matches_device_names(name: str, dtype: str, expected: float) -> None:
+    flops, source = datasheet_peak(name, dtype)
+    assert flops == pytest.approx(expected)
+    assert source.startswith(("NVIDIA", "Google")) and "https://" in source
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "NVIDIA H100 PCIe",  # other clocks and memory than SXM
+        "NVIDIA H100 NVL",
+        "NVIDIA H200 NVL",
+        "NVIDIA GH200 480GB",
+        "NVIDIA A100 80GB PCIe",
+        "NVIDIA A100-SXM4-40GB",
+        "NVIDIA L40S",
+        "TPU v4 lite",
+        "AMD EPYC",
+        "",
+    ],
+)
+def test_datasheet_peak_refuses_other_parts(name: str) -> None:
+    assert datasheet_key(name) is None
+    assert datasheet_peak(name, "bf16") is None
+
+
+def test_datasheet_table_is_dense_and_sourced() -> None:
+    expected = {
+        "NVIDIA H100 SXM": 3.35e12,
+        "NVIDIA H200 SXM": 4.8e12,
+        "NVIDIA A100 80GB SXM": 2.039e12,
+        "NVIDIA L4": 300e9,
+        "TPU v4": 1200e9,
+        "TPU v5e": 819e9,
+        "TPU v5p": 2765e9,
+        "TPU v6e": 1638e9,
+    }
+    assert set(DATASHEET_PEAKS) == set(expected)
+    for key, entry in DATASHEET_PEAKS.items():
+        assert "https://" in entry["source"], key
+        assert entry["mem_bytes_per_s"] == pytest.approx(expected[key])
+        assert datasheet_bandwidth(key)[0] == entry["mem_bytes_per_s"]
+        assert "bf16" in entry["flops_per_s"]
+    assert datasheet_peak("TPU v5 lite", "fp32") is None  # TPU docs give bf16 only
+    # H200 has H100's compute: the datasheet's sparse figures halved agree with the whitepaper.
+    h100 = DATASHEET_PEAKS["NVIDIA H100 SXM"]["flops_per_s"]
+    h200 = DATASHEET_PEAKS["NVIDIA H200 SXM"]["flops_per_s"]
+    for dt in h100:
+        assert h200[dt] == pytest.approx(h100[dt], rel=2e-3)
