@@ -22,7 +22,7 @@ SUITE ?= auto
 OUT ?= results
 PYTEST_ARGS ?=
 
-.PHONY: install test bench lint format clean
+.PHONY: install test bench mutants lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(STAMP)
 # figures and the HTML report of that run; the last line printed is the report's path.
 bench: $(STAMP)
 	$(BIN)/recbench run --suite $(SUITE) --out $(OUT) --report
+
+# Planted breaks (tests/mutants/*.patch) that the tests must catch; a few minutes.
+mutants: $(STAMP)
+	$(BIN)/python tests/mutants/run.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
