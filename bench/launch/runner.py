@@ -212,7 +212,8 @@ def measure_roofs_in_worker(points: Iterable[Point], *, timeout_s: float = 600.0
 
 def find_latest(out_dir: Path, machine_id: str, suite_name: str) -> Path:
     """The newest results file of this machine for `suite_name` (for a bare --resume)."""
-    candidates = sorted((out_dir / machine_id).glob("*.jsonl"), reverse=True)
+    directory = out_dir / R.safe_name(machine_id, "machine id")  # where ResultsWriter writes
+    candidates = sorted(directory.glob("*.jsonl"), reverse=True)
     for path in candidates:
         try:
             if R.load(path).header.suite == suite_name:
@@ -220,7 +221,7 @@ def find_latest(out_dir: Path, machine_id: str, suite_name: str) -> Path:
         except InputError:
             continue
     raise InputError(f"nothing to resume: no results file for suite {suite_name!r} under "
-                     f"{out_dir / machine_id}; run without --resume or pass the file")
+                     f"{directory}; run without --resume or pass the file")
 
 
 def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],

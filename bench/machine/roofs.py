@@ -71,6 +71,9 @@ def _check_dtype(dtype: str) -> None:
 # A step is (call, sync): call() launches work and returns something; sync(out) blocks until
 # the device has finished it. Timing never measures async dispatch.
 Step = tuple[Callable[[], Any], Callable[[Any], None]]
+# The clock every roof is timed with (seconds); tests plant a fake one with a fake step, so the
+# FLOP and byte counts can be checked against a known time.
+_clock: Callable[[], float] = time.perf_counter
 
 
 def _torch_setup(kind: str, index: int) -> tuple[Any, Any, Callable[[Any], None]]:
@@ -157,9 +160,9 @@ def _time_one(step: Step) -> float:
     """Seconds for one warm call: a warm-up (compilation, allocation, page faults), then one."""
     call, sync = step
     sync(call())
-    t0 = time.perf_counter()
+    t0 = _clock()
     sync(call())
-    return max(time.perf_counter() - t0, 1e-9)
+    return max(_clock() - t0, 1e-9)
 
 
 def _best_call_s(
@@ -174,12 +177,12 @@ def _best_call_s(
     k = max(1, math.ceil(min_time_s / repeats / one))
     best = math.inf
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         out = None
         for _ in range(k):
             out = call()
         sync(out)  # in-order device queue: the last result done means all are
-        best = min(best, (time.perf_counter() - t0) / k)
+        best = min(best, (_clock() - t0) / k)
     return best, k
 
 

@@ -3,7 +3,9 @@
 The real gates copy this checkout's code (bench/, recmodels/, pyproject.toml; tracked and new
 files) into a fresh git repository under tmp, commit it, and run ``python -m bench gate`` there
 on one torch point: an A/A gate (``--base HEAD``) must pass, and a commit that makes
-``train_step`` 25% slower must fail with exit 1.
+``train_step`` 25% slower must fail with exit 1. Their wall time is printed, not asserted: a
+loaded machine must not fail them. That the verdict path can decide at all is checked without
+measuring: a planted 2x slowdown in synthetic rounds must read "regressed" through run_gate.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
 ONE_POINT = ["--framework", "torch", "--set", "workload=train", "--set", "batch_size=32"]
-GATE_LIMIT_S = 300  # the issue's bound for one gate on this 2-core machine
+# Only a guard against a hung gate, never a performance assertion (one took ~1 min here).
+GATE_HANG_S = 1200
 
 # Appended to recmodels/torch_model.py by the slowdown commit: a real regression of the model
 # code, 25% more time per training step (spinning, like extra compute would).
@@ -62,8 +65,13 @@ def git(repo: Path, *args: str) -> str:
 def throwaway(tmp_path_factory) -> Path:
     """A git repository holding this checkout's code in one commit."""
     repo = tmp_path_factory.mktemp("gate") / "repo"
-    listed = git(REPO, "ls-files", "--cached", "--others", "--exclude-standard", "--",
-                 "bench", "recmodels", "pyproject.toml", ".gitignore").splitlines()
+    wanted = ("bench", "recmodels", "pyproject.toml", ".gitignore")
+    if (REPO / ".git").exists():
+        listed = git(REPO, "ls-files", "--cached", "--others", "--exclude-standard", "--",
+                     *wanted).splitlines()
+    else:  # a scratch copy of the tree (tests/mutants/run.py): it holds only those files
+        listed = [str(f.relative_to(REPO)) for w in wanted
+                  for f in ([REPO / w] if (REPO / w).is_file() else (REPO / w).rglob("*"))]
     for rel in listed:
         src = REPO / rel
         if src.is_file() and "__pycache__" not in rel:
@@ -83,15 +91,16 @@ def run_gate(repo: Path, *args: str) -> tuple[subprocess.CompletedProcess, float
     env.pop("PYTHONPATH", None)
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "bench", "gate", *args], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=GATE_LIMIT_S + 60)
+                          capture_output=True, text=True, timeout=GATE_HANG_S)
     return proc, time.monotonic() - t0
 
 
-def fake_record(batch_size: int = 32, seed: int = 0) -> PointRecord:
-    """What one side of one round of one torch point records: 30 step times around 10 ms."""
+def fake_record(batch_size: int = 32, seed: int = 0, scale: float = 1.0) -> PointRecord:
+    """What one side of one round of one torch point records: 30 step times around
+    10 ms x ``scale``."""
     point = {"framework": "torch", "workload": "train", "preset": "tiny",
              "batch_size": batch_size, "precision": "fp32", "device": "cpu"}
-    samples = 10.0 * np.random.default_rng(seed).lognormal(0.0, 0.03, 30)
+    samples = 10.0 * scale * np.random.default_rng(seed).lognormal(0.0, 0.03, 30)
     return PointRecord.for_point(point, "ok", metrics={"flops_per_step": 1e9},
                                  samples_ms=samples)
 
@@ -112,7 +121,6 @@ def test_a_over_a_gate_passes(throwaway):
     assert step["verdict"]["n_base"] == step["verdict"]["n_new"] == 150  # 5 rounds x 30
     assert step["verdict"]["rounds"]["n"] == 5
     assert any("A/A run" in n for n in report["notes"])
-    assert took < GATE_LIMIT_S
     assert worktrees(throwaway) == [f"worktree {throwaway}"]  # the base checkout is gone
     print(f"A/A gate: {point['status']}, {took:.0f} s; {step['reason']}")
 
@@ -132,7 +140,6 @@ def test_a_commit_that_slows_train_step_by_25_percent_fails_the_gate(throwaway, 
     text = md.read_text()
     assert text.startswith("### ❌ recbench gate: FAIL: 1 regressed")
     assert "| ❌ regressed | torch train tiny/sasrec C=5k T=50 B=32 fp32 cpu | step_ms |" in text
-    assert took < GATE_LIMIT_S
     assert worktrees(repo) == [f"worktree {repo}"]
     print(f"slowdown gate: exit {proc.returncode}, {took:.0f} s")
 
@@ -211,6 +218,107 @@ def test_base_rounds_are_cached_per_commit_and_environment(throwaway, monkeypatc
     calls.clear()
     assert main(["gate", "--base", "HEAD", "--rounds", "3", "--json"]) == 0
     assert calls.count("base") == 3  # another plan, another key
+
+
+def _rounds_of(scale_new: float):
+    """A fake run_round: per round and side, 30 samples around 10 ms (new: x ``scale_new``),
+    each side and round with its own noise."""
+    def fake_round(suite, roots, writers, order):
+        for side in order:
+            fake_round.k += 1
+            writers[side].write(fake_record(seed=fake_round.k,
+                                            scale=scale_new if side == "new" else 1.0))
+
+    fake_round.k = 0
+    return fake_round
+
+
+@pytest.mark.parametrize("scale, status, rc", [(2.0, "regressed", 1), (1.0, "unchanged", 0)])
+def test_the_gate_verdict_path_decides_on_planted_rounds(throwaway, monkeypatch, capsys, scale,
+                                                         status, rc):
+    """The real gates above may read "inconclusive" on a noisy machine, which passes, so they
+    alone cannot tell a gate that never decides from a quiet one. Here run_gate's own path
+    (rounds -> result files -> paired compare -> verdict and exit code) gets 5 rounds x 30
+    samples a side with 3% noise: new twice as slow must be "regressed" (exit 1), new
+    identical must be "unchanged" (exit 0)."""
+    monkeypatch.setattr(gate, "run_round", _rounds_of(scale))
+    monkeypatch.setattr(gate, "repo_root", lambda: throwaway)
+    assert main(["gate", "--base", "HEAD", "--no-cache", "--rounds", "5", "--json"]) == rc
+    (point,) = json.loads(capsys.readouterr().out)["points"]
+    assert point["status"] == status, point["reason"]
+    step = next(m for m in point["metrics"] if m["metric"] == "step_ms")
+    assert step["verdict"]["n_base"] == step["verdict"]["n_new"] == 150
+    assert step["verdict"]["rounds"]["n"] == 5
+    assert step["verdict"]["ratio"] == pytest.approx(scale, rel=0.03)
+
+
+def test_the_base_cache_key_changes_with_each_of_its_inputs(tmp_path, monkeypatch):
+    """Base rounds measured under another harness, suite file, --set overrides, rounds,
+    environment fingerprint field or hostname must never be reused: each input alone gives
+    another key, and what is not an input (the head commit, paths) leaves it alone."""
+    import dataclasses
+
+    # A stand-in bench/ tree, so that a harness source can be edited without touching ours.
+    fake_bench = tmp_path / "bench"
+    harness = ["gate/gate.py", "point.py", "suites/suite.py", "scenarios/step.py",
+               "launch/runner.py", "meters/timing.py"]
+    for rel in [*harness, "analysis/plots.py", "gate/compare.py"]:
+        (fake_bench / rel).parent.mkdir(parents=True, exist_ok=True)
+        (fake_bench / rel).write_text(f"# {rel}\n")
+    monkeypatch.setattr(gate, "__file__", str(fake_bench / "gate" / "gate.py"))
+    suite = tmp_path / "s.toml"
+    suite.write_text((REPO / "bench" / "suites" / "ci.toml").read_text())
+    other_suite = tmp_path / "s2.toml"
+    other_suite.write_text(suite.read_text().replace("batch_size = [32, 128]",
+                                                     "batch_size = [32, 64]"))
+    env = {"cpu": "AMD EPYC 7B13", "cores": {"logical": 2, "usable": 2, "physical": 1},
+           "gpus": [{"name": "NVIDIA H200", "memory_bytes": 141e9}], "tpu": None,
+           "versions": {"torch": "2.13.0", "jax": "0.7.0"}, "hostname": "runner-1",
+           "git": {"commit": "c" * 40, "dirty": False}, "machine_id": "m"}
+    plan = gate.Plan(repo=tmp_path, base_rev="HEAD~1", base_commit="a" * 40,
+                     head_commit="b" * 40, suite=str(suite), overrides=["framework=torch"],
+                     rounds=5)
+    key = gate.cache_key(plan, env)
+    assert key.startswith("a" * 12 + "-") and len(key) == 25
+
+    def with_env(**changes):
+        return {**env, **changes}
+
+    variants = {
+        "base commit": (dataclasses.replace(plan, base_commit="d" * 40), env),
+        "rounds": (dataclasses.replace(plan, rounds=6), env),
+        "overrides": (dataclasses.replace(plan, overrides=["framework=jax"]), env),
+        "no overrides": (dataclasses.replace(plan, overrides=[]), env),
+        "suite file": (dataclasses.replace(plan, suite=str(other_suite)), env),
+        "cpu": (plan, with_env(cpu="Intel Xeon 8480")),
+        "logical cores": (plan, with_env(cores={**env["cores"], "logical": 4})),
+        "usable cores": (plan, with_env(cores={**env["cores"], "usable": 1})),
+        "gpus": (plan, with_env(gpus=[{"name": "NVIDIA H100", "memory_bytes": 80e9}])),
+        "tpu": (plan, with_env(tpu={"device_kind": "TPU v5 lite", "count": 4})),
+        "torch": (plan, with_env(versions={**env["versions"], "torch": "2.14.0"})),
+        "jax": (plan, with_env(versions={**env["versions"], "jax": "0.8.0"})),
+        "hostname": (plan, with_env(hostname="runner-2")),
+    }
+    keys = {what: gate.cache_key(p, e) for what, (p, e) in variants.items()}
+    for rel in harness:
+        before = (fake_bench / rel).read_text()
+        (fake_bench / rel).write_text(before + "x = 1\n")
+        keys[f"harness {rel}"] = gate.cache_key(plan, env)
+        (fake_bench / rel).write_text(before)
+    same = [what for what, k in keys.items() if k == key]
+    assert same == [], f"these inputs do not change the key: {same}"
+    assert len(set(keys.values())) == len(keys)
+    assert keys["base commit"].startswith("d" * 12 + "-")
+
+    # Not inputs: the new side's commit, the git state in env, where the suite file lies, and
+    # harness files that do not shape a measurement (compare, plots).
+    moved = tmp_path / "elsewhere.toml"
+    moved.write_text(suite.read_text())
+    (fake_bench / "analysis" / "plots.py").write_text("y = 2\n")
+    (fake_bench / "gate" / "compare.py").write_text("y = 2\n")
+    assert gate.cache_key(dataclasses.replace(plan, head_commit="e" * 40), env) == key
+    assert gate.cache_key(plan, with_env(git={"commit": "f" * 40, "dirty": True})) == key
+    assert gate.cache_key(dataclasses.replace(plan, suite=str(moved)), env) == key
 
 
 # --- the pytest-benchmark front door (bench/gate/test_bench.py) ----------------------------------

@@ -7,12 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from bench import results as R
 from bench.cli import main
+from bench.launch.progress import Progress
 from bench.launch.runner import run_suite
 from bench.launch.worker import is_oom, measure_point
 from bench.machine.hardware import device_capacity_bytes
@@ -390,3 +393,166 @@ def test_data_parallel_feasibility_is_per_device(tmp_path, monkeypatch):
     (rec,) = run_suite(suite, out_dir=tmp_path / "out2", env=env, roofs={},
                        log=lambda s: None).records
     assert rec.status == "infeasible" and "each of cuda:all's 2 devices" in rec.reason
+
+
+# --- resume after OOMs, skip_after_oom = false, and a bare --resume --------------------------
+
+
+class FaultWorker:
+    """Stands in for runner.Worker without a process: RECBENCH_FAULT decides each point as it
+    does in the real worker (bench.launch.worker._fault_for): ``oom`` -> an "oom" reply; every
+    other point is "ok"."""
+
+    requested: ClassVar[list[int]] = []  # batch sizes, in the order the runner asked for them
+
+    def __init__(self, framework, env=None):
+        pass
+
+    def request(self, msg, timeout_s):
+        from bench.launch.worker import _fault_for
+
+        point = Point.from_dict(msg["point"])
+        FaultWorker.requested.append(point.batch_size)
+        if _fault_for(point) == "oom":
+            return {"status": "oom", "reason": "RESOURCE_EXHAUSTED: injected out of memory"}
+        return {"status": "ok", "samples_ms": [1.0, 1.0, 1.0],
+                "metrics": {"step_ms": {"median": 1.0, "n": 3}, "samples_per_s": 1e3,
+                            "achieved_flops_per_s": 1e9,
+                            "achieved_bytes_per_s": 1e9}}
+
+    def close(self):
+        pass
+
+    kill = close
+
+
+class CtrlCAfterOom(Progress):
+    """Ctrl-C as soon as an OOM is on disk (the runner calls ``finished`` after the write)."""
+
+    def finished(self, rec, point):
+        super().finished(rec, point)
+        if rec.status == "oom":
+            raise KeyboardInterrupt
+
+
+# One line of inference points (B 1..4) and a training point on another line.
+OOM_LINE = torch_infer_grid([1, 2, 3, 4]) + """
+[[grid]]
+framework = ["torch"]
+workload = ["train"]
+preset = ["tiny"]
+catalog_size = [500]
+seq_len = [8]
+batch_size = [8]
+precision = ["fp32"]
+"""
+RUN_ENV = {"machine_id": "test-machine", "ram_bytes": 24 << 30, "gpus": []}
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["skip_after_oom", "no-skip"])
+def test_resume_rebuilds_the_skip_after_oom_state_from_the_file(tmp_path, monkeypatch, skip):
+    """The first part records B=1 ok and B=2 oom, then is interrupted (Ctrl-C). The resumed
+    part must skip B=3 and B=4 (same line, larger batch: dominated by the OOM in the file)
+    without sending them to a worker, and still run the training point of another line.
+    With runner.skip_after_oom = false nothing is skipped, before or after the resume."""
+    from bench.launch import runner
+
+    monkeypatch.setattr(runner, "Worker", FaultWorker)
+    overrides = [] if skip else ["runner.skip_after_oom=false"]
+    suite = load_suite(write_suite(tmp_path, OOM_LINE), overrides=overrides)
+    assert suite.skip_after_oom is skip
+    order = [(p.workload, p.batch_size) for p in suite.points]
+    assert order.index(("infer", 2)) < order.index(("infer", 3)) < order.index(("infer", 4))
+
+    monkeypatch.setenv("RECBENCH_FAULT", "infer tiny/sasrec C=500 T=8 B=2 =oom")
+    FaultWorker.requested = []
+    first = run_suite(suite, out_dir=tmp_path / "out", env=RUN_ENV, roofs={},
+                      progress=CtrlCAfterOom(len(suite.points)), log=lambda s: None)
+    assert first.interrupted
+    part1 = {(Point.from_dict(r.point).workload, Point.from_dict(r.point).batch_size): r.status
+             for r in R.load(first.path).records}
+    assert part1 == {("infer", 1): "ok", ("infer", 2): "oom"}
+
+    monkeypatch.delenv("RECBENCH_FAULT")  # the resumed part: no fault is injected any more
+    FaultWorker.requested = []
+    second = run_suite(suite, out_dir=tmp_path / "out", env=RUN_ENV, resume=first.path,
+                       log=lambda s: None)
+    assert not second.interrupted and second.path == first.path
+    statuses = {(Point.from_dict(r.point).workload, Point.from_dict(r.point).batch_size):
+                r.status for r in R.load(first.path).records}
+    if skip:
+        assert statuses == {("infer", 1): "ok", ("infer", 2): "oom",
+                            ("infer", 3): "skipped-after-oom", ("infer", 4): "skipped-after-oom",
+                            ("train", 8): "ok"}
+        assert FaultWorker.requested == [8]  # the skipped points never reached a worker
+    else:
+        assert statuses == {("infer", 1): "ok", ("infer", 2): "oom", ("infer", 3): "ok",
+                            ("infer", 4): "ok", ("train", 8): "ok"}
+        assert sorted(FaultWorker.requested) == [3, 4, 8]
+    assert second.counts == Counter(statuses.values())
+
+
+def _results_file(out: Path, machine: str, run_id: str, suite: str) -> Path:
+    header = R.RunHeader(run_id=run_id, suite=suite, started_at="2026-11-28T12:00:00Z",
+                         env={"machine_id": machine}, roofs={})
+    with R.ResultsWriter.create(out, machine, run_id, header) as w:
+        return w.path
+
+
+def test_a_bare_resume_picks_the_newest_readable_file_of_the_suite_and_machine(tmp_path):
+    from bench.launch.runner import find_latest
+
+    out = tmp_path / "out"
+    older = _results_file(out, "m1", "20261101T000000Z-aaaa", "t")
+    newest = _results_file(out, "m1", "20261102T000000Z-aaaa", "t")
+    _results_file(out, "m1", "20261103T000000Z-aaaa", "other")  # newer, another suite
+    _results_file(out, "m2", "20261104T000000Z-aaaa", "t")  # newer, another machine
+    (out / "m1" / "20261105T000000Z-aaaa.jsonl").write_bytes(b"")  # newer, empty
+    (out / "m1" / "20261106T000000Z-aaaa.jsonl").write_text("not json\n")  # newer, unreadable
+    (out / "m1" / "20261107T000000Z-aaaa.jsonl").write_text(  # newer, a future schema
+        '{"kind": "run", "schema_version": 999, "run_id": "x", "suite": "t"}\n')
+    assert find_latest(out, "m1", "t") == newest
+    assert find_latest(out, "m1", "other").name.startswith("20261103")
+    assert find_latest(out, "m2", "t").name.startswith("20261104")
+    newest.unlink()
+    assert find_latest(out, "m1", "t") == older
+    with pytest.raises(InputError, match="nothing to resume: no results file for suite 'x'"):
+        find_latest(out, "m1", "x")
+    with pytest.raises(InputError, match="nothing to resume"):
+        find_latest(out, "m3", "t")
+    # An id with characters a path cannot hold is looked up where the writer put it.
+    odd = _results_file(out, "box/with space", "20261108T000000Z-aaaa", "t")
+    assert odd.parent.name == "box-with-space" and find_latest(out, "box/with space", "t") == odd
+
+
+def test_utilization_without_a_roof_is_null_never_zero():
+    """No measured roof (--no-roofs, a roof that failed, int8 which has no GEMM roof) leaves
+    every ratio null: 0 would read as a measured 0% utilisation. With a roof, the ratios are
+    achieved / roof, worked by hand here."""
+    from bench.launch.runner import add_utilization
+
+    env = {"gpus": []}
+    achieved = {"achieved_flops_per_s": 2e10, "achieved_bytes_per_s": 5e9}
+    failed = {"gemm_flops_per_s": None, "mem_bytes_per_s": None, "reason": "RuntimeError: x"}
+    cases = [({}, tiny_point()),  # --no-roofs
+             ({"cpu/fp32": failed}, tiny_point()),  # measured, but neither roof could be
+             ({"cpu/bf16": {"gemm_flops_per_s": 1e11, "mem_bytes_per_s": 1e10}},
+              tiny_point()),  # a roof of another dtype only
+             ({"cpu/fp32": {"gemm_flops_per_s": 1e11, "mem_bytes_per_s": 1e10}},
+              tiny_point(precision="int8"))]  # no GEMM roof for int8
+    for roofs, point in cases:
+        m = {**achieved}
+        add_utilization(m, point, roofs, env)
+        for key in ("roof_flops_per_s", "utilization", "bandwidth_utilization",
+                    "datasheet_flops_per_s", "utilization_datasheet"):
+            assert key in m and m[key] is None, (roofs, point.precision, key, m[key])
+        assert m["roof_devices"] == 1
+    half = {"cpu/fp32": {"gemm_flops_per_s": 1e11, "mem_bytes_per_s": None}}  # bandwidth failed
+    m = {**achieved}
+    add_utilization(m, tiny_point(), half, env)
+    assert m["roof_flops_per_s"] == 1e11 and m["utilization"] == pytest.approx(0.2)
+    assert m["bandwidth_utilization"] is None
+    m = {**achieved}
+    add_utilization(m, tiny_point(), {"cpu/fp32": {"gemm_flops_per_s": 4e10,
+                                                   "mem_bytes_per_s": 2e10}}, env)
+    assert m["utilization"] == pytest.approx(0.5) and m["bandwidth_utilization"] == 0.25

@@ -247,6 +247,62 @@ def test_measure_roofs_keys_and_header_format() -> None:
     json.dumps(roofs)
 
 
+# Planted timings, worked by hand. A matmul of two n x n matrices is n^2 outputs of n
+# multiply-adds, 2 n^3 FLOPs; at 1e10 FLOP/s: 256 -> 33,554,432 FLOPs = 3.3554432 ms,
+# 512 -> 268,435,456 = 26.8435456 ms, 1024 -> 2,147,483,648 = 214.7483648 ms. A copy of
+# N bytes reads N and writes N; at 2e10 B/s: 64 MiB -> 134,217,728 B = 6.7108864 ms,
+# 256 MiB -> 536,870,912 B = 26.8435456 ms.
+PLANTED_GEMM_S = {256: 0.0033554432, 512: 0.0268435456, 1024: 0.2147483648}
+PLANTED_COPY_S = {64 * 2**20: 0.0067108864, 256 * 2**20: 0.0268435456}
+
+
+@pytest.fixture
+def planted(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """A fake clock and fake GEMM/copy steps that take exactly the planted times."""
+    dev = SimpleNamespace(now=100.0, calls=0)
+
+    def step(seconds: float):
+        def call() -> None:
+            dev.now += seconds
+            dev.calls += 1
+
+        return call, lambda _: None
+
+    def gemm(kind, index, dtype, n):
+        return step(PLANTED_GEMM_S[n])
+
+    def copy(kind, index, nbytes):
+        return step(PLANTED_COPY_S[nbytes])
+
+    monkeypatch.setattr(roofs_mod, "_clock", lambda: dev.now)
+    for name, fake in (("_torch_gemm", gemm), ("_jax_gemm", gemm), ("_torch_copy", copy),
+                       ("_jax_copy", copy)):
+        monkeypatch.setattr(roofs_mod, name, fake)
+    return dev
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_roof_flop_and_byte_counts_against_planted_timings(planted, framework: str) -> None:
+    """The roofs' arithmetic, not this machine's speed: with steps that take the planted
+    times, GEMM must read 1e10 FLOP/s and the copy 2e10 B/s (a 2x slip in 2 n^3 or in bytes
+    read + written, or in the per-call division, is off by 2x)."""
+    for n in (256, 512, 1024):
+        flops = measure_gemm(framework, "cpu", "fp32", n=n, min_time_s=0.5, repeats=2)
+        assert flops == pytest.approx(1e10, rel=1e-9), n
+    assert planted.calls > 2 * 3  # the timed reps made calls, not only the warm-up
+    assert measure_bandwidth(framework, "cpu", nbytes=64 * 2**20, min_time_s=0.1) == (
+        pytest.approx(2e10, rel=1e-9))
+    # The CPU path picks n itself: it grows while 8x the last call stays under 1 s, so it
+    # stops at 1024 (8 x 0.215 s > 1 s); the bandwidth buffer is 256 MiB.
+    roofs = measure_roofs(["cpu"], ["fp32", "bf16"], [framework], min_time_s=0.5, repeats=2)
+    for dtype in ("fp32", "bf16"):
+        entry = roofs[f"cpu/{dtype}"]
+        assert entry["gemm_flops_per_s"] == pytest.approx(1e10, rel=1e-9)
+        assert entry["mem_bytes_per_s"] == pytest.approx(2e10, rel=1e-9)
+        assert "1024x1024" in entry["method"] and "256 MiB" in entry["method"]
+        assert "reason" not in entry
+
+
 def test_measure_roofs_records_an_absent_device_instead_of_crashing() -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

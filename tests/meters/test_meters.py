@@ -36,6 +36,16 @@ from bench.meters import (
 
 MS = 1_000_000  # ns per ms
 
+
+def wait_until(done, timeout_s: float = 20.0, what: str = "") -> None:
+    """Poll ``done()`` until it holds: a sampling thread on a loaded machine can fall far
+    behind its interval, so a test waits for the samples it needs instead of a fixed time."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not done after {timeout_s:g} s: {what or done}")
+        time.sleep(0.002)
+
 # --- StepTimer ----------------------------------------------------------------------------------
 
 
@@ -182,7 +192,9 @@ def test_host_memory_meter_sees_a_200_mb_allocation() -> None:
     assert HostMemoryMeter.available()
     with HostMemoryMeter(interval_s=0.005) as m:
         a = np.ones(25_000_000, dtype=np.float64)  # 200 MB, every page touched
-        time.sleep(0.05)
+        base = m.baseline_rss_bytes
+        wait_until(lambda: m.n_samples >= 3 and m.peak_rss_bytes >= base + 150_000_000,
+                   what="3 samples, one of them with the 200 MB")
         del a
     assert m.baseline_rss_bytes is not None and m.peak_rss_bytes is not None
     assert m.peak_rss_bytes >= m.baseline_rss_bytes + 150_000_000
@@ -198,9 +210,7 @@ def test_host_memory_meter_with_fake_reader_keeps_the_max() -> None:
         return last[0]
 
     with HostMemoryMeter(interval_s=0.001, read_rss=read) as m:
-        deadline = time.monotonic() + 2
-        while m.n_samples < 3 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_until(lambda: m.n_samples >= 3, what="3 samples")
     assert (m.baseline_rss_bytes, m.peak_rss_bytes) == (100, 300)
 
 
@@ -373,7 +383,7 @@ def test_nvml_counter_error_falls_back_to_power_sampling() -> None:
     sources = nvml_sources([0, 1], nv)
     assert [type(s) for s in sources] == [NvmlPowerSampler]
     with EnergyMeter(sources, interval_s=0.01) as e:
-        time.sleep(0.15)
+        wait_until(lambda: nv.power_reads >= 2 * 5, what="5 samples of both GPUs")
     assert e.provenance == "measured-sampled"
     assert e.source == "nvml:0,1"
     assert nv.power_reads >= 2 * 5  # the thread sampled, both GPUs each time

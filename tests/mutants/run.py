@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if survived:
         print(f"{len(survived)} of {len(mutants)} breaks not caught: {', '.join(survived)}")
         return 1
-    print(f"all {len(mutants)} breaks caught")
+    print("the break was caught" if len(mutants) == 1 else f"all {len(mutants)} breaks caught")
     return 0
 
 

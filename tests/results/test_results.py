@@ -197,6 +197,27 @@ def test_open_append_resumes_after_a_partial_last_line(tmp_path: Path) -> None:
     assert [r.point["batch_size"] for r in loaded.records] == [64, 128, 256]
 
 
+@pytest.mark.parametrize("records", [[64, 128], []], ids=["after-a-record", "after-the-header"])
+def test_open_append_after_a_complete_last_line_without_newline(tmp_path: Path,
+                                                               records: list[int]) -> None:
+    """A complete last line that lacks its \\n (the file was edited, or copied by a tool that
+    strips it): the resumed record must start on a line of its own, not be glued on."""
+    path = write_run(tmp_path, [ok_record(b) for b in records])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    assert not path.read_bytes().endswith(b"\n")
+    assert [r.point["batch_size"] for r in load(path).records] == records  # still complete
+    with ResultsWriter.open_append(path) as w:
+        assert [r.point["batch_size"] for r in w.records] == records
+        w.write(ok_record(256))
+        w.write(ok_record(512))
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 1 + len(records) + 2 + 1  # header, records, \n
+    loaded = load(path)
+    assert loaded.warnings == []
+    assert loaded.header == header("r1")
+    assert [r.point["batch_size"] for r in loaded.records] == [*records, 256, 512]
+
+
 def test_open_append_validates_the_header_and_leaves_other_files_alone(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text(json.dumps(ok_record().to_json()) + "\n")
