@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from bench.gate import stats
 from bench.machine.envinfo import fingerprint_key
@@ -200,16 +201,9 @@ def _samples_result(name: str, b: Sequence[float], v: Sequence[float], *, higher
                         found["reason"], found)
 
 
-# Two-sided 95% quantiles of Student's t (Student 1908) for 1..9 degrees of freedom; beyond,
-# the Cornish–Fisher expansion (Abramowitz & Stegun 26.7.5) is within 0.003 of the table.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
-
-
 def t95(df: int) -> float:
-    if df <= len(_T95):
-        return _T95[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    """The two-sided 95% quantile of Student's t (Student 1908) with ``df`` degrees of freedom."""
+    return float(scipy.stats.t.ppf(0.975, df))
 
 
 def confirm_over_rounds(verdict: dict[str, Any], rounds: list[float],

@@ -1,9 +1,10 @@
 """Statistics for comparing two sets of benchmark samples, and the regression rule.
 
-Pure numpy (no scipy): a two-sided Mann–Whitney U test (Mann & Whitney 1947), a percentile
-bootstrap confidence interval for the ratio of medians (Efron & Tibshirani 1993, ch. 13), the
-decision rule that turns them into a :class:`Verdict`, and parsers for the ``--threshold 5%`` and
-``median:5%`` strings of the CLI.
+The tests come from scipy: a two-sided Mann–Whitney U test (Mann & Whitney 1947;
+``scipy.stats.mannwhitneyu``, exact for small samples without ties) and a percentile bootstrap
+confidence interval for the ratio of medians (Efron & Tibshirani 1993, ch. 13;
+``scipy.stats.bootstrap``). This module adds the decision rule that turns them into a
+:class:`Verdict`, and parsers for the ``--threshold 5%`` and ``median:5%`` strings of the CLI.
 
 The decision rule (:func:`compare_samples`), for a metric where lower is better (step time);
 ``r = median(new) / median(base)``, ``[lo, hi]`` its 95% bootstrap CI, ``t`` the threshold,
@@ -26,10 +27,13 @@ For a higher-is-better metric (throughput) the same bands apply and "worse" mean
 A/A comparison is "unchanged", an under-sampled one says so every time.
 
 Measured with the noise model of tests/gate/test_stats.py (log-normal, sigma 0.1, 2% of samples
-x1.5-3), alpha 0.01, threshold 5%, 3000 trials: A/A comparisons are flagged in <= 0.13% at every
-n from 15 to 300; a true 3% slowdown in <= 2.6%; a true 10% slowdown in 23% (n = 15 a side),
-52% (30), 90% (80), 95% (100), 98% (120). No rule reaches 95% at n = 30 while keeping a 3%
-change quiet: there the noise of a median ratio (~3.3%) is half the gap between 3% and 10%.
+x1.5-3), alpha 0.01, threshold 5%, 3000 trials (``python benchmarks/stats_calibration.py``): A/A
+comparisons are flagged regressed in <= 0.13% (and improved in <= 0.13%) at every n from 15 to
+200; a true 3% slowdown in <= 2.1%; a true 10% slowdown in 25% (n = 15 a side), 49% (30), 91%
+(80), 95.6% (100), 97.5% (120). No rule reaches 95% at n = 30 while keeping a 3% change quiet:
+there the noise of a median ratio (~3.3%) is half the gap between 3% and 10%. At 5 a side only
+the exact p can reach alpha: a 2x slowdown is flagged in 92% (never with the asymptotic p), A/A
+in 0.23% (0.27% improved).
 
 Both tests treat samples as independent. Iterations of one run share that run's machine state,
 so more iterations do not shrink run-to-run noise; samples from interleaved base/new rounds do.
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
+import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
 from recmodels.errors import InputError
@@ -56,9 +61,10 @@ Status = Literal["regressed", "improved", "unchanged", "inconclusive"]
 # at the cost of needing ~120 rather than ~100 samples a side for 95% power at 2 * threshold.
 CONFIRM_FRACTION = 0.6
 
-# Bootstrap index matrices are drawn in chunks of at most this many elements (16 MiB of
-# int32), so that 2000 replicates of a 100k-sample run do not need gigabytes.
-_BOOT_CHUNK_ELEMS = 1 << 22
+# The bootstrap runs in batches of at most this many resampled elements a side (int64 indices
+# plus float64 values: 1 MiB): they stay in cache (~1.4x faster than one batch at n = 150), and
+# 2000 replicates of a 100k-sample run need no gigabytes.
+_BOOT_CHUNK_ELEMS = 1 << 16
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -104,66 +110,44 @@ def _check_threshold(threshold: float) -> None:
 # ----------------------------------------------------------------------------- Mann–Whitney U
 
 
-def _average_ranks(a: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """1-based ranks of ``a`` with ties given their average rank, and the size of each tie group."""
-    order = np.argsort(a, kind="mergesort")
-    s = a[order]
-    new_group = np.empty(s.size, dtype=bool)
-    new_group[:1] = True
-    np.not_equal(s[1:], s[:-1], out=new_group[1:])
-    starts = np.flatnonzero(new_group)
-    counts = np.diff(np.append(starts, s.size))
-    # A group occupying sorted positions starts+1 .. starts+counts has average rank:
-    group_rank = starts + (counts + 1) / 2.0
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = group_rank[np.cumsum(new_group) - 1]
-    return ranks, counts
-
-
 def mann_whitney_u(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
-    """Two-sided Mann–Whitney U test (Mann & Whitney 1947) by the normal approximation.
+    """Two-sided Mann–Whitney U test (Mann & Whitney 1947) of samples ``x`` and ``y``.
 
     Returns ``(u, p)``: ``u`` is the U statistic of ``x`` (number of pairs with x > y, ties
-    counting half), ``p`` the two-sided p-value with the tie correction of the variance and a
-    continuity correction of 0.5 -- the same numbers as
-    ``scipy.stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic")``.
-    No exact small-sample p-value: below ~8 samples a side the approximation is rough, and with
-    fewer than 6 a side p < 0.01 is out of reach, which errs towards "no difference".
+    counting half), ``p`` the two-sided p-value of
+    ``scipy.stats.mannwhitneyu(x, y, alternative="two-sided", method="auto")``: exact when a side
+    has at most 8 samples and there are no ties, else the normal approximation with the tie
+    correction of the variance and a continuity correction of 0.5. The smallest exact p with
+    5 a side is 2/252 ~ 0.0079 (4 a side: 2/70 ~ 0.029, so p < 0.01 needs 5).
+    Raises InputError on an empty side or a sample that is not a finite number.
     """
     xa = _as_samples(x, "x")
     ya = _as_samples(y, "y")
-    n1, n2 = xa.size, ya.size
-    if n1 == 0 or n2 == 0:
-        raise InputError(f"Mann–Whitney U needs samples on both sides; got {n1} and {n2}")
-    ranks, ties = _average_ranks(np.concatenate([xa, ya]))
-    u1 = float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2.0
-    u = max(u1, n1 * n2 - u1)
-    n = n1 + n2
-    tie_term = float(np.sum(ties.astype(np.float64) ** 3 - ties))
-    var = n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1)))
-    if var <= 0:  # every value identical: no evidence of a difference
-        return u1, 1.0
-    z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(var)
-    # two-sided p = 2 * P(Z > z) = erfc(z / sqrt(2))
-    return u1, min(1.0, math.erfc(z / math.sqrt(2.0)))
+    if xa.size == 0 or ya.size == 0:
+        raise InputError(
+            f"Mann–Whitney U needs samples on both sides; got {xa.size} and {ya.size}"
+        )
+    res = scipy.stats.mannwhitneyu(xa, ya, alternative="two-sided", method="auto")
+    return float(res.statistic), float(res.pvalue)
 
 
 # ----------------------------------------------------------------------------- bootstrap CI
 
 
-def _resampled_medians(
-    x_sorted: NDArray[np.float64], idx: NDArray[np.int32]
-) -> NDArray[np.float64]:
-    """Median of each resample ``x_sorted[idx[i]]``, one per row of the index matrix ``idx``.
-
-    ``x_sorted`` is sorted, so a resample's order statistics are ``x_sorted`` at its sorted
-    indices: ordering small integer rows is several times faster than a median of gathered
-    floats. Past ~1000 samples a partition beats a full sort.
-    """
-    n = idx.shape[1]
+def _medians(x: NDArray[np.float64], axis: int) -> NDArray[np.float64]:
+    """``np.median(x, axis)``; for rows of up to ~1000 samples a (SIMD) sort of each row is
+    ~4x faster than the partition np.median does, and the bootstrap spends its time here."""
+    n = x.shape[axis]
     mid = [(n - 1) // 2, n // 2]  # equal for odd n
-    j = np.sort(idx, axis=1) if n <= 1024 else np.partition(idx, mid, axis=1)
-    return (x_sorted[j[:, mid[0]]] + x_sorted[j[:, mid[1]]]) / 2.0
+    s = np.sort(x, axis=axis) if n <= 1024 else np.partition(x, mid, axis=axis)
+    return (np.take(s, mid[0], axis=axis) + np.take(s, mid[1], axis=axis)) / 2.0
+
+
+def _median_ratio(
+    base: NDArray[np.float64], new: NDArray[np.float64], axis: int = -1
+) -> NDArray[np.float64]:
+    """``median(new) / median(base)`` along ``axis``: the bootstrap's vectorized statistic."""
+    return _medians(new, axis) / _medians(base, axis)
 
 
 def ratio_of_medians_ci(
@@ -174,35 +158,39 @@ def ratio_of_medians_ci(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """``(ratio, low, high)``: ``median(new) / median(base)`` and its bootstrap CI.
+    """``(ratio, low, high)``: ``median(new) / median(base)`` and its bootstrap CI (unitless).
 
-    Percentile bootstrap (Efron & Tibshirani 1993, ch. 13): each group is resampled with
-    replacement independently (two-sample bootstrap, ibid. ch. 8), ``n_boot`` times, by drawing
-    index matrices, and the CI is the central ``confidence`` interval of the replicate ratios.
-    Not BCa: its acceleration comes from the jackknife, which is inconsistent for the median
-    (ibid. sec. 11.6). Deterministic for a given ``seed``. Samples must be positive.
+    Percentile bootstrap (Efron & Tibshirani 1993, ch. 13) by ``scipy.stats.bootstrap``: each
+    group is resampled with replacement independently (two-sample bootstrap, ibid. ch. 8),
+    ``n_boot`` times, and the CI is the central ``confidence`` interval of the replicate ratios.
+    Not BCa (scipy's default): its acceleration comes from the jackknife, which is inconsistent
+    for the median (ibid. sec. 11.6), and it returns NaN when a few tied samples make the
+    replicates degenerate. Deterministic for a given ``seed``.
+    Raises InputError unless both sides hold at least 2 positive finite samples, ``confidence``
+    is in (0, 1) and ``n_boot`` is an integer >= 100.
     """
     b = _as_samples(base, "base", positive=True)
     v = _as_samples(new, "new", positive=True)
-    if b.size == 0 or v.size == 0:
+    if b.size < 2 or v.size < 2:
         raise InputError(
-            f"a ratio of medians needs samples on both sides; got {b.size} and {v.size}"
+            "a bootstrap CI of a ratio of medians needs at least 2 samples on both sides; "
+            f"got {b.size} and {v.size}"
         )
     _check_fraction(confidence, "confidence")
     if not (_is_real(n_boot) and int(n_boot) == n_boot and n_boot >= 100):
         raise InputError(f"n_boot must be an integer >= 100; got {n_boot!r}")
-    n_boot = int(n_boot)
-    rng = np.random.default_rng(seed)
-    b_sorted, v_sorted = np.sort(b), np.sort(v)
-    ratios = np.empty(n_boot, dtype=np.float64)
-    chunk = max(1, _BOOT_CHUNK_ELEMS // max(b.size, v.size))
-    for start in range(0, n_boot, chunk):  # chunks of replicates, not one replicate at a time
-        k = min(chunk, n_boot - start)
-        med_b = _resampled_medians(b_sorted, rng.integers(0, b.size, (k, b.size), np.int32))
-        med_v = _resampled_medians(v_sorted, rng.integers(0, v.size, (k, v.size), np.int32))
-        ratios[start : start + k] = med_v / med_b
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(ratios, [tail, 1.0 - tail])
+    res = scipy.stats.bootstrap(
+        (b, v),
+        _median_ratio,
+        n_resamples=int(n_boot),
+        batch=max(1, _BOOT_CHUNK_ELEMS // max(b.size, v.size)),
+        vectorized=True,
+        paired=False,
+        confidence_level=confidence,
+        method="percentile",
+        rng=seed,
+    )
+    low, high = res.confidence_interval
     return float(np.median(v) / np.median(b)), float(low), float(high)
 
 
@@ -256,9 +244,10 @@ def compare_samples(
     the significance level of the Mann–Whitney test (Mann & Whitney 1947); ``confidence``,
     ``n_boot`` and ``seed`` set the bootstrap CI of the median ratio (Efron & Tibshirani 1993).
     ``max_cv``, if given, makes a side whose robust CV (1.4826 * MAD / median) exceeds it
-    inconclusive. Samples must be positive and finite (step times, throughputs). With
-    ``threshold=0`` nothing can be shown "unchanged" from noisy samples, so whatever is not
-    flagged is inconclusive; a zero threshold is meant for :func:`compare_scalar`.
+    inconclusive. Samples must be positive and finite (step times, throughputs; any unit, the
+    same on both sides). With ``threshold=0`` nothing can be shown "unchanged" from noisy
+    samples, so whatever is not flagged is inconclusive; a zero threshold is meant for
+    :func:`compare_scalar`. Raises InputError on a bad sample or setting.
     """
     _check_threshold(threshold)
     _check_fraction(alpha, "alpha")
