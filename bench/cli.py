@@ -103,7 +103,7 @@ def format_train_result(r: dict) -> str:
 
 def cmd_parity(args) -> int:
     from recmodels.config import BLOCKS, LOSSES
-    from recmodels.parity import TOLERANCES, check_preset
+    from recmodels.parity import STEPS, TOLERANCES, check_preset
 
     def show(r) -> None:
         if not args.json:
@@ -114,7 +114,7 @@ def cmd_parity(args) -> int:
     if not args.json:
         print("max |torch - jax| after loading the same safetensors weights (fp32, dropout off);"
               f" tolerances: scores {TOLERANCES['scores_max_abs']:.0e}, loss (relative) "
-              f"{TOLERANCES['loss_rel']:.0e}, params after one Adam step "
+              f"{TOLERANCES['loss_rel']:.0e}, params after {STEPS} Adam steps "
               f"{TOLERANCES['params_max_abs']:.0e}")
     results = check_preset(args.preset, blocks=args.block or BLOCKS, losses=args.loss or LOSSES,
                            on_result=show)
