@@ -29,7 +29,7 @@ STATUSES = (
 )
 
 _RUN_KEYS = ("kind", "schema_version", "run_id", "suite", "started_at", "env", "roofs")
-_POINT_KEYS = ("kind", "id", "point", "status", "reason", "metrics", "samples_ms")
+_POINT_KEYS = ("kind", "id", "point", "status", "reason", "metrics", "samples_ms", "flags")
 
 
 class ResultsWarning(UserWarning):
@@ -199,6 +199,9 @@ class PointRecord:
     reason: str | None = None  # why, for every status but "ok"
     metrics: dict[str, Any] = field(default_factory=dict)  # see DESIGN.md; null, never 0
     samples_ms: list[float] = field(default_factory=list)  # raw per-iteration step times
+    # Warnings beside the status, name -> why (e.g. {"unstable": "CV 23% > 10%"}): an ok point
+    # stays ok, but readers show the flag and comparisons do not trust it.
+    flags: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, kept for round trips
 
     def __post_init__(self) -> None:
@@ -209,6 +212,8 @@ class PointRecord:
         clash = set(self.extra) & set(_POINT_KEYS)
         if clash:
             raise ValueError(f"PointRecord.extra must not hold documented fields: {sorted(clash)}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.flags.items()):
+            raise ValueError("flags must map a flag name to the reason it was raised")
         if not all(math.isfinite(x) for x in self.samples_ms):
             raise ValueError("samples_ms must be finite step times in ms")  # JSON has no NaN
 
@@ -220,6 +225,7 @@ class PointRecord:
         reason: str | None = None,
         metrics: Mapping[str, Any] | None = None,
         samples_ms: Iterable[float] | None = None,
+        flags: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> PointRecord:
         """A record whose ``id`` is ``point_id(point)``."""
@@ -230,6 +236,7 @@ class PointRecord:
             reason=reason,
             metrics=dict(metrics or {}),
             samples_ms=[float(x) for x in (() if samples_ms is None else samples_ms)],
+            flags=dict(flags or {}),
             extra=dict(extra),
         )
 
@@ -247,6 +254,7 @@ class PointRecord:
             "reason": self.reason,
             "metrics": self.metrics,
             "samples_ms": self.samples_ms,
+            "flags": self.flags,
         }
         d.update(self.extra)
         return d
@@ -264,6 +272,9 @@ class PointRecord:
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in samples
         ):
             raise InputError("point record field 'samples_ms' must be a list of numbers")
+        flags = d.get("flags", {})  # absent in files written before flags existed
+        if not isinstance(flags, dict):
+            raise InputError("point record field 'flags' must be an object")
         metrics = d.get("metrics", {})
         if not isinstance(metrics, dict):
             raise InputError("point record field 'metrics' must be an object")
@@ -275,6 +286,7 @@ class PointRecord:
                 reason=reason,
                 metrics=dict(metrics),
                 samples_ms=[float(x) for x in samples],
+                flags=dict(flags),
                 extra={k: v for k, v in d.items() if k not in _POINT_KEYS},
             )
         except InputError:

@@ -105,6 +105,21 @@ def test_unknown_fields_survive_a_round_trip(tmp_path: Path) -> None:
     assert loaded.records[0].to_json() == rec
 
 
+def test_flags_round_trip_and_older_files_have_none(tmp_path: Path) -> None:
+    flagged = PointRecord.for_point(POINT, "ok", metrics={"x": 1}, samples_ms=[1.0, 9.0],
+                                    flags={"unstable": "CV 80% > 10%"})
+    path = write_run(tmp_path, [flagged, ok_record(64)])
+    a, b = load(path).records
+    assert a.flags == {"unstable": "CV 80% > 10%"} and a.ok and b.flags == {}
+    # A record written before flags existed reads as unflagged, and a bad value is refused.
+    old = {k: v for k, v in ok_record(64).to_json().items() if k != "flags"}
+    assert PointRecord.from_json(old).flags == {}
+    with pytest.raises(InputError, match="'flags' must be an object"):
+        PointRecord.from_json({**old, "flags": ["unstable"]})
+    with pytest.raises(InputError, match="flags must map a flag name to the reason"):
+        PointRecord.from_json({**old, "flags": {"unstable": 1}})
+
+
 def test_status_is_validated_and_non_ok_needs_a_reason() -> None:
     assert "skipped-after-oom" in STATUSES and len(STATUSES) == 8
     with pytest.raises(ValueError, match="unknown status"):
