@@ -1,13 +1,15 @@
 """`recbench`: the command-line entry point (also `python -m bench`).
 
-Exit codes: 0 ok, 1 a check failed (parity, regression), 2 bad input (one line on
-stderr, no traceback), 130 interrupted. `--json` prints exactly one JSON object on stdout.
+Exit codes: 0 ok, 1 a check failed (parity, regression, a run with no ok point), 2 bad
+input (one line on stderr, no traceback; also a device this machine lacks), 130 interrupted.
+`--json` prints exactly one JSON object on stdout.
 Heavy imports (torch, jax, matplotlib) happen inside the subcommands that need them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -229,11 +231,9 @@ def cmd_run(args) -> int:
     overrides = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
     suite = load_suite(args.suite, overrides=overrides, hardware=hardware,
                        device_resolver=device_resolver_for(hardware))
-    if args.dry_run:
-        for p in suite.points:
-            print(f"{p.id}  {p.label()}")
-        print(f"{len(suite.points)} points in suite {suite.name!r}")
-        return EXIT_OK
+    if args.dry_run:  # a plan: it may name devices this machine lacks
+        return _dry_run(suite, args.json)
+    _check_devices(suite, hardware, args.device)  # before any point or output
     env = fingerprint()
     out = Path(args.out)
     resume = None
@@ -244,7 +244,7 @@ def cmd_run(args) -> int:
         check_writable(out / R.safe_name(env["machine_id"]))  # before any work or output
     outcome = run_suite(suite, out_dir=out, env=env, resume=resume,
                         roofs={} if args.no_roofs else None)
-    table = summary_table([*outcome.previous, *outcome.records])
+    table = summary_table([*outcome.previous, *outcome.records], end=outcome.end)
     report = None
     if args.report and not outcome.interrupted and outcome.counts.get("ok"):
         from bench.analysis.plots import plot_all
@@ -271,10 +271,76 @@ def cmd_run(args) -> int:
              f"{len(suite.points)} points recorded; continue with: recbench run --suite "
              f"{args.suite}{same} --resume {outcome.path}")
         return EXIT_INTERRUPTED
+    if not outcome.counts.get("ok"):
+        counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items()) or "no points"
+        _err(f"recbench run: no point ran ok ({counts}); the reasons are in {outcome.path}")
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
+def _check_devices(suite, hardware, device: str | None) -> None:
+    """Refuse, in one line, a run whose points name a device this machine lacks (the same
+    rule as `recbench train --device`), instead of recording every point as an error."""
+    from bench.machine.hardware import missing_device
+
+    for name, n in suite.devices.items():
+        why = missing_device(name, hardware)
+        if why and device:
+            raise InputError(f"--device {device}: not available on this machine ({why}); "
+                             "use --device cpu, or leave --device out")
+        if why:
+            raise InputError(f"suite {suite.name!r} has {n} points on {name}, which this "
+                             f"machine lacks ({why}); run it where there is one, or pass "
+                             "--device cpu")
+
+
+_ESTIMATE_NOTE = ("est_step_ms is a lower bound, not a prediction: the roofline time of the "
+                  "analytic FLOPs and bytes at the datasheet peaks of the device (bench/machine/"
+                  "datasheet.py), null without an entry (CPUs, unlisted GPUs, KIND:all, int8). "
+                  "est_mem_bytes is the analytic estimate the runner holds against capacity_bytes")
+
+
+def _dry_run(suite, as_json: bool) -> int:
+    if not as_json:
+        for p in suite.points:
+            print(f"{p.id}  {p.label()}")
+        extra = "".join(f"; {v['n_points']} from {k}" for k, v in suite.included().items())
+        print(f"{len(suite.points)} points in suite {suite.name!r}{extra}")
+        return EXIT_OK
+    from bench.machine.envinfo import probe_gpus, probe_tpu, ram_bytes
+    from bench.machine.hardware import device_capacity_bytes, roofline_floor_ms
+    from bench.point import device_kind
+    from bench.scenarios.step import analytic_cost
+
+    kinds = {device_kind(d) for d in suite.devices}
+    env = {"gpus": probe_gpus() if "cuda" in kinds else [], "ram_bytes": ram_bytes(),
+           "tpu": probe_tpu() if "tpu" in kinds else None}
+    rows = []
+    for p in suite.points:
+        cost = analytic_cost(p)
+        est, basis = roofline_floor_ms(p, cost, env)
+        cap = device_capacity_bytes(p.device, env)
+        rows.append({"id": p.id, "label": p.label(), "point": p.to_dict(),
+                     "suite": suite.origin.get(p, suite.name),
+                     "measure": dataclasses.asdict(suite.measure_for(p)), **cost,
+                     "capacity_bytes": cap,
+                     "predicted_infeasible": cost["est_mem_bytes"] > cap if cap else None,
+                     "est_step_ms": est, "est_step_basis": basis})
+    _print_json({"suite": suite.to_dict(), "note": _ESTIMATE_NOTE, "points": rows})
     return EXIT_OK
 
 
 # --- parser ------------------------------------------------------------------------------
+
+
+def package_version() -> str:
+    """The installed recbench version (package metadata), or a note where it is not installed."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("recbench")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: run `pip install -e .` in the checkout)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="recbench", description="Hardware and compute benchmarks for "
                 "generative recommenders (a GPT over item IDs) in PyTorch and JAX.")
+    p.add_argument("--version", action="version", version=f"recbench {package_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train and evaluate a reference model")

@@ -33,6 +33,14 @@ _CHOICES: dict[str, Sequence[str]] = {
     "loss": LOSSES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
 }
 POSITIVE_INT_FIELDS = ("n_neg", "catalog_size", "seq_len", "batch_size")
+# Point ids (Point.id): the fields below existed when ids were first written and are always
+# hashed, so no id in a file changes; a field added later goes into ID_DEFAULTS with its
+# default and is hashed only where it differs. bench/results/schema.py (POINT_FIELDS_V1,
+# POINT_ID_DEFAULTS, point_id) holds the same rule; tests/results/test_point_ids.py checks
+# that they agree and that every field of Point is in one of the two.
+ID_FIELDS_V1 = ("framework", "workload", "preset", "block", "loss", "n_neg", "catalog_size",
+                "seq_len", "batch_size", "precision", "device", "compile", "optimizer")
+ID_DEFAULTS: dict[str, Any] = {}  # e.g. "world_size": 1 once that axis exists
 
 
 def device_kind(device: str) -> str:
@@ -123,8 +131,14 @@ class Point:
 
     @property
     def id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+        """12 hex of sha1 over the sorted-key JSON of to_dict(), fields at their ID_DEFAULTS
+        dropped: equal to ``bench.results.point_id(self.to_dict())``."""
+        def canonical(v: Any) -> str:
+            return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+        kept = {k: v for k, v in self.to_dict().items()
+                if not (k in ID_DEFAULTS and canonical(v) == canonical(ID_DEFAULTS[k]))}
+        return hashlib.sha1(canonical(kept).encode()).hexdigest()[:12]
 
     def model_config(self) -> GenRecConfig:
         return preset(self.preset, block=self.block, loss=self.loss, n_neg=self.n_neg,

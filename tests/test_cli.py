@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,145 @@ def test_entry_point_module_runs():
     proc = subprocess.run([sys.executable, "-m", "bench", "data", "list"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "games" in proc.stdout
+
+
+# --- --version ---------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version(capsys, monkeypatch):
+    import importlib.metadata
+
+    from bench.cli import package_version
+
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"recbench {importlib.metadata.version('recbench')}"
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert package_version().startswith("unknown (not installed")
+
+
+# --- run: devices, exit codes, the dry-run plan ------------------------------------------
+
+ONE_POINT = """[suite]
+name = "one"
+[measure]
+warmup_iters = 1
+min_time_s = 0.05
+min_iters = 3
+max_iters = 10
+max_time_s = 2.0
+[[grid]]
+framework = ["torch"]
+workload = ["infer"]
+preset = ["tiny"]
+catalog_size = [500]
+seq_len = [8]
+batch_size = [2, 4]
+precision = ["fp32"]
+"""
+
+
+@pytest.fixture
+def one_point(tmp_path):
+    path = tmp_path / "one.toml"
+    path.write_text(ONE_POINT)
+    return path
+
+
+@pytest.mark.parametrize("gpus, argv, message", [
+    ("0", ["--device", "cuda"], "--device cuda: not available on this machine (no NVIDIA GPU"),
+    ("2", ["--device", "cuda:2"], "--device cuda:2: not available on this machine (2 GPU(s) "
+     "here, cuda:0 to cuda:1)"),
+    ("0", ["--device", "tpu"], "no TPU found"),
+    ("0", ["--set", "device=cuda"], "suite 'one' has 2 points on cuda, which this machine "
+     "lacks"),
+])
+def test_run_refuses_a_missing_device_before_any_point(one_point, tmp_path, capsys, monkeypatch,
+                                                      gpus, argv, message):
+    monkeypatch.setenv("RECBENCH_GPUS", gpus)
+    monkeypatch.setenv("RECBENCH_TPU", "0")
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(one_point), "--out", str(out), "--no-roofs", *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert captured.out == "" and not out.exists()  # nothing measured, nothing written
+
+
+def test_a_shipped_suite_on_a_missing_device_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("RECBENCH_GPUS", "0")
+    assert main(["run", "--suite", "gpu-quick"]) == 2
+    err = capsys.readouterr().err
+    assert "suite 'gpu-quick' has 55 points on cuda" in err and "--device cpu" in err
+
+
+def test_a_run_with_no_ok_point_exits_1(one_point, tmp_path, capsys, monkeypatch):
+    from bench.launch import runner
+
+    monkeypatch.setattr(runner, "device_capacity_bytes", lambda device, env: 1)  # infeasible
+    rc = main(["run", "--suite", str(one_point), "--out", str(tmp_path), "--no-roofs",
+               "--json"])
+    captured = capsys.readouterr()
+    assert rc == 1 and json.loads(captured.out)["counts"] == {"infeasible": 2}
+    assert "no point ran ok (2 infeasible)" in captured.err
+
+
+def test_dry_run_json_is_one_object_with_costs_and_honest_estimates(capsys, monkeypatch):
+    monkeypatch.setenv("RECBENCH_GPUS", "0")
+    monkeypatch.setenv("RECBENCH_TPU", "0")
+    assert main(["run", "--suite", "quick", "--dry-run", "--json"]) == 0
+    plan = _json(capsys)
+    assert plan["suite"]["name"] == "quick" and plan["suite"]["n_points"] == 112
+    assert plan["suite"]["included"]["reference"]["n_points"] == 72
+    rows = plan["points"]
+    assert len(rows) == 112 and len({r["id"] for r in rows}) == 112
+    assert sum(r["suite"] == "reference" for r in rows) == 72
+    r = rows[0]
+    assert r["label"] and r["point"]["device"] == "cpu" and r["flops_per_step"] > 0
+    assert r["est_mem_bytes"] > 0 and r["capacity_bytes"] > 0
+    assert r["predicted_infeasible"] is False and r["measure"]["min_iters"] == 5
+    # a CPU has no datasheet entry: no step time is made up
+    assert all(x["est_step_ms"] is None and x["est_step_basis"] is None for x in rows)
+    assert "lower bound" in plan["note"]
+
+
+def test_dry_run_json_estimates_a_known_gpu_from_its_datasheet(capsys, monkeypatch):
+    from bench.machine import envinfo
+
+    monkeypatch.setenv("RECBENCH_GPUS", "1")  # plan for a GPU: "auto" resolves to cuda
+    monkeypatch.setattr(envinfo, "probe_gpus", lambda: [
+        {"index": 0, "name": "NVIDIA H200", "memory_bytes": 141 << 30, "driver": "x"}])
+    assert main(["run", "--suite", "reference", "--dry-run", "--json",
+                 "--set", "precision=bf16,int8", "--set", "framework=torch"]) == 0
+    rows = _json(capsys)["points"]
+    bf16 = [r for r in rows if r["point"]["precision"] == "bf16"]
+    int8 = [r for r in rows if r["point"]["precision"] == "int8"]
+    assert bf16 and int8 and all(r["point"]["device"] == "cuda" for r in rows)
+    for r in bf16:
+        assert r["est_step_ms"] == pytest.approx(1e3 * max(
+            r["flops_per_step"] / 989.5e12, r["bytes_per_step"] / 4.8e12))
+        assert r["est_step_basis"].startswith("lower bound:") and "H200" in r["est_step_basis"]
+    assert all(r["est_step_ms"] is None for r in int8)  # no int8 peak in the table
+
+
+def test_dry_run_text_lists_points_and_the_reference_share(capsys):
+    assert main(["run", "--suite", "quick", "--dry-run", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 113
+    assert lines[-1] == "112 points in suite 'quick'; 72 from reference"
+
+
+def test_run_reference_suite_end_to_end(tmp_path, capsys):
+    """`recbench run --suite reference` works; --set shrinks it to one point here."""
+    rc = main(["run", "--suite", "reference", "--out", str(tmp_path), "--no-roofs", "--json",
+               "--device", "cpu", "--set", "framework=torch", "--set", "workload=infer",
+               "--set", "preset=tiny", "--set", "batch_size=4", "--set", "precision=fp32",
+               "--set", "measure.min_time_s=0.05", "--set", "measure.max_time_s=1"])
+    assert rc == 0
+    out = _json(capsys)
+    assert out["counts"] == {"ok": 1}
+    header = json.loads(Path(out["results"]).read_text().splitlines()[0])
+    assert header["suite"] == "reference" and header["included"] == {}

@@ -25,7 +25,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "bench.scenarios": {"bench.point", "bench.meters"},
     "bench.launch": {"bench.point", "bench.meters", "bench.results", "bench.machine",
                      "bench.suites", "bench.scenarios"},
-    "bench.analysis": {"bench.point", "bench.results", "bench.machine"},
+    "bench.analysis": {"bench.point", "bench.results", "bench.machine", "bench.suites"},
     "bench.gate": {"bench.point", "bench.meters", "bench.results", "bench.machine",
                    "bench.suites", "bench.scenarios", "bench.launch", "bench.analysis"},
     "bench.cli": {"bench.point", "bench.meters", "bench.results", "bench.machine",

@@ -90,6 +90,7 @@ class Side:
     energy_j_per_sample: float | None = None  # only when measured (counter or sampled)
     energy_provenance: str | None = None
     candidates: int = 1  # records of this configuration on this side (the fastest ok is used)
+    unstable: str | None = None  # why the run flagged the point unstable, if it did
 
     @classmethod
     def of(cls, e: Entry, candidates: int = 1) -> Side:
@@ -98,7 +99,7 @@ class Side:
         per_1k = e.metric("energy_j_per_1k_recs")
         energy = per_1k / 1000 if per_1k is not None and prov in MEASURED_ENERGY else None
         return cls(e.source, e.device, e.status, e.record.reason, e.metric("samples_per_s"),
-                   e.metric("step_ms.median"), mem, kind, energy, prov, candidates)
+                   e.metric("step_ms.median"), mem, kind, energy, prov, candidates, e.unstable)
 
     def value(self, key: str) -> float | None:
         return getattr(self, key)
@@ -228,7 +229,7 @@ _COLUMNS = ["point"] + [f"{col} {ab}" if ab != "B/A" else "B/A"
 
 
 def _cells(row: CrossRow) -> list[str]:
-    out = [row.label]
+    out = [row.label + (" !" if row.a.unstable or row.b.unstable else "")]
     for key, *_ in METRICS:
         for side in (row.a, row.b):  # "*": host RSS stands in for a device counter
             rss = key == "peak_mem_bytes" and side.peak_mem_kind == "host RSS"
@@ -252,6 +253,12 @@ def _title(t: CrossTable) -> str:
 
 def _notes(t: CrossTable) -> list[str]:
     lines = []
+    shaky = [(r, n, s.unstable) for r in t.rows for n, s in (("A", r.a), ("B", r.b))
+             if s.unstable]
+    if shaky:
+        lines.append("points with !: flagged unstable (disturbed run); their ratios are not "
+                     "clean measurements")
+        lines += [f"  {r.label}: {n} unstable ({why})" for r, n, why in shaky]
     if any(r.a.peak_mem_kind == "host RSS" or r.b.peak_mem_kind == "host RSS" for r in t.rows):
         lines.append("peak GiB with *: host RSS (no device counter on that side)")
     for name, sides in (("A", [r.a for r in t.rows]), ("B", [r.b for r in t.rows])):

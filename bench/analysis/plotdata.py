@@ -31,6 +31,9 @@ GiB = 2**30
 KNEE_MIN_GAIN = 0.10
 MEASURED_ENERGY = ("measured-counter", "measured-sampled")
 NO_ENERGY = (None, "unavailable")
+# The relative error bound of a point's energy figure (0.05: +-5%), where the meter records one.
+ENERGY_ERROR_KEY = "energy_rel_error"
+UNSTABLE = "unstable"  # the record flag of a point whose spread or conditions say it was disturbed
 
 # How a point field reads in a legend; unlisted fields print their bare value.
 _FIELD_TEXT: dict[str, Callable[[Any], str]] = {
@@ -103,6 +106,45 @@ class Entry:
     def energy_provenance(self) -> str | None:
         prov = self.record.metrics.get("energy_provenance")
         return prov if isinstance(prov, str) else None
+
+    @property
+    def unstable(self) -> str | None:
+        """Why the run flagged this point ``unstable`` (record.flags), or None."""
+        return self.record.flags.get(UNSTABLE)
+
+    @property
+    def workload(self) -> str:
+        return str(self.point.get("workload"))
+
+    def roof_dtype(self) -> str | None:
+        """The dtype of the measured GEMM roof this point's precision is held to, when the run
+        header has that roof; None for a precision without one (int8) or a roof not measured."""
+        from bench.machine.roofs import ROOF_DTYPES
+
+        dtype = ROOF_DTYPES.get(str(self.point.get("precision")))
+        roof = (self.file.header.roofs or {}).get(f"{device_kind(self.device)}/{dtype}")
+        return dtype if dtype and isinstance(roof, Mapping) and roof.get("gemm_flops_per_s") \
+            else None
+
+
+def per_1k_text(workload: str) -> str:
+    """What energy_j_per_1k_recs counts: a training sample or a recommendation (one user's
+    history scored against the catalog)."""
+    return "1,000 training samples" if workload == "train" else "1,000 recommendations"
+
+
+def rate_text(workload: str) -> str:
+    return "samples/s" if workload == "train" else "recommendations/s"
+
+
+def bytes_text(n: float, per_s: bool = False) -> str:
+    """Binary units for every byte quantity of the report and figures: ``"1.50 GiB"``,
+    ``"3.87 TiB/s"`` (memory and bandwidth alike; never GB next to GiB)."""
+    unit = "/s" if per_s else ""
+    for name, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {name}{unit}"
+    return f"{n:.0f} B{unit}"
 
 
 def as_files(items: Iterable[ResultsFile | str | os.PathLike[str]]) -> list[ResultsFile]:

@@ -17,14 +17,17 @@ Figures (file stem ``<device>-<framework>-<workload>-<kind>``):
   memory       the scaling limit: peak memory (device counter, host RSS on CPU) vs parameters
                and vs batch size, the device's capacity as a dashed line, oom and infeasible
                points at their analytic estimate (est_mem_bytes) with their own markers
-  utilization  achieved FLOP/s over the measured GEMM roof (metric ``utilization``)
-  roofline     arithmetic intensity vs achieved FLOP/s under the header's measured roofs
-  energy       J per 1,000 recommendations, only where measured or estimated (provenance in
-               the legend, estimates dotted)
+  utilization  achieved FLOP/s over the measured GEMM roof (metric ``utilization``), and over
+               the datasheet peak (``utilization_datasheet``) where the run knew one
+  roofline     arithmetic intensity vs achieved FLOP/s under the header's measured roofs; a
+               point whose precision has no measured roof (int8) is left out, with a note
+  energy       J per 1,000 training samples (train) or recommendations (infer), only where
+               measured or estimated (provenance in the legend, estimates dotted)
   precision    speed-up of each precision over fp32 at the same point
   frameworks   torch / JAX throughput at the same point (``<device>-<workload>-frameworks``)
 Records that are not ok appear only on the memory figure (oom, infeasible); the report
-counts every status.
+counts every status. Points flagged ``unstable`` are hollow markers (plotstyle). Bytes are
+binary everywhere (GiB, GiB/s).
 """
 
 from __future__ import annotations
@@ -45,11 +48,13 @@ from bench.analysis.plotdata import (
     Entry,
     GiB,
     as_files,
+    bytes_text,
     capacity_bytes,
     config_key,
     entries,
     group,
     knee,
+    per_1k_text,
     require_ok,
 )
 from bench.analysis.plotstyle import (
@@ -65,6 +70,7 @@ from bench.analysis.plotstyle import (
     new_figure,
     panel_of,
     panel_text,
+    scatter,
 )
 from bench.machine.roofs import ROOF_DTYPES
 from bench.point import device_kind
@@ -147,18 +153,16 @@ def memory_figure(items: Sequence[Entry]) -> Figure | None:
     by_size = make_series(ok, drop=(*SERIES_DROP, "preset"), always=())
     lstyler = Styler(by_size, styler.sources)
     for s in by_size:
-        pts = [(e.params_total, e.peak_memory()[0] / GiB) for e in s.entries if e.params_total]
-        if pts:
-            x, y = zip(*pts)
-            left.scatter(x, y, label=f"{lstyler.label(s)} (measured)", color=lstyler(s)["color"],
-                         marker=lstyler(s)["marker"], gid="ok")
+        scatter(left, [e for e in s.entries if e.params_total], lambda e: e.params_total,
+                lambda e: e.peak_memory()[0] / GiB, lstyler(s), gid="ok",
+                label=f"{lstyler.label(s)} (measured)")
     for source, members in group([e for e in ok if e.metric("est_mem_bytes")],
                                  lambda e: e.source).items():
         # the analytic estimate next to the measurement: on a CPU, RSS also holds the runtime
         left.scatter([e.params_total or np.nan for e in members],
                      [e.metric("est_mem_bytes") / GiB for e in members],  # type: ignore
-                     marker="o", facecolors="none", s=22, gid="estimate",
-                     edgecolors=styler.colour(source) if styler.multi else "tab:gray",
+                     marker="x", s=22, gid="estimate",
+                     color=styler.colour(source) if styler.multi else "tab:gray",
                      label=f"{source + ': ' if styler.multi else ''}ok (analytic estimate)")
     xs = draw_lines(right, make_series(ok), lambda e: e.peak_memory()[0] / GiB, styler)
     for status, (marker, colour) in _FAILED_MARKERS.items():
@@ -195,26 +199,35 @@ def memory_figure(items: Sequence[Entry]) -> Figure | None:
 
 
 def utilization_figure(items: Sequence[Entry]) -> Figure | None:
-    """Achieved FLOP/s over the measured GEMM roof (metric ``utilization``), in %."""
-    ok = _ok(items, "utilization")
+    """Achieved FLOP/s over the measured GEMM roof (metric ``utilization``), in %, and over
+    the datasheet peak (``utilization_datasheet``) beside it where any point has one. Only
+    points whose precision has a measured roof (never int8)."""
+    ok = [e for e in _ok(items, "utilization") if e.roof_dtype()]
     if not ok:
         return None
     series = make_series(ok)
     styler = Styler(series)
-    fig, (ax,) = new_figure(f"Utilisation of the measured GEMM roof: {panel_text(ok)}", ok)
-    xs = draw_lines(ax, series, lambda e: 100 * e.metric("utilization"), styler)  # type: ignore
-    batch_axis(ax, xs)
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("utilisation (% of measured GEMM FLOP/s)")
-    legend(fig, [ax])
+    sheet = any(e.metric("utilization_datasheet") is not None for e in ok)
+    fig, axes = new_figure(f"Utilisation: {panel_text(ok)}", ok, 2 if sheet else 1)
+    for ax, key, what in zip(axes, ("utilization", "utilization_datasheet"),
+                             ("measured GEMM roof", "datasheet peak")):
+        xs = draw_lines(ax, series, lambda e, k=key: None if e.metric(k) is None
+                        else 100 * e.metric(k), styler)  # type: ignore[operator]
+        batch_axis(ax, xs)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(f"utilisation (% of {what} FLOP/s)")
+        ax.set_title(f"of the {what}", fontsize="medium")
+    legend(fig, axes)
     return fig
 
 
 def roofline_figure(items: Sequence[Entry]) -> Figure | None:
     """Arithmetic intensity vs achieved FLOP/s under the run's measured compute and
     bandwidth roofs (header ``roofs["<device>/<dtype>"]``)."""
-    ok = [e for e in _ok(items, "achieved_flops_per_s")
-          if e.metric("flops_per_step") and e.metric("bytes_per_step")]
+    drawable = [e for e in _ok(items, "achieved_flops_per_s")
+                if e.metric("flops_per_step") and e.metric("bytes_per_step")]
+    ok = [e for e in drawable if e.roof_dtype()]  # never against a roof of another dtype
+    left_out = sorted({str(e.point.get("precision")) for e in drawable if not e.roof_dtype()})
     if not ok:
         return None
 
@@ -241,19 +254,19 @@ def roofline_figure(items: Sequence[Entry]) -> Figure | None:
     for i, (source, dtype, peak, bw) in enumerate(roofs):
         y = np.minimum(peak if peak else np.inf, bw * x if bw else np.inf) / scale
         parts = [f"{human(peak, 'FLOP/s')}" if peak else "no GEMM roof",
-                 f"{human(bw, 'B/s')}" if bw else "no bandwidth roof"]
+                 bytes_text(bw, per_s=True) if bw else "no bandwidth roof"]
         who = f"{source} " if styler.multi else ""
         ax.plot(x, y, color=styler.colour(source) if styler.multi else "black",
                 linestyle=("-", "--", "-.", ":")[i % 4], linewidth=1.3, gid="roof",
                 label=f"{who}{dtype} roof: {', '.join(parts)}")
     for s in series:
-        ax.scatter([ai(e) for e in s.entries],
-                   [e.metric("achieved_flops_per_s") / scale for e in s.entries],  # type: ignore
-                   label=styler.label(s), color=styler(s)["color"], marker=styler(s)["marker"],
-                   gid="points", zorder=3)
-    if not roofs:
-        ax.text(0.02, 0.98, "no measured roofs in this run's header", transform=ax.transAxes,
-                va="top", fontsize="small", color="tab:red")
+        scatter(ax, s.entries, ai, lambda e: e.metric("achieved_flops_per_s") / scale,
+                styler(s), label=styler.label(s), gid="points", zorder=3)  # type: ignore
+    notes = [] if roofs else ["no measured roofs in this run's header"]
+    notes += [f"{p} points not drawn: no measured {p} GEMM roof" for p in left_out]
+    if notes:
+        ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top",
+                fontsize="small", color="tab:red", gid="roofline-note")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP/byte, analytic)")
@@ -267,14 +280,16 @@ def roofline_figure(items: Sequence[Entry]) -> Figure | None:
 
 
 def energy_figure(items: Sequence[Entry]) -> Figure | None:
-    """Energy per 1,000 recommendations vs batch size where it was measured or estimated;
-    estimates are dashed and every label carries its provenance."""
+    """Energy per 1,000 training samples (a train panel) or recommendations (infer) vs batch
+    size where it was measured or estimated; estimates are dotted and every label carries its
+    provenance."""
     ok = [e for e in _ok(items, "energy_j_per_1k_recs") if e.energy_provenance() not in NO_ENERGY]
     if not ok:
         return None
     series = make_series(ok)
     styler = Styler(series)
-    fig, (ax,) = new_figure(f"Energy per 1,000 recommendations: {panel_text(ok)}", ok)
+    per = per_1k_text(ok[0].workload)
+    fig, (ax,) = new_figure(f"Energy per {per}: {panel_text(ok)}", ok)
     xs: list[float] = []
     for s in series:
         for prov, members in group(s.entries, lambda e: e.energy_provenance()).items():
@@ -284,7 +299,7 @@ def energy_figure(items: Sequence[Entry]) -> Figure | None:
                              **({"linestyle": ":"} if prov == "estimated" else {}))
     batch_axis(ax, xs)
     ax.set_yscale("log")
-    ax.set_ylabel("energy per 1,000 recommendations (J)")
+    ax.set_ylabel(f"energy per {per} (J)")
     legend(fig, [ax])
     return fig
 

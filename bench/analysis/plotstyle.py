@@ -2,9 +2,14 @@
 
 A *panel* is what one figure shows: the entries of one device kind, framework and workload
 (``PANEL_OF``). Several sources (machines, or runs of one machine) on one panel share its axes
-with one colour per source, and line style and marker tell the series of one source apart;
-with a single source the colour tells the series apart. A *series* is the points of one source
-whose fields differ only in batch size; its legend names only the fields that vary.
+with one colour per source, and marker and line style tell the series of one source apart (the
+same configuration keeps its marker on every machine); with a single source every series has
+its own colour *and* its own marker (up to 13 series; past that the (colour, marker) pair stays
+unique). A *series* is the points of one source whose fields differ only in batch size; its
+legend names only the fields that vary.
+
+A point the run flagged ``unstable`` (record.flags) is drawn with a hollow (white-filled)
+marker, and the legend then says what hollow means. Hollow markers mean nothing else.
 """
 
 from __future__ import annotations
@@ -28,9 +33,13 @@ DPI = 110
 FIXED = ("framework", "workload")
 SERIES_DROP = (*FIXED, "batch_size")
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-            "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+            "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "gold", "navy", "lime",
+            "maroon", "teal")
 _STYLES = ("-", "--", "-.", ":")
-_MARKERS = ("o", "s", "D", "v", "P", "*", "h", "<", ">", "p")
+# Filled markers only (a hollow one marks an unstable point); "X" and "^" are kept for the oom
+# and infeasible markers of the memory figure.
+_MARKERS = ("o", "s", "D", "v", "P", "*", "h", "<", ">", "p", "d", "8", "H")
+UNSTABLE_NOTE = "hollow marker: flagged unstable (spread or run conditions; see the report)"
 
 
 def panel_of(e: Entry) -> tuple[str, str, str]:
@@ -73,12 +82,12 @@ class Styler:
             else "black"
 
     def __call__(self, s: Series) -> dict[str, Any]:
-        i = self.names.index(s.name)
+        i = self.names.index(s.name) if s.name in self.names else len(self.names)
+        marker = _MARKERS[i % len(_MARKERS)]
         if self.multi:
             return {"color": self.colour(s.source), "linestyle": _STYLES[i % len(_STYLES)],
-                    "marker": _MARKERS[i % len(_MARKERS)]}
-        return {"color": _COLOURS[i % len(_COLOURS)], "linestyle": "-",
-                "marker": _MARKERS[i % len(_MARKERS)]}
+                    "marker": marker}
+        return {"color": _COLOURS[i % len(_COLOURS)], "linestyle": "-", "marker": marker}
 
 
 def panel_text(items: Sequence[Entry], with_framework: bool = True) -> str:
@@ -112,6 +121,10 @@ def legend(fig: Figure, axes: Sequence[Axes]) -> None:
     """One legend below the axes (labels de-duplicated across axes). Below, not beside: the
     figure's two-line title spans the full width and a side legend would run into it."""
     handles: dict[str, Any] = {}
+    flagged = [ax for ax in axes if any(a.get_gid() == "unstable" for a in ax.get_children())]
+    if flagged:  # one legend entry says what a hollow marker means
+        flagged[0].plot([], [], linestyle="none", marker="o", markerfacecolor="white",
+                        markeredgecolor="black", gid="unstable-legend", label=UNSTABLE_NOTE)
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
@@ -140,13 +153,37 @@ def draw_lines(ax: Axes, series: Sequence[Series], y: Callable[[Entry], float | 
     """Plot y(entry) vs batch size for each series; returns the batch sizes drawn."""
     xs_all: list[float] = []
     for s in series:
-        pts = [(e.batch_size, v) for e in s.entries if (v := y(e)) is not None]
+        pts = [(e.batch_size, v, e.unstable) for e in s.entries if (v := y(e)) is not None]
         if not pts:
             continue
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, label=styler.label(s, suffix), gid="series", **{**styler(s), **style})
+        xs, ys, flags = zip(*pts)
+        kw = {**styler(s), **style}
+        ax.plot(xs, ys, label=styler.label(s, suffix), gid="series",
+                markevery=[i for i, f in enumerate(flags) if f is None], **kw)
+        hollow(ax, [(x, v) for x, v, f in pts if f is not None], kw)
         xs_all += xs
     return xs_all
+
+
+def hollow(ax: Axes, xy: Sequence[tuple[float, float]], style: dict[str, Any],
+           label: str | None = None) -> None:
+    """Unstable points: the series' marker and colour, filled white (gid "unstable")."""
+    if xy:
+        x, y = zip(*xy)
+        ax.plot(x, y, linestyle="none", marker=style.get("marker", "o"), markerfacecolor="white",
+                markeredgecolor=style.get("color", "black"), markeredgewidth=1.5, zorder=4,
+                gid="unstable", label=label or "_nolegend_")
+
+
+def scatter(ax: Axes, items: Sequence[Entry], x: Callable[[Entry], float],
+            y: Callable[[Entry], float], style: dict[str, Any], **kw: Any) -> None:
+    """A scatter of entries in the series' colour and marker; unstable ones hollow."""
+    stable = [e for e in items if e.unstable is None]
+    if stable:
+        ax.scatter([x(e) for e in stable], [y(e) for e in stable], color=style.get("color"),
+                   marker=style.get("marker", "o"), **kw)
+    hollow(ax, [(x(e), y(e)) for e in items if e.unstable is not None], style,
+           None if stable else kw.get("label"))
 
 
 def flops_unit(values: Sequence[float]) -> tuple[float, str]:

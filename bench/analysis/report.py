@@ -2,10 +2,13 @@
 
 The page needs no network and no JavaScript: figures are PNGs embedded as base64 data URIs,
 the style sheet is inline, and every piece of text from a file goes through html.escape.
-Sections: what is missing, status counts (with each non-ok point's reason), the environment of
-each machine, the measured roofs, a summary (best throughput per preset and precision; the
-largest model and batch that ran on each device; the OOM frontier; a cross-hardware table when
-there are two or more machines), then the figures of bench.analysis.plots.
+Sections: the reference points with the machines side by side (bench.analysis.reference, the
+headline), what is missing, status counts (with each non-ok point's reason), the environment
+of each machine, the measured roofs, a summary (best throughput per configuration, batch size
+aside, every field of the configuration in its own column; the largest model and batch that
+ran on each device; the OOM frontier; a cross-hardware table when there are two or more
+machines), then the figures of bench.analysis.plots. A point flagged ``unstable`` says so in
+every table it appears in. Bytes are binary (GiB, GiB/s) throughout.
 
 Input without a single ok record is not an error here (``recbench plot`` refuses it): the
 page is then the useful answer, saying what ran, what failed and why.
@@ -15,24 +18,26 @@ from __future__ import annotations
 
 import argparse
 import base64
-import html
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.analysis import compare_hw
+from bench.analysis import compare_hw, reference
+from bench.analysis.htmlbits import Cell, esc, fmt, section, table
 from bench.analysis.plotdata import (
     MEASURED_ENERGY,
     NO_ENERGY,
     Entry,
     GiB,
     as_files,
+    bytes_text,
     capacity_bytes,
     config_key,
     describe,
     entries,
+    field_text,
     group,
     knee,
     machine_summary,
@@ -57,25 +62,8 @@ th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1.2rem 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9rem}nav a{margin-right:1rem}
 pre{overflow-x:auto;font-size:.8rem;background:#fafafa;padding:.5rem}
+td.flag{color:#a33;font-weight:600}div.wide{overflow-x:auto}
 """
-
-
-def esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def table(head: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
-    """An HTML table; every cell escaped; columns in ``numeric`` right-aligned."""
-    out = ["<table><thead><tr>", *(f"<th>{esc(h)}</th>" for h in head), "</tr></thead><tbody>"]
-    for r in rows:
-        out.append("<tr>" + "".join(f'<td class="n">{esc(c)}</td>' if i in numeric
-                                    else f"<td>{esc(c)}</td>" for i, c in enumerate(r)) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>\n{body}\n</section>\n'
 
 
 def _num(v: float | None, unit: str = "") -> str:
@@ -129,32 +117,54 @@ def missing_notes(files: Sequence[ResultsFile]) -> list[str]:
 # --- summary tables -----------------------------------------------------------------------
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+_fmt = fmt
 
 
 def _params(e: Entry) -> str:
     return _num(e.params_total)
 
 
+# The configuration columns of the best-throughput table (batch size is where the best was).
+CONFIG_COLUMNS = ("framework", "workload", "preset", "block", "loss", "catalog_size", "seq_len",
+                  "precision")
+
+
+def loss_text(p: dict[str, Any]) -> str:
+    loss = str(p.get("loss", "bce"))
+    return f"{loss}:{p.get('n_neg')}" if loss == "sampled_softmax" else loss
+
+
+def flag_cell(flagged: Sequence[Entry]) -> Any:
+    """``unstable`` (reason on hover) when any of the entries is flagged, else empty."""
+    why = "; ".join(f"B={e.batch_size}: {e.unstable}" for e in flagged if e.unstable)
+    return Cell(f"unstable ({sum(1 for e in flagged if e.unstable)})", "flag", why) if why \
+        else ""
+
+
 def best_throughput_rows(items: Sequence[Entry]) -> list[list[Any]]:
-    """Best samples/s per (machine, device, framework, workload, preset, precision)."""
+    """Best samples/s per machine, device and configuration (every point field but the batch
+    size: block, loss, catalog and T each in their own column, so that "tiny" on one row is
+    one model); the knee over that line's batch sizes; flags of the line's points."""
     ok = [e for e in items if e.ok and e.metric("samples_per_s")]
+    other = varying_fields([e.point for e in ok],
+                           exclude=(*CONFIG_COLUMNS, "device", "batch_size", "n_neg"))
     rows = []
-    for (src, dev, fw, wl, pre, prec), members in group(ok, lambda e: (
-            e.source, e.device, e.point.get("framework"), e.point.get("workload"),
-            e.point.get("preset"), e.point.get("precision"))).items():
+    for _, members in group(ok, lambda e: (e.source, e.device, config_key(
+            e.point, drop=("device", "batch_size")))).items():
         best = max(members, key=lambda e: e.metric("samples_per_s") or 0.0)
-        per_batch: dict[int, float] = {}
-        for e in members:  # other fields may vary: the best at each batch size
-            per_batch[e.batch_size] = max(per_batch.get(e.batch_size, 0.0),
-                                          e.metric("samples_per_s") or 0.0)
-        k = knee(list(per_batch), list(per_batch.values()))
-        util = best.metric("utilization")
-        rows.append([src, dev, fw, wl, pre, prec, _fmt(best.metric("samples_per_s")),
-                     best.batch_size, _fmt(best.metric("step_ms.median")),
-                     f"{util:.1%}" if util is not None else "-",
-                     f"{k:g}" if k is not None else "none in range"])
+        k = knee([e.batch_size for e in members],
+                 [e.metric("samples_per_s") or 0.0 for e in members])
+        p = best.point
+        util = best.metric("utilization") if best.roof_dtype() else None
+        rows.append([best.source, best.device, p.get("framework"), p.get("workload"),
+                     p.get("preset"), p.get("block", "sasrec"), loss_text(p),
+                     field_text("catalog_size", p.get("catalog_size"))[2:], p.get("seq_len"),
+                     p.get("precision"), describe(p, other) if other else "",
+                     _fmt(best.metric("samples_per_s")), best.batch_size,
+                     _fmt(best.metric("step_ms.median")),
+                     f"{util:.1%}" if util is not None else
+                     "no roof" if not best.roof_dtype() else "-",
+                     f"{k:g}" if k is not None else "none in range", flag_cell(members)])
     return rows
 
 
@@ -250,7 +260,8 @@ def roofs_section(files: Sequence[ResultsFile]) -> str:
         for key, r in sorted((f.header.roofs or {}).items()):
             r = r if isinstance(r, dict) else {}
             rows.append([name, key, _num(r.get("gemm_flops_per_s"), "FLOP/s"),
-                         _num(r.get("mem_bytes_per_s"), "B/s"),
+                         bytes_text(r["mem_bytes_per_s"], per_s=True)
+                         if isinstance(r.get("mem_bytes_per_s"), (int, float)) else "-",
                          r.get("method") or r.get("reason") or ""])
         if not f.header.roofs:
             rows.append([name, "-", "-", "-", "no roofs measured in this run"])
@@ -261,14 +272,23 @@ def roofs_section(files: Sequence[ResultsFile]) -> str:
 
 
 def summary_section(files: Sequence[ResultsFile], items: Sequence[Entry]) -> str:
-    parts = ["<h3>Best throughput per preset and precision</h3>"]
+    parts = ["<h3>Best throughput per configuration (batch size aside)</h3>"]
     best = best_throughput_rows(items)
-    parts.append(table(["machine", "device", "framework", "workload", "preset", "precision",
-                        "best samples/s", "at batch", "step ms (median)", "utilisation",
-                        "knee (batch)"], best, numeric=(6, 7, 8, 9)) if best
+    head = ["machine", "device", "framework", "workload", "preset", "block", "loss", "catalog",
+            "T", "precision", "other", "best samples/s", "at batch", "step ms (median)",
+            "utilisation (measured roof)", "knee (batch)", "flags"]
+    numeric = (8, 11, 12, 13, 14)
+    if not any(r[10] for r in best):  # no field beyond the named ones varies
+        head, best = head[:10] + head[11:], [r[:10] + r[11:] for r in best]
+        numeric = (8, 10, 11, 12, 13)
+    parts.append('<div class="wide">' + table(head, best, numeric) + "</div>" if best
                  else "<p>No ok records: nothing measured.</p>")
-    parts.append('<p class="muted">Knee: the first batch size from which the next measured '
-                 "batch gains less than 10% throughput per doubling of the batch.</p>")
+    parts.append('<p class="muted">One row per configuration: every point field but the batch '
+                 "size (other: fields beyond these that vary, e.g. compile). Knee: the first "
+                 "batch size from which the next measured batch gains less than 10% throughput "
+                 "per doubling of the batch. Flags: how many of the row's points the run "
+                 "flagged unstable (disturbed); the reasons on hover and in the status section."
+                 " No roof: the precision has no measured GEMM roof (int8).</p>")
     parts.append("<h3>Largest feasible model and batch per device</h3>")
     large = largest_rows(items)
     parts.append(table(["machine", "device", "largest model that ran", "its largest batch",
@@ -312,6 +332,8 @@ def build_report(files: Sequence[Any]) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     notes = missing_notes(files)
     sections = [
+        section("reference", "Reference points: the same work on every machine",
+                reference.headline_html(files, items, source_names(files))),
         section("missing", "What is missing", '<ul class="missing">' + "".join(
             f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes
                 else "<p>Nothing: every file has ok records, energy, roofs and memory.</p>"),
@@ -322,7 +344,8 @@ def build_report(files: Sequence[Any]) -> str:
         section("figures", "Figures", figures_section(files)),
     ]
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
-        ("missing", "missing"), ("status", "statuses"), ("environment", "environment"),
+        ("reference", "reference points"), ("missing", "missing"), ("status", "statuses"),
+        ("environment", "environment"),
         ("roofs", "roofs"), ("summary", "summary"), ("figures", "figures")))
     title = "recbench report: " + ", ".join(dict.fromkeys(source_names(files)))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -20,7 +20,10 @@ With ``paired`` (``--paired-runs``; always in ``recbench gate``) run i of each s
 measured back to back: step time and throughput are tested on samples aligned per pair
 (:func:`align_runs`) and the verdict must also hold over the pairs (:func:`confirm_over_rounds`).
 
-A point that ran on the base but failed on new (oom, crash, ...) is ``failed``. Exit status:
+A point flagged ``unstable`` on either side (``PointRecord.flags``: its spread or the run
+conditions say it was disturbed) gets ``inconclusive`` for the timed metrics (step time,
+throughput, energy), with the flag's reason; memory and the analytic values are judged as
+usual. A point that ran on the base but failed on new (oom, crash, ...) is ``failed``. Exit status:
 1 if any point regressed, failed or changed (unaccepted), else 0; bad input is exit 2.
 """
 
@@ -47,7 +50,9 @@ MEASURED_ENERGY = ("measured-counter", "measured-sampled")
 POINT_STATUSES = ("failed", "regressed", "changed", "improved", "inconclusive", "unchanged",
                   "not-compared")
 FAILING = ("failed", "regressed", "changed")
-_FP_FIELDS = ("cpu", "logical cores", "usable cores", "gpus", "tpu", "torch", "jax")
+TIMED = ("step_ms", "samples_per_s", "energy_j_per_1k_recs")  # what a disturbance distorts
+_FP_FIELDS = ("cpu", "logical cores", "usable cores", "gpus", "tpu", "torch", "jax", "isa",
+              "jaxlib")
 
 
 @dataclass
@@ -67,6 +72,13 @@ class Side:
         bad = [r for r in self.records if not r.ok]
         runs = f" (in {len(bad)} of {len(self.records)} runs)" if len(self.records) > 1 else ""
         return f"{bad[0].status}: {bad[0].reason}{runs}" if bad else "ok"
+
+    @property
+    def unstable(self) -> str | None:
+        """Why some run of this point was flagged unstable (the first), or None."""
+        why = [r.flags["unstable"] for r in self.records if "unstable" in r.flags]
+        runs = f" (in {len(why)} of {len(self.records)} runs)" if len(self.records) > 1 else ""
+        return f"{why[0]}{runs}" if why else None
 
     @property
     def samples_ms(self) -> list[float]:
@@ -362,6 +374,14 @@ def compare_point(b: Side, v: Side, *, threshold: float, alpha: float, accept_an
         found.append(_energy_result(b, v, threshold, alpha))
     found += [_analytic_result(k, b, v, accept_analytic) for k in ANALYTIC if k in metrics]
     res.metrics = [m for m in found if m is not None]
+    unstable = "; ".join(f"{side} unstable: {why}" for side, why in
+                         (("base", b.unstable), ("new", v.unstable)) if why)
+    for m in res.metrics:
+        if unstable and m.metric in TIMED and m.status in ("regressed", "improved", "unchanged"):
+            m.reason = f"{unstable}; the samples alone read {m.status}: {m.reason}"
+            m.status = "inconclusive"
+            if m.verdict is not None:
+                m.verdict = {**m.verdict, "status": m.status, "reason": m.reason}
     statuses = [("changed" if m.status == "changed" and not m.accepted else
                  "unchanged" if m.status == "changed" else m.status) for m in res.metrics]
     res.status = next((s for s in POINT_STATUSES if s in statuses), "unchanged")

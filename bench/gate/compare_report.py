@@ -222,6 +222,13 @@ def _cross_hardware(base: list[ResultsFile], new: list[ResultsFile],
     from bench.analysis import compare_hw
 
     table = compare_hw.cross_hardware(base, new)
+    if not table.rows and not table.not_comparable:
+        def ran(files: list[ResultsFile]) -> str:
+            return ", ".join(dict.fromkeys(f.header.suite for f in files)) or "nothing"
+
+        raise InputError(f"no point in common: base ran suites {ran(base)}, new ran "
+                         f"{ran(new)}; run `recbench run --suite reference` on both machines "
+                         "(every auto suite includes it) and compare those results")
     if args.json:
         json.dump(compare_hw.to_json(table), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -243,7 +250,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                         "of `recbench gate --out` did: align each pair before testing")
     p.add_argument("--cross-hardware", action="store_true",
                    help="results from different machines: print the cross-hardware ratio "
-                        "table instead of a verdict (exit 0)")
+                        "table instead of a verdict (exit 0; 2 when no point is in common)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object on stdout")
     out.add_argument("--markdown", action="store_true", help="Markdown for a PR comment")

@@ -244,7 +244,7 @@ def run_round(suite: Suite, roots: dict[str, Path], writers: dict[str, ResultsWr
             for point in points:
                 for side in order:
                     writers[side].write(_measure(workers, side, roots[side], point,
-                                                 suite.measure))
+                                                 suite.measure_for(point)))
         except BaseException:  # Ctrl-C, SIGTERM: a worker may be mid-point, so no polite
             for w in workers.values():  # exit (close() waits up to 30 s for one)
                 if w is not None:

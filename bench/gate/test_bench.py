@@ -25,7 +25,8 @@ from bench.scenarios.step import Unsupported, build
 
 
 def test_step(benchmark, recbench_point, recbench_suite) -> None:
-    point, measure = recbench_point, recbench_suite.measure
+    point = recbench_point
+    measure = recbench_suite.measure_for(point)
     with meters.HostMemoryMeter() as host:
         try:
             workload = build(point)

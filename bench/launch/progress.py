@@ -18,13 +18,19 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def status_text(rec: R.PointRecord) -> str:
+    """``ok``, or ``ok (unstable)`` when the record carries the unstable flag."""
+    return f"{rec.status} (unstable)" if "unstable" in rec.flags else rec.status
+
+
 def describe_record(rec: R.PointRecord) -> str:
     if rec.status != "ok":
         return rec.reason or ""
     m = rec.metrics
+    unstable = f"  unstable: {rec.flags['unstable']}" if "unstable" in rec.flags else ""
     return (f"{m['step_ms']['median']:.2f} ms/step (median of {m['step_ms']['n']})  "
             f"{m['samples_per_s']:,.0f} samples/s  "
-            f"{human(m['achieved_flops_per_s'], 'FLOP/s')} (analytic FLOPs / median)")
+            f"{human(m['achieved_flops_per_s'], 'FLOP/s')} (analytic FLOPs / median){unstable}")
 
 
 class Progress:
@@ -49,7 +55,7 @@ class Progress:
         self.done += 1
         elapsed = time.monotonic() - self.start
         eta = elapsed / self.done * (self.total - self.done)
-        line = (f"[{self.done:>{len(str(self.total))}}/{self.total}] {rec.status:<17s} "
+        line = (f"[{self.done:>{len(str(self.total))}}/{self.total}] {status_text(rec):<17s} "
                 f"{point.label()}  {describe_record(rec)}")
         if self.bar is not None:
             self.bar.write(line)
@@ -63,10 +69,13 @@ class Progress:
             self.bar.close()
 
 
-def summary_table(records: list[R.PointRecord]) -> str:
-    """Status counts, then one row per point: the figures a person looks at first."""
+def summary_table(records: list[R.PointRecord], end: R.RunEnd | None = None) -> str:
+    """Status counts, then one row per point: the figures a person looks at first; then why
+    points are ``unstable``, and the run's end (``end``: roof drift, conditions) when given."""
     counts = Counter(r.status for r in records)
-    lines = ["status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+    n_unstable = sum("unstable" in r.flags for r in records)
+    lines = ["status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+             + (f" ({n_unstable} flagged unstable)" if n_unstable else "")]
     header = (f"{'status':<17s} {'point':<58s} {'ms/step':>9s} {'samples/s':>10s} "
               f"{'FLOP/s':>9s} {'util':>6s} {'peak mem':>9s}")
     lines += [header, "-" * len(header)]
@@ -76,11 +85,21 @@ def summary_table(records: list[R.PointRecord]) -> str:
         if r.ok:
             util = f"{m['utilization']:.0%}" if m.get("utilization") is not None else "-"
             mem = m.get("peak_device_mem_bytes") or m.get("peak_host_rss_bytes")
-            lines.append(f"{r.status:<17s} {p.label():<58s} {m['step_ms']['median']:>9.2f} "
+            lines.append(f"{status_text(r):<17s} {p.label():<58s} {m['step_ms']['median']:>9.2f} "
                          f"{m['samples_per_s']:>10,.0f} {human(m['achieved_flops_per_s']):>9s} "
                          f"{util:>6s} {human(mem, 'B') if mem else '-':>9s}")
         else:
             lines.append(f"{r.status:<17s} {p.label():<58s} {(r.reason or '')[:60]}")
     lines.append("ms/step: median; FLOP/s: analytic FLOPs / median step time; util: against "
                  "the measured GEMM roof; peak mem: device counter, else host RSS")
+    for r in records:
+        if "unstable" in r.flags:
+            lines.append(f"unstable: {Point.from_dict(r.point).label()}: {r.flags['unstable']}")
+    if end is not None:
+        lines += [f"{name}: {why}" for name, why in end.flags.items()]
+        c = end.conditions
+        if c:
+            top = ", ".join(f"{p['name']} {p['cpu_cores']:.2f}" for p in c.get("busiest") or [])
+            lines.append(f"at the end: load average {c.get('load_avg')}, other processes "
+                         f"{c.get('others_cpu_cores')} cores" + (f" ({top})" if top else ""))
     return "\n".join(lines)

@@ -12,6 +12,12 @@ recorded as its status and the sweep goes on:
   error              any other exception in the point, with its message
 Every record is appended and fsync'ed as soon as its point ends, so Ctrl-C (or a kill of the
 runner) loses nothing finished, and `--resume` runs only the points with no record.
+
+Conditions (bench/machine/conditions.py): sampled at the start (the header's ``conditions``)
+and, when the sweep is done, at the end with the roofs measured again (a ``run-end`` line;
+a roof that moved more than 10% is flagged there). Each point runs inside a PointWindow; a
+point whose spread or window says it was disturbed gets ``flags["unstable"]`` (status stays
+ok) and every measured point keeps its window as ``conditions``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 
 from bench import results as R
 from bench.launch.progress import Progress
+from bench.machine import conditions as C
 from bench.machine.hardware import device_capacity_bytes, devices_spanned
 from bench.machine.roofs import ROOF_DTYPES
 from bench.point import Point, device_kind
@@ -42,6 +49,7 @@ from recmodels.errors import InputError
 
 STARTUP_TIMEOUT_S = 180.0  # importing torch/jax on a cold, busy machine
 STDERR_TAIL_CHARS = 2000
+CONDITIONS_WINDOW_S = 0.5  # how long the run's start and end conditions are watched
 
 
 class WorkerDied(Exception):
@@ -176,6 +184,7 @@ class RunOutcome:
     records: list[R.PointRecord] = field(default_factory=list)  # written this run
     previous: list[R.PointRecord] = field(default_factory=list)  # already in the file
     interrupted: bool = False
+    end: R.RunEnd | None = None  # the run-end line written (None when interrupted)
 
     @property
     def counts(self) -> Counter:
@@ -234,16 +243,21 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
         writer = R.ResultsWriter.open_append(resume, check=resumable_by(suite, env))
         header = writer.header
         roofs = header.roofs
+        remeasure = bool(roofs)  # the end's roofs against the header's
     else:
         machine = env["machine_id"]
         check_writable(out_dir / R.safe_name(machine))
+        start_conditions = C.sample_conditions(CONDITIONS_WINDOW_S)  # before roofs load it
+        remeasure = roofs is None  # roofs given by the caller are not re-measured
         if roofs is None:
             roofs = measure_roofs_in_worker(suite.points, log=log)
         header = R.RunHeader(run_id=R.make_run_id(), suite=suite.name, started_at=R.iso_utc(),
                              env=env, roofs=roofs,
                              extra={"measure": suite.measure.__dict__,
+                                    "included": suite.included(),
                                     "suite_path": str(suite.path or ""),
-                                    "n_points": len(suite.points)})
+                                    "n_points": len(suite.points),
+                                    "conditions": start_conditions})
         writer = R.ResultsWriter.create(out_dir, machine, header.run_id, header)
     previous = list(writer.records)
     done = {r.id for r in previous}
@@ -258,17 +272,21 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
            if stale else "") + f") -> {writer.path}")
 
     def record(point: Point, status: str, reason: str | None = None,
-               reply: dict[str, Any] | None = None) -> None:
+               reply: dict[str, Any] | None = None, window: dict[str, Any] | None = None) -> None:
         reply = reply or {}
         metrics = reply.get("metrics") or {}
+        flags = {}
         if status == "ok":
             add_utilization(metrics, point, roofs or {}, env)
+            unstable = C.unstable_reason((metrics.get("step_ms") or {}).get("cv"), window)
+            flags = {"unstable": unstable} if unstable else {}
         else:  # the analytic cost is known for every point, whatever happened to it
             metrics = {**analytic_cost(point), **metrics}
+        extra = {k: v for k, v in (reply.get("extra") or {}).items() if v is not None}
+        if window is not None:
+            extra["conditions"] = window
         rec = R.PointRecord.for_point(point.to_dict(), status, reason or reply.get("reason"),
-                                      metrics, reply.get("samples_ms") or [],
-                                      **{k: v for k, v in (reply.get("extra") or {}).items()
-                                         if v is not None})
+                                      metrics, reply.get("samples_ms") or [], flags, **extra)
         writer.write(rec)
         outcome.records.append(rec)
         progress.finished(rec, point)
@@ -292,17 +310,19 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                     record(point, "infeasible", f"analytic memory estimate {human(est, 'B')} "
                            f"{where} (an estimate; not run)")
                     continue
+                measure = suite.measure_for(point)  # an included point: its own file's
                 try:
                     if worker is None:
                         worker = Worker(framework)
+                    proc = getattr(worker, "proc", None)  # (test doubles have none)
+                    window = C.PointWindow(exclude=[proc.pid if proc else None])
                     reply = worker.request({"cmd": "run", "point": point.to_dict(),
-                                            "measure": suite.measure.__dict__},
-                                           suite.measure.timeout_s)
+                                            "measure": measure.__dict__}, measure.timeout_s)
                 except WorkerTimeout:
                     worker.kill() if worker else None
                     worker = None
                     record(point, "timeout", f"no result within the point's limit of "
-                           f"{suite.measure.timeout_s:g} s (measure.timeout_s); worker killed")
+                           f"{measure.timeout_s:g} s (measure.timeout_s); worker killed")
                     continue
                 except WorkerDied as e:
                     worker.kill() if worker else None  # reap it, close its stderr file
@@ -311,12 +331,14 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                     record(point, "crashed", f"worker {e}" + (f"; stderr: {tail}" if tail else ""),
                            {"extra": {"exit_status": e.returncode}})
                     continue
-                record(point, reply["status"], reply=reply)
+                record(point, reply["status"], reply=reply, window=window.close())
                 if reply["status"] == "oom":
                     ooms.append(point)
             if worker is not None:
                 worker.close()
                 worker = None
+        if outcome.records or resume is None:  # a resume that ran nothing adds no end
+            outcome.end = finish_run(writer, suite, header, remeasure, log)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
@@ -327,10 +349,27 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
     return outcome
 
 
+def finish_run(writer: R.ResultsWriter, suite: Suite, header: R.RunHeader, remeasure: bool,
+               log: Callable[[str], None]) -> R.RunEnd:
+    """Sample the end conditions, re-measure the roofs (``remeasure``), flag a drift beyond
+    conditions.ROOF_DRIFT_LIMIT, and append the run-end line."""
+    conditions = C.sample_conditions(CONDITIONS_WINDOW_S)
+    roofs = measure_roofs_in_worker(suite.points, log=log) if remeasure else {}
+    drift, flagged = C.roof_drift(header.roofs, roofs)
+    flags = {"roof-drift": "; ".join(flagged)} if flagged else {}
+    end = R.RunEnd(run_id=header.run_id, ended_at=R.iso_utc(), conditions=conditions,
+                   roofs=roofs, roof_drift=drift, flags=flags)
+    writer.write_end(end)
+    for line in flagged:
+        log(f"roof drift: {line}; utilisation figures of this run are uncertain")
+    return end
+
+
 # Measure fields that shape the samples; a different timeout_s changes no measurement.
 _SAMPLING_FIELDS = ("warmup_iters", "min_time_s", "min_iters", "max_iters", "max_time_s")
 # machine_id, then the fields of envinfo.fingerprint_key in its order
-_ENV_FIELDS = ("machine", "cpu", "logical cores", "usable cores", "gpus", "tpu", "torch", "jax")
+_ENV_FIELDS = ("machine", "cpu", "logical cores", "usable cores", "gpus", "tpu", "torch", "jax",
+               "isa", "jaxlib")
 
 
 def resumable_by(suite: Suite, env: dict[str, Any]) -> Callable[[R.ResultsFile], None]:

@@ -84,6 +84,25 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
+def thread_settings(framework: str) -> dict[str, Any]:
+    """The threads a point runs with: ``threads`` {torch intra- and inter-op threads (torch
+    points), OMP_NUM_THREADS, MKL_NUM_THREADS, XLA_FLAGS (jax points): the variable's text or
+    None when unset} and ``cpu_affinity`` (how many CPUs this process may run on, or None)."""
+    threads: dict[str, Any] = {}
+    if framework == "torch" and "torch" in sys.modules:
+        import torch
+
+        threads["torch"] = torch.get_num_threads()
+        threads["torch_interop"] = torch.get_num_interop_threads()
+    names = ["OMP_NUM_THREADS", "MKL_NUM_THREADS"] + (["XLA_FLAGS"] if framework == "jax" else [])
+    threads.update({n: os.environ.get(n) for n in names})
+    try:
+        affinity: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        affinity = None
+    return {"threads": threads, "cpu_affinity": affinity}
+
+
 def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
     """Build, warm up and time one point; never raises for the point's own failures."""
     from bench import meters
@@ -148,6 +167,7 @@ def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
         **meters.energy_metrics(energy.result, steps=n, recs=n * workload.samples_per_step),
         "energy_source": energy.result.source,
         "stop_reason": sampled.stop_reason,
+        **thread_settings(point.framework),
     }
     return {"status": "ok", "reason": None, "metrics": metrics, "samples_ms": sampled.samples_ms}
 

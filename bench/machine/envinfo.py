@@ -8,9 +8,11 @@ tests run on fakes.
 ``machine_id`` names a machine by its hardware, not its hostname (CI hostnames change):
 ``<slug>-<6 hex>``, where the slug is ``nvidia-h200x8`` on a GPU machine, ``tpu-v5-litex4`` on
 a TPU host, or ``<cpu model>-<logical cores>c-<RAM GiB>g`` (``amd-epyc-2c-23g``) on a CPU-only
-machine, and the hex is a hash of (cpu model, logical cores, RAM GiB, GPU names and GiB, TPU
-kind and count). Two machines with the same hardware share an id; results go to
-``results/<machine_id>/``.
+machine, and the hex is a hash of what changes a benchmark's speed: cpu model, ISA features
+(``isa``: AVX2, AVX-512, BF16, AMX ..., see ``cpuinfo.ISA_FEATURES``), logical cores, RAM GiB,
+every GPU's name and GiB (so their count), TPU kind and count, and the torch, jax and jaxlib
+versions. Two machines with the same hardware and frameworks share an id; an AVX2-only VM and
+an AVX512-BF16 VM of one CPU family do not. Results go to ``results/<machine_id>/``.
 """
 
 from __future__ import annotations
@@ -31,12 +33,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.machine.cpuinfo import (  # noqa: F401 (re-exported: envinfo is the API)
+    ISA_FEATURES,
+    _read_cpuinfo,
+    core_counts,
+    cpu_model,
+    isa_features,
+)
+
 GiB = 2**30
 
 # The package's checkout: bench/ lives directly under it.
 REPO_DIR = Path(__file__).resolve().parents[2]
 
 VERSIONED_PACKAGES = ("torch", "jax", "jaxlib", "recbench", "numpy")
+# The versions that change what a point measures: part of the machine id and fingerprint key.
+FRAMEWORK_PACKAGES = ("torch", "jax", "jaxlib")
 
 # Environment variables that change what a benchmark measures; recorded when set.
 RECORDED_ENV_VARS = (
@@ -49,58 +61,7 @@ RECORDED_ENV_VARS = (
 )
 
 
-# --- CPU, memory --------------------------------------------------------------------------------
-
-
-def _read_cpuinfo(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """/proc/cpuinfo as one dict per logical processor; [] if unreadable."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    blocks: list[dict[str, str]] = []
-    for chunk in re.split(r"\n\s*\n", text):
-        entry = {}
-        for line in chunk.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                entry[key.strip().lower()] = value.strip()
-        if "processor" in entry:
-            blocks.append(entry)
-    return blocks
-
-
-def cpu_model(cpuinfo_path: str | os.PathLike[str] = "/proc/cpuinfo") -> str:
-    """The CPU's model string (``AMD EPYC 7B13 64-Core Processor``), or the platform's guess."""
-    for entry in _read_cpuinfo(cpuinfo_path):
-        for key in ("model name", "hardware", "cpu model"):  # x86, some ARM, others
-            if entry.get(key):
-                return re.sub(r"\s+", " ", entry[key])
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def core_counts(cpuinfo_path: str | os.PathLike[str] = "/proc/cpuinfo") -> dict[str, int | None]:
-    """``physical`` and ``logical`` cores of the machine, ``usable`` by this process (affinity)."""
-    entries = _read_cpuinfo(cpuinfo_path)
-    logical: int | None = len(entries) or None
-    physical: int | None = None
-    pairs = {(e.get("physical id"), e.get("core id")) for e in entries if "core id" in e}
-    if pairs:
-        physical = len(pairs)
-    if logical is None:
-        logical = os.cpu_count()
-    if physical is None:
-        try:
-            import psutil
-
-            physical = psutil.cpu_count(logical=False)
-        except Exception:  # psutil missing or unsupported platform
-            physical = None
-    try:
-        usable: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        usable = os.cpu_count()
-    return {"physical": physical, "logical": logical, "usable": usable}
+# --- memory ----------------------------------------------------------------------------------
 
 
 def ram_bytes() -> int | None:
@@ -320,14 +281,17 @@ def machine_id(env: Mapping[str, Any]) -> str:
     ram_gib = round(ram / GiB) if ram else None  # MemTotal wobbles by MBs across kernels
     gpus = env.get("gpus") or []
     tpu = env.get("tpu")
+    versions = env.get("versions") or {}
     hw = {
         "cpu": cpu,
+        "isa": env.get("isa"),
         "logical_cores": logical,
         "ram_gib": ram_gib,
         "gpus": sorted(
             (str(g.get("name")), round((g.get("memory_bytes") or 0) / GiB)) for g in gpus
         ),
         "tpu": [tpu.get("device_kind"), tpu.get("count")] if tpu else None,
+        "frameworks": [versions.get(k) for k in FRAMEWORK_PACKAGES],
     }
     digest = hashlib.sha1(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:6]
     if tpu:
@@ -352,7 +316,8 @@ def fingerprint(
 ) -> dict[str, Any]:
     """The environment as a JSON-ready dict (the ``env`` of a results header).
 
-    Keys: cpu, cores {physical, logical, usable}, ram_bytes, gpus [{index, name, memory_bytes,
+    Keys: cpu, isa [sorted ISA feature names] | None (unknown), cores {physical, logical,
+    usable}, ram_bytes, gpus [{index, name, memory_bytes,
     driver}], tpu {device_kind, count} | None, os, python, versions {torch, jax, jaxlib,
     recbench, numpy}, git {commit, dirty}, hostname, env_vars, machine_id.
     Every probe argument defaults to the real thing; pass fakes in tests (see probe_gpus,
@@ -360,6 +325,7 @@ def fingerprint(
     """
     env: dict[str, Any] = {
         "cpu": cpu_model(cpuinfo_path),
+        "isa": isa_features(cpuinfo_path),
         "cores": core_counts(cpuinfo_path),
         "ram_bytes": ram if ram is not None else ram_bytes(),
         "gpus": probe_gpus(nvml, torch_cuda),
@@ -378,9 +344,12 @@ def fingerprint(
 def fingerprint_key(env: Mapping[str, Any]) -> tuple[Any, ...]:
     """What must match for two results to count as "the same environment" in compare.
 
-    (cpu model, logical cores, usable cores, GPU names, TPU kind and count, torch version,
-    jax version). Hostname, git commit, driver and OS patch level are left out on purpose: the
-    gate compares commits on one machine type, and CI hosts are renamed and patched.
+    (cpu model, logical cores, usable cores, GPU names (so their count), TPU kind and count,
+    torch version, jax version, ISA features, jaxlib version); the fields added later come
+    last, so the tuple's head is unchanged. A file written before ISA features were recorded
+    has None there and never matches a newer one. Hostname, git commit, driver and OS patch
+    level are left out on purpose: the gate compares commits on one machine type, and CI hosts
+    are renamed and patched.
     """
     cores = env.get("cores") or {}
     versions = env.get("versions") or {}
@@ -393,6 +362,8 @@ def fingerprint_key(env: Mapping[str, Any]) -> tuple[Any, ...]:
         (tpu.get("device_kind"), tpu.get("count")) if tpu else None,
         versions.get("torch"),
         versions.get("jax"),
+        tuple(env["isa"]) if env.get("isa") is not None else None,
+        versions.get("jaxlib"),
     )
 
 
@@ -410,6 +381,7 @@ def format_env(env: Mapping[str, Any]) -> str:
             f"{env.get('cpu')} ({cores.get('logical')} logical, {cores.get('physical')} "
             f"physical, {cores.get('usable')} usable cores)",
         ),
+        ("isa", " ".join(env["isa"]) if env.get("isa") is not None else "unknown"),
         ("ram", _gib(env.get("ram_bytes"))),
     ]
     gpus = env.get("gpus") or []

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.point import device_kind
+from bench.point import Point, device_kind
+from recmodels.config import human
 from recmodels.errors import InputError
 
 
@@ -89,21 +90,43 @@ def detect_hardware(env: Mapping[str, str] | None = None, *,
     return Hardware(n_gpus=n_gpus, tpu=tpu)
 
 
+def _apple_silicon() -> bool:
+    import platform
+
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
 def device_resolver_for(hardware: Hardware) -> Callable[[str], str]:
     """'auto' in a suite -> the device each framework should use on this machine: CUDA when
     there are GPUs, the TPU for JAX on a TPU host, Apple's GPU for torch on Apple silicon."""
-    import platform
 
     def resolve(framework: str) -> str:
         if hardware.n_gpus:
             return "cuda"
         if framework == "jax" and hardware.tpu:
             return "tpu"
-        if framework == "torch" and platform.system() == "Darwin" and platform.machine() == "arm64":
+        if framework == "torch" and _apple_silicon():
             return "mps"
         return "cpu"
 
     return resolve
+
+
+def missing_device(device: str, hardware: Hardware) -> str | None:
+    """Why `device` is not on this machine by the cheap detection above (the count that
+    `nvidia-smi -L` gives, the TPU heuristic and their RECBENCH_* overrides), or None."""
+    kind, _, index = str(device).partition(":")
+    if kind == "cuda":
+        n = hardware.n_gpus
+        if not n:
+            return "no NVIDIA GPU found by nvidia-smi -L or NVML, or CUDA_VISIBLE_DEVICES hides it"
+        if index.isdigit() and int(index) >= n:
+            return f"{n} GPU(s) here, cuda:0 to cuda:{n - 1}"
+    elif kind == "tpu" and not hardware.tpu:
+        return "no TPU found (no /dev/accel* or /dev/vfio/N; RECBENCH_TPU=1 overrides)"
+    elif kind == "mps" and not _apple_silicon():
+        return "MPS needs an Apple-silicon Mac"
+    return None
 
 
 def device_capacity_bytes(device: str, env: dict[str, Any]) -> int | None:
@@ -131,3 +154,23 @@ def devices_spanned(device: str, env: dict[str, Any]) -> int:
     if kind == "tpu":
         return max(1, int((env.get("tpu") or {}).get("count") or 1))
     return 1
+
+
+def roofline_floor_ms(point: Point, cost: Mapping[str, Any], env: dict[str, Any],
+                      ) -> tuple[float | None, str | None]:
+    """(est_step_ms, basis): max(FLOPs / peak FLOP/s, bytes / peak bandwidth) on the
+    datasheet entry of the point's device, or (None, None) where none is known."""
+    from bench.machine.datasheet import datasheet_for_env
+    from bench.machine.roofs import ROOF_DTYPES
+
+    dtype = ROOF_DTYPES.get(point.precision)
+    sheet = datasheet_for_env(env, point.device) if dtype else None
+    peak = (sheet or {}).get("flops_per_s", {}).get(dtype)
+    if not peak:
+        return None, None
+    bw = sheet.get("mem_bytes_per_s")
+    seconds = max(cost["flops_per_step"] / peak, cost["bytes_per_step"] / bw if bw else 0.0)
+    basis = (f"lower bound: {human(cost['flops_per_step'], 'FLOP')} at the {sheet['name']} "
+             f"datasheet {dtype} peak {human(peak, 'FLOP/s')}"
+             + (f", {human(cost['bytes_per_step'], 'B')} at {human(bw, 'B/s')}" if bw else ""))
+    return seconds * 1e3, basis

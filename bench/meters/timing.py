@@ -203,10 +203,11 @@ def median_ci_indices(n: int, level: float = CI_LEVEL) -> tuple[int, int, float]
 
 
 def summarize(samples_ms: Sequence[float], level: float = CI_LEVEL) -> dict[str, Any]:
-    """Median, p90, p99, IQR, mean, std, min, max and a CI of the median, all in ms.
+    """Median, p90, p99, IQR, mean, std, min, max and a CI of the median, all in ms, and the
+    coefficient of variation ``cv`` (std / mean, a unitless fraction: 0.05 is 5%).
 
     Percentiles use numpy's default linear interpolation. ``std`` is the sample standard
-    deviation (ddof=1), None for a single sample. ``ci_low``/``ci_high`` come from
+    deviation (ddof=1), None for a single sample; so is ``cv``. ``ci_low``/``ci_high`` come from
     ``median_ci_indices``; with too few samples for a ``level`` interval they fall back to
     (min, max), ``ci_method`` says so and ``ci_coverage`` gives the lower true coverage.
     """
@@ -223,13 +224,16 @@ def summarize(samples_ms: Sequence[float], level: float = CI_LEVEL) -> dict[str,
     else:
         lo, hi, coverage = idx
         method = f"binomial order statistics, {level:.0%}"
+    std = float(x.std(ddof=1)) if n > 1 else None
+    mean = float(x.mean())
     return {
         "median": float(p50),
         "p90": float(p90),
         "p99": float(p99),
         "iqr": float(p75 - p25),
-        "mean": float(x.mean()),
-        "std": float(x.std(ddof=1)) if n > 1 else None,
+        "mean": mean,
+        "std": std,
+        "cv": std / mean if std is not None and mean > 0 else None,
         "min": float(x[0]),
         "max": float(x[-1]),
         "ci_low": float(x[lo]),

@@ -2,7 +2,8 @@
 
 A results file is ``<out>/<machine-id>/<run-id>.jsonl``: one ``{"kind": "run", ...}`` header
 line, then one ``{"kind": "point", ...}`` line per finished point, each appended, flushed and
-fsync'ed as the point ends, so killing a run loses nothing that finished. A reader therefore
+fsync'ed as the point ends (and a ``{"kind": "run-end", ...}`` line when the sweep is done),
+so killing a run loses nothing that finished. A reader therefore
 tolerates a truncated *last* line (an interrupted write) with a warning, but refuses a corrupt
 line anywhere else (someone edited the file) and a schema version it does not know.
 
@@ -17,10 +18,13 @@ The package splits along the file's life: ``schema`` (records and their validati
 from bench.results.frame import record_row, records_frame
 from bench.results.read import ResultsFile, iter_ok, load, load_many, repair_tail
 from bench.results.schema import (
+    POINT_FIELDS_V1,
+    POINT_ID_DEFAULTS,
     SCHEMA_VERSION,
     STATUSES,
     PointRecord,
     ResultsWarning,
+    RunEnd,
     RunHeader,
     iso_utc,
     json_safe,
@@ -31,12 +35,15 @@ from bench.results.schema import (
 from bench.results.write import ResultsWriter
 
 __all__ = [
+    "POINT_FIELDS_V1",
+    "POINT_ID_DEFAULTS",
     "SCHEMA_VERSION",
     "STATUSES",
     "PointRecord",
     "ResultsFile",
     "ResultsWarning",
     "ResultsWriter",
+    "RunEnd",
     "RunHeader",
     "iso_utc",
     "iter_ok",

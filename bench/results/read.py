@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.results.schema import PointRecord, ResultsWarning, RunHeader
+from bench.results.schema import PointRecord, ResultsWarning, RunEnd, RunHeader
 from recmodels.errors import InputError
 
 
@@ -53,6 +53,13 @@ class ResultsFile:
     header: RunHeader
     records: list[PointRecord]
     warnings: list[str] = field(default_factory=list)
+    ends: list[RunEnd] = field(default_factory=list)  # run-end lines, in file order
+
+    @property
+    def end(self) -> RunEnd | None:
+        """The last run-end line (conditions and roofs at the end), or None: the run was
+        interrupted, is still going, or was written before run-end lines existed."""
+        return self.ends[-1] if self.ends else None
 
     @property
     def machine_id(self) -> str | None:
@@ -106,6 +113,7 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
         raise InputError(f"{p}:{first_no}: {e}") from e
 
     records: list[PointRecord] = []
+    ends: list[RunEnd] = []
     notes: list[str] = []
     last_no = numbered[-1][0]
     for no, raw in numbered[1:]:
@@ -129,6 +137,11 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
                 records.append(PointRecord.from_json(obj))
             except InputError as e:
                 raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
+        elif kind == "run-end":
+            try:
+                ends.append(RunEnd.from_json(obj))
+            except InputError as e:
+                raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
         elif kind == "run":
             raise InputError(
                 f"{p}:{no}: a second run header; files were concatenated: split them again"
@@ -137,7 +150,7 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
             msg = f"{p}:{no}: skipped a line of unknown kind {kind!r}"
             notes.append(msg)
             warnings.warn(msg, ResultsWarning, stacklevel=2)
-    return ResultsFile(p, header, records, notes)
+    return ResultsFile(p, header, records, notes, ends)
 
 
 def load_many(paths_or_dirs: Iterable[str | os.PathLike[str]]) -> list[ResultsFile]:

@@ -29,6 +29,7 @@ STATUSES = (
 )
 
 _RUN_KEYS = ("kind", "schema_version", "run_id", "suite", "started_at", "env", "roofs")
+_END_KEYS = ("kind", "run_id", "ended_at", "conditions", "roofs", "roof_drift", "flags")
 _POINT_KEYS = ("kind", "id", "point", "status", "reason", "metrics", "samples_ms", "flags")
 
 
@@ -66,18 +67,35 @@ def dumps(obj: Mapping[str, Any]) -> str:
     return json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False)
 
 
-def point_id(point: Mapping[str, Any]) -> str:
+# The point fields of schema 1 (every record so far has all 13) are always hashed, so every id
+# already in a file stays valid. An axis added later is registered here with its default and
+# hashed only where it differs from it: adding compile_mode, world_size or a layout with a
+# default leaves every existing id alone. bench/point.py holds the same table (it imports
+# nothing from bench); tests/results/test_point_ids.py checks that the two agree.
+POINT_FIELDS_V1 = ("framework", "workload", "preset", "block", "loss", "n_neg", "catalog_size",
+                   "seq_len", "batch_size", "precision", "device", "compile", "optimizer")
+POINT_ID_DEFAULTS: dict[str, Any] = {}  # later axis -> its default, e.g. "world_size": 1
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(json_safe(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def point_id(point: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
     """Stable id of a sweep point: first 12 hex of sha1 over its canonical JSON.
 
-    Canonical means sorted keys, no whitespace, numpy values as Python values, so the id does
-    not depend on dict order. This id is the key ``recbench run --resume`` uses to skip points
-    already in a file and the key ``recbench compare`` uses to pair points across files: any
-    change to a point's fields (including 1 vs 1.0) makes it a different point.
+    Canonical means sorted keys, no whitespace, numpy values as Python values, and every key
+    of ``defaults`` (:data:`POINT_ID_DEFAULTS`) whose value equals its default dropped (by its
+    JSON: 1 is not 1.0, 0 is not false). A pure function of the point dict: ``recbench run
+    --resume`` skips points whose id is already in a file and ``recbench compare`` pairs points
+    across files by it, and both take ids recomputed from each record's point on load
+    (:meth:`PointRecord.from_json`). Any other change to a point's fields makes it a different
+    point.
     """
-    canonical = json.dumps(
-        json_safe(point), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:12]
+    table = POINT_ID_DEFAULTS if defaults is None else defaults
+    kept = {k: v for k, v in point.items()
+            if not (k in table and _canonical(v) == _canonical(table[k]))}
+    return hashlib.sha1(_canonical(kept).encode("utf-8")).hexdigest()[:12]
 
 
 def make_run_id(now: datetime | None = None) -> str:
@@ -134,6 +152,8 @@ class RunHeader:
     started_at: str  # ISO 8601 UTC, see iso_utc()
     env: dict[str, Any]  # bench.machine.envinfo.fingerprint()
     roofs: dict[str, Any]  # bench.machine.roofs.measure_roofs(): "<device>/<dtype>" -> {...}
+    # (the runner also writes "conditions": bench.machine.conditions.sample_conditions() at
+    # the start, in ``extra``; files before it have none)
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, kept for round trips
 
@@ -278,10 +298,14 @@ class PointRecord:
         metrics = d.get("metrics", {})
         if not isinstance(metrics, dict):
             raise InputError("point record field 'metrics' must be an object")
+        point = dict(_require(d, "point", dict, "point record"))
+        _require(d, "id", str, "point record")
         try:
             return cls(
-                id=_require(d, "id", str, "point record"),
-                point=dict(_require(d, "point", dict, "point record")),
+                # recomputed, not trusted: a file written under an older id rule pairs with
+                # new records (point_id)
+                id=point_id(point),
+                point=point,
                 status=_require(d, "status", str, "point record"),
                 reason=reason,
                 metrics=dict(metrics),
@@ -294,3 +318,45 @@ class PointRecord:
         except ValueError as e:  # bad status or a missing reason, from __post_init__
             raise InputError(f"invalid point record: {e}") from e
 
+
+
+@dataclass
+class RunEnd:
+    """The last line of a finished run (``{"kind": "run-end", ...}``): the conditions at the
+    end, the roofs measured again, and their drift since the start.
+
+    Written once the sweep is done (not on Ctrl-C; a resumed run writes its own), so a file
+    can hold several; :class:`~bench.results.read.ResultsFile` keeps them in order. Readers
+    before this line existed skip it with a warning (an unknown kind) and read the rest.
+    """
+
+    run_id: str
+    ended_at: str  # ISO 8601 UTC, see iso_utc()
+    conditions: dict[str, Any] = field(default_factory=dict)  # conditions.sample_conditions()
+    roofs: dict[str, Any] = field(default_factory=dict)  # measured again at the end; {} if not
+    roof_drift: dict[str, Any] = field(default_factory=dict)  # key -> metric -> end/start - 1
+    flags: dict[str, str] = field(default_factory=dict)  # e.g. {"roof-drift": "cpu/fp32 ..."}
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, kept for round trips
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": "run-end", "run_id": self.run_id, "ended_at": self.ended_at,
+                             "conditions": self.conditions, "roofs": self.roofs,
+                             "roof_drift": self.roof_drift, "flags": self.flags}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RunEnd:
+        """Parse a run-end dict; raises InputError (without file context) when it is invalid."""
+        if not isinstance(d, Mapping) or d.get("kind") != "run-end":
+            raise InputError('not a run-end record ({"kind": "run-end", ...})')
+        objects = {k: d.get(k, {}) for k in ("conditions", "roofs", "roof_drift", "flags")}
+        bad = [k for k, v in objects.items() if not isinstance(v, dict)]
+        if bad:
+            raise InputError(f"run-end field {bad[0]!r} must be an object")
+        if not all(isinstance(v, str) for v in objects["flags"].values()):
+            raise InputError("run-end flags must map a flag name to its reason")
+        return cls(run_id=_require(d, "run_id", str, "run-end record"),
+                   ended_at=_require(d, "ended_at", str, "run-end record"),
+                   **{k: dict(v) for k, v in objects.items()},
+                   extra={k: v for k, v in d.items() if k not in _END_KEYS})

@@ -13,6 +13,7 @@ from bench.results.schema import (
     SCHEMA_VERSION,
     PointRecord,
     ResultsWarning,
+    RunEnd,
     RunHeader,
     dumps,
     safe_name,
@@ -116,6 +117,13 @@ class ResultsWriter:
             raise TypeError(f"write() takes a PointRecord, not {type(record).__name__}")
         self._write_line(record.to_json())
         self.records.append(record)
+
+    def write_end(self, end: RunEnd) -> None:
+        """Append the run-end line (the run's conditions and roofs at its end); on disk when
+        this returns. Records may still follow it (a resumed run writes its own end)."""
+        if not isinstance(end, RunEnd):
+            raise TypeError(f"write_end() takes a RunEnd, not {type(end).__name__}")
+        self._write_line(end.to_json())
 
     def _write_line(self, obj: Mapping[str, Any]) -> None:
         if self._fh is None:

@@ -5,6 +5,7 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
     [suite]                 # optional; name defaults to the file's stem
     name = "quick"
     description = "CPU-sized sweep"
+    include = ["reference"] # optional; other suites whose points this one adds (see below)
 
     [measure]               # optional; any Measure field (defaults in Measure below)
     min_time_s = 0.5
@@ -54,6 +55,13 @@ Execution order: points are grouped by (framework, device), in order of first ap
 that one worker process serves a group; within a group they are sorted by (line, params,
 batch size), so skip-after-OOM meets the small points of a line first.
 
+Includes: ``include`` names suites or .toml paths (relative to this file). The suite is the
+union of their points and this file's grids, de-duplicated by point id; an included point keeps
+its identity (this file's ``[[exclude]]`` does not reach it) and the ``[measure]`` of its own
+file (``Suite.measure_for``), so `reference` points are sampled alike in every suite. ``--set``
+grid/measure/runner keys (and ``--device``) reach included files too, ``suite.*`` keys only
+this file; ``[runner]`` is this file's. Include cycles and unknown names are errors.
+
 Every problem is a one-line ``InputError`` naming the file, the field path
 (``grid[1].precision[2]``) and the fix.
 """
@@ -65,18 +73,13 @@ import itertools
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.point import (
-    POSITIVE_INT_FIELDS,
-    Measure,
-    Point,
-    field_problem,
-    suggest,
-)
+from bench.point import POSITIVE_INT_FIELDS, Measure, Point, field_problem, suggest
 from recmodels.errors import InputError
 
 if TYPE_CHECKING:
@@ -99,7 +102,6 @@ _AXIS_DEFAULTS: dict[str, list[Any]] = {
 }
 
 
-
 def order_points(points: Iterable[Point]) -> list[Point]:
     """Group by (framework, device) in order of first appearance; small first in each line."""
     groups: dict[tuple[str, str], list[Point]] = {}
@@ -120,27 +122,35 @@ class Suite:
     points: list[Point]  # in execution order (see order_points)
     measure: Measure = field(default_factory=Measure)
     skip_after_oom: bool = True
+    # included points -> the suite they came from and the [measure] of its file
+    origin: dict[Point, str] = field(default_factory=dict)
+    point_measures: dict[Point, Measure] = field(default_factory=dict)
+
+    def measure_for(self, point: Point) -> Measure:
+        """How `point` is timed: its own file's [measure] (see Includes above)."""
+        return self.point_measures.get(point, self.measure)
+
+    def included(self) -> dict[str, dict[str, Any]]:
+        """{suite name: {"n_points", "measure"}} of the points that came from includes."""
+        counts = Counter(self.origin.values())
+        return {name: {"n_points": n, "measure": dataclasses.asdict(self.measure_for(
+            next(p for p, o in self.origin.items() if o == name)))} for name, n in counts.items()}
 
     @property
     def devices(self) -> dict[str, int]:
         """Points per device, in execution order."""
-        counts: dict[str, int] = {}
-        for p in self.points:
-            counts[p.device] = counts.get(p.device, 0) + 1
-        return counts
+        return dict(Counter(p.device for p in self.points))
 
     def groups(self) -> list[tuple[tuple[str, str], list[Point]]]:
         """[((framework, device), points)], contiguous runs of self.points."""
-        out: list[tuple[tuple[str, str], list[Point]]] = []
-        for key, run in itertools.groupby(self.points, key=lambda p: (p.framework, p.device)):
-            out.append((key, list(run)))
-        return out
+        runs = itertools.groupby(self.points, key=lambda p: (p.framework, p.device))
+        return [(key, list(run)) for key, run in runs]
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,
                 "path": str(self.path) if self.path else None, "n_points": len(self.points),
                 "devices": self.devices, "measure": dataclasses.asdict(self.measure),
-                "skip_after_oom": self.skip_after_oom}
+                "skip_after_oom": self.skip_after_oom, "included": self.included()}
 
 
 # --- hardware and suite lookup ------------------------------------------------------------
@@ -176,10 +186,10 @@ _TABLES = ("suite", "measure", "runner", "grid", "exclude")
 _SECTION_KEYS = {
     "measure": tuple(f.name for f in dataclasses.fields(Measure)),
     "runner": ("skip_after_oom",),
-    "suite": ("name", "description"),
+    "suite": ("name", "description", "include"),
 }
-SET_KEYS = (*(f"{s}.{k}" for s, keys in _SECTION_KEYS.items() for k in keys),
-            *(f"grid.{a}" for a in GRID_AXES))
+SET_KEYS = (*(f"{s}.{k}" for s, keys in _SECTION_KEYS.items() for k in keys
+              if k != "include"), *(f"grid.{a}" for a in GRID_AXES))
 
 
 def _parse_scalar(text: str) -> Any:
@@ -305,10 +315,46 @@ def _exclude_rules(src: _Source, raw: Mapping[str, Any]) -> list[dict[str, list[
     return rules
 
 
+def _includes(src: _Source, head: Mapping[str, Any], path: Path | None,
+              overrides: Sequence[str], device_resolver: Callable[[str], str] | None,
+              stack: tuple[Path, ...]) -> tuple[dict[Point, str], dict[Point, Measure]]:
+    """The points of the suites named in [suite] include, with their origin and measure."""
+    names = head.get("include", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise src.error("suite.include", f"expected a list of suite names or .toml paths, got "
+                        f"{names!r}; write include = [\"reference\"]")
+    inherited = [o for o in overrides if not o.partition("=")[0].strip().startswith("suite.")]
+    origin: dict[Point, str] = {}
+    measures: dict[Point, Measure] = {}
+    for j, name in enumerate(names):
+        where = f"suite.include[{j}]"
+        if name == "auto":
+            raise src.error(where, "'auto' depends on the machine; name a suite")
+        relative = name.endswith(".toml") or "/" in name or os.sep in name
+        if relative and path is not None and not Path(name).is_absolute():
+            name = str(path.parent / name)
+        try:
+            inc = suite_path(name)
+        except InputError as e:
+            raise src.error(where, str(e)) from None
+        chain = [*stack, *([path] if path else [])]
+        if inc.resolve() in {p.resolve() for p in chain}:
+            cycle = " -> ".join(p.name for p in [*chain, inc])
+            raise src.error(where, f"include cycle {cycle}; drop one of the includes")
+        sub = _load_file(inc, overrides=inherited, device_resolver=device_resolver,
+                         stack=tuple(chain))
+        for p in sub.points:  # the first include that has a point names its origin
+            origin.setdefault(p, sub.origin.get(p, sub.name))
+            measures.setdefault(p, sub.measure_for(p))
+    return origin, measures
+
+
 def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
                 overrides: Iterable[str] = (),
-                device_resolver: Callable[[str], str] | None = None) -> Suite:
+                device_resolver: Callable[[str], str] | None = None,
+                _stack: tuple[Path, ...] = ()) -> Suite:
     """Parsed TOML -> Suite; `source` names the file in error messages."""
+    overrides = list(overrides)
     src = _Source(source, apply_overrides(raw, overrides))
     for name in raw:
         if name not in _TABLES:
@@ -316,6 +362,8 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
                             + ", ".join(_TABLES))
     head = src.table(raw, "suite", _SECTION_KEYS["suite"])
     for k in head:
+        if k == "include":
+            continue
         if not isinstance(head[k], str) or (k == "name" and not head[k].strip()):
             raise src.error(f"suite.{k}", f"expected a non-empty string, got {head[k]!r}",
                             f"suite.{k}")
@@ -330,9 +378,11 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
         raise src.error("runner.skip_after_oom", f"expected true or false, got {skip!r}",
                         "runner.skip_after_oom")
 
+    origin, measures = _includes(src, head, path, overrides, device_resolver, _stack)
     grids = src.tables(raw, "grid")
-    if not grids:
-        raise src.error("grid", "no [[grid]] table; add at least one (see bench/suites/suite.py)")
+    if not grids and not origin:
+        raise src.error("grid", "no [[grid]] table; add at least one, or include a suite "
+                        "(see bench/suites/suite.py)")
     resolve = device_resolver or (lambda framework: "cpu")
     points: dict[Point, None] = {}  # insertion-ordered set: the union, de-duplicated
     for i, grid in enumerate(grids):
@@ -358,13 +408,15 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
             points[point] = None
 
     rules = _exclude_rules(src, raw)
-    kept = [p for p in points
+    own = [p for p in points if p not in origin]  # an included point stays included
+    kept = [p for p in own
             if not any(all(getattr(p, a) in vs for a, vs in r.items()) for r in rules)]
-    if not kept:
+    if own and not kept:
         raise src.error("exclude", "every point is excluded; loosen the [[exclude]] tables")
     name = head.get("name") or (path.stem if path else source)
     return Suite(name=name, description=head.get("description", ""), path=path,
-                 points=order_points(kept), measure=measure, skip_after_oom=skip)
+                 points=order_points([*origin, *kept]), measure=measure,
+                 skip_after_oom=skip, origin=origin, point_measures=measures)
 
 
 def _display(path: Path) -> str:
@@ -379,7 +431,13 @@ def load_suite(name_or_path: str | os.PathLike[str], *, overrides: Iterable[str]
                hardware: Hardware | None = None) -> Suite:
     """Load a suite by name ("quick", "auto", ...) or .toml path, apply --set overrides, expand
     and order its points. `hardware` (for "auto") defaults to detect_hardware()."""
-    path = suite_path(name_or_path, hardware)
+    return _load_file(suite_path(name_or_path, hardware), overrides=list(overrides),
+                      device_resolver=device_resolver)
+
+
+def _load_file(path: Path, *, overrides: Sequence[str],
+               device_resolver: Callable[[str], str] | None,
+               stack: tuple[Path, ...] = ()) -> Suite:
     label = _display(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -387,5 +445,5 @@ def load_suite(name_or_path: str | os.PathLike[str], *, overrides: Iterable[str]
         raise InputError(f"{label}: TOML syntax error: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{label}: cannot read the suite file: {e}") from None
-    return parse_suite(raw, source=label, path=path, overrides=list(overrides),
-                       device_resolver=device_resolver)
+    return parse_suite(raw, source=label, path=path, overrides=overrides,
+                       device_resolver=device_resolver, _stack=stack)

@@ -69,7 +69,7 @@ def test_sections_env_roofs_and_valid_html(page: str) -> None:
     p = parse(page)
     assert {"missing", "status", "environment", "roofs", "summary", "figures"} <= p.ids
     for text in ("Fixture CPU A", "NVIDIA H200 (141 GiB, driver 570.1)", "0.4 GiB",
-                 "400TFLOP/s", "Best throughput per preset and precision",
+                 "400TFLOP/s", "Best throughput per configuration (batch size aside)",
                  "Largest feasible model and batch per device", "OOM frontier", "Cross-hardware"):
         assert text in page, text
     assert page.startswith("<!DOCTYPE html>")
@@ -101,9 +101,12 @@ def test_text_from_files_is_escaped(page: str) -> None:
 
 def test_summary_numbers(page: str) -> None:
     # knee of cpu-box-a's torch tiny fp32 line; the oom frontier of its small fp32 line
+    # every field of the configuration has its column: block, loss, catalog, T
     assert re.search(r"<td>cpu-box-a</td><td>cpu</td><td>torch</td><td>train</td><td>tiny</td>"
+                     r"<td>sasrec</td><td>bce</td><td>2k</td><td class=\"n\">20</td>"
                      r"<td>fp32</td><td class=\"n\">24,060</td><td class=\"n\">512</td>.*?"
-                     r"<td>32</td></tr>", page)
+                     r"<td>32</td><td class=\"flag\" title=\"B=128: CV 23% &gt; 10%\">"
+                     r"unstable \(1\)</td></tr>", page)
     assert re.search(r"<td>small</td><td>fp32</td><td class=\"n\">32</td><td class=\"n\">128"
                      r"</td><td>oom</td>", page)
     assert "small (3.68M params)" in page  # the largest model that ran on cpu-box-a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,8 +43,8 @@ def record(p: dict, *, scale: float = 1.0, n: int = 120, seed: int = 0, status: 
     return PointRecord.for_point(p, "ok", metrics={**base, **metrics}, samples_ms=samples)
 
 
-def write(path: Path, records: list[PointRecord], env: dict = ENV) -> Path:
-    header = RunHeader(run_id=path.stem, suite="ci", started_at="2026-11-28T12:00:00Z",
+def write(path: Path, records: list[PointRecord], env: dict = ENV, suite: str = "ci") -> Path:
+    header = RunHeader(run_id=path.stem, suite=suite, started_at="2026-11-28T12:00:00Z",
                        env=env, roofs={})
     with ResultsWriter.create(path.parent, "m", path.stem, header) as w:
         for r in records:
@@ -179,11 +180,12 @@ def test_different_fingerprints_are_refused_unless_cross_hardware(pair, capsys, 
     calls = []
     from bench.analysis import compare_hw
 
+    table = SimpleNamespace(rows=[1], not_comparable=[])
     monkeypatch.setattr(compare_hw, "cross_hardware",
-                        lambda a, b: calls.append((a, b)) or {"rows": 1})
+                        lambda a, b: calls.append((a, b)) or table)
     monkeypatch.setattr(compare_hw, "format_table", lambda t: "TABLE")
     monkeypatch.setattr(compare_hw, "to_markdown", lambda t: "| MD |")
-    monkeypatch.setattr(compare_hw, "to_json", lambda t: t)
+    monkeypatch.setattr(compare_hw, "to_json", lambda t: {"rows": len(t.rows)})
     rc, out, _ = run(capsys, b, n, "--cross-hardware")
     assert rc == 0 and out.strip() == "TABLE"
     assert [f.path for f in calls[0][0]] == [b] and [f.path for f in calls[0][1]] == [n]
@@ -195,6 +197,21 @@ def test_cross_hardware_with_the_real_table(pair, capsys):
     b, n = pair([record(point(), seed=1)], [record(point(), seed=2)], new_env=GPU_ENV)
     rc, out, _ = run(capsys, b, n, "--cross-hardware")
     assert rc == 0 and out.strip()
+
+
+def test_cross_hardware_without_a_common_point_is_exit_2_naming_the_suites(tmp_path, capsys):
+    b = write(tmp_path / "a" / "base.jsonl", [record(point(32), seed=1)], suite="quick")
+    n = write(tmp_path / "b" / "new.jsonl", [record({**point(1024), "device": "cuda"}, seed=2)],
+              GPU_ENV, suite="gpu-quick")
+    for extra in ((), ("--json",), ("--markdown",)):
+        rc, out, err = run(capsys, b, n, "--cross-hardware", *extra)
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+        assert "no point in common: base ran suites quick, new ran gpu-quick" in err
+        assert "--suite reference" in err and "Traceback" not in err
+    # one configuration in common (the device aside) is enough for the table
+    n2 = write(tmp_path / "c" / "new.jsonl", [record({**point(32), "device": "cuda"}, seed=3)],
+               GPU_ENV, suite="gpu-quick")
+    assert run(capsys, b, n2, "--cross-hardware")[0] == 0
 
 
 def test_points_on_one_side_only_are_listed(pair, capsys):
@@ -365,3 +382,24 @@ def test_paired_reason_prints_a_fractional_threshold_exactly(tmp_path):
     wobbly = rounds(tmp_path, "b", [1.12, 0.9, 1.0, 1.1, 0.92, 1.0], seed=9)
     step = compare_results(base, wobbly, paired=True, threshold=0.075).points[0].metric("step_ms")
     assert step.status == "inconclusive" and "rule out a 7.5% change" in step.reason
+
+
+def test_an_unstable_point_is_inconclusive_with_the_reason(tmp_path, capsys):
+    p = point()
+    slow = record(p, scale=1.25, seed=1)
+    slow.flags["unstable"] = "other processes used 1.02 cores during the point (>= 0.5)"
+    base, new = write(tmp_path / "b.jsonl", [record(p)]), write(tmp_path / "n.jsonl", [slow])
+    c = compare_results([load(base)], [load(new)])
+    (res,) = c.points
+    assert res.status == "inconclusive" and not c.failed
+    step = res.metric("step_ms")
+    assert step.status == step.verdict["status"] == "inconclusive"
+    assert "new unstable: other processes used 1.02 cores" in step.reason
+    assert "the samples alone read regressed" in step.reason
+    rc, out, _ = run(capsys, base, new)
+    assert rc == 0 and "unstable" in out
+    # the analytic values are still judged: a changed FLOP count still fails
+    changed = record(p, flops_per_step=2e9)
+    changed.flags["unstable"] = "step time CV 35% > 20%"
+    new2 = write(tmp_path / "n2.jsonl", [changed])
+    assert compare_results([load(base)], [load(new2)]).points[0].status == "changed"

@@ -411,7 +411,8 @@ def test_a_worker_that_dies_is_reaped_and_interrupted_rounds_kill_their_workers(
         return fake_record()
 
     monkeypatch.setattr(gate, "_measure", measure)
-    suite = types.SimpleNamespace(groups=lambda: [(("torch", "cpu"), [p])], measure=Measure())
+    suite = types.SimpleNamespace(groups=lambda: [(("torch", "cpu"), [p])],
+                                  measure_for=lambda point: Measure())
     writers = {s: types.SimpleNamespace(write=lambda r: None) for s in ("base", "new")}
     with pytest.raises(KeyboardInterrupt):
         gate.run_round(suite, {"base": Path("b"), "new": Path("n")}, writers, ["base", "new"])

@@ -167,7 +167,7 @@ def test_fingerprint_key_differs_when_the_gpu_differs(cpuinfo: Path) -> None:
     assert fingerprint_key(h100) != fingerprint_key(h200)
     newer_torch = {**h200, "versions": {**h200["versions"], "torch": "9.9.9"}}
     assert fingerprint_key(newer_torch) != fingerprint_key(h200)
-    assert fingerprint_key({}) == (None, None, None, (), None, None, None)  # old/partial env
+    assert fingerprint_key({}) == (None, None, None, (), None, None, None, None, None)  # old env
 
 
 def test_format_env_is_readable(cpuinfo: Path) -> None:

@@ -58,8 +58,10 @@ def pt(**kw) -> Point:
 
 def test_shipped_suites_load_with_expected_sizes():
     assert {"quick", "standard", "full", "ci"} <= set(available_suites())
-    sizes = {name: len(load_suite(name).points) for name in ("quick", "standard", "full", "ci")}
-    assert sizes == {"quick": 112, "standard": 280, "full": 788, "ci": 8}
+    names = ("reference", "quick", "standard", "gpu-quick", "full", "ci")
+    sizes = {name: len(load_suite(name).points) for name in names}
+    assert sizes == {"reference": 72, "quick": 112, "standard": 352, "gpu-quick": 127,
+                     "full": 788, "ci": 8}  # quick, standard, gpu-quick: reference + extras
 
 
 def test_quick_meets_its_minimum_sweep():
@@ -89,8 +91,10 @@ def test_standard_infer_points_carry_one_loss():
     assert {p.loss for p in s.points if p.workload == "train"} == {
         "bce", "sampled_softmax", "full_softmax"}
     assert {p.precision for p in s.points} == {"fp32", "tf32", "bf16", "fp16"}
-    assert min(p.batch_size for p in s.points) == 64
-    assert max(p.batch_size for p in s.points) == 4096
+    extras = [p for p in s.points if p not in s.origin]  # the GPU's own, not reference's
+    assert len(extras) == 280 and len(s.origin) == 72
+    assert min(p.batch_size for p in extras) == 64
+    assert max(p.batch_size for p in extras) == 4096
 
 
 # --- expansion ------------------------------------------------------------------------------
