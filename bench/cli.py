@@ -2,8 +2,7 @@
 
 Exit codes: 0 ok, 1 a check failed (parity, regression, a run with no ok point), 2 bad
 input (one line on stderr, no traceback; also a device this machine lacks), 130 interrupted.
-`--json` prints exactly one JSON object on stdout.
-Heavy imports (torch, jax, matplotlib) happen inside the subcommands that need them.
+`--json` prints one JSON object on stdout; torch, jax, matplotlib load only where needed.
 """
 
 from __future__ import annotations
@@ -13,9 +12,10 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
-from recmodels.config import human
+from recmodels.config import human, human_bytes
 from recmodels.errors import InputError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -212,7 +212,7 @@ def cmd_env(args) -> int:
     for key, r in roofs.items():
         gemm, bw = r.get("gemm_flops_per_s"), r.get("mem_bytes_per_s")
         print(f"roof {key:10s} GEMM {human(gemm, 'FLOP/s') if gemm else 'n/a':>13s}  "
-              f"bandwidth {human(bw, 'B/s') if bw else 'n/a':>10s}  "
+              f"bandwidth {human_bytes(bw, per_s=True) if bw else 'n/a':>10s}  "
               f"({r.get('method') or r.get('reason')})")
     return EXIT_OK
 
@@ -432,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # usage errors (exit 2) and --help (exit 0)
         return int(e.code or 0)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # a warning is one line, like an error; restored after
+            warnings.showwarning = lambda m, *_, **__: _err(f"recbench {args.command}: warning: "
+                                                             f"{m}")
+            return args.func(args)
     except InputError as e:
         _err(f"recbench {args.command}: error: {e}")
         return EXIT_BAD_INPUT

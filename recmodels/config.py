@@ -304,6 +304,16 @@ def describe(cfg: GenRecConfig, batch_size: int = 128) -> dict:
     }
 
 
+def human_bytes(n: float, per_s: bool = False) -> str:
+    """Bytes in binary units, ``"1.5 GiB"``, ``"3.87 TiB/s"``: every byte figure recbench
+    prints uses this, so GB never stands next to GiB."""
+    unit = "/s" if per_s else ""
+    for name, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {name}{unit}"
+    return f"{n:.0f} B{unit}"
+
+
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M' (SI prefixes), for tables."""
     for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):

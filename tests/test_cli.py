@@ -211,3 +211,14 @@ def test_run_reference_suite_end_to_end(tmp_path, capsys):
     assert out["counts"] == {"ok": 1}
     header = json.loads(Path(out["results"]).read_text().splitlines()[0])
     assert header["suite"] == "reference" and header["included"] == {}
+
+
+def test_a_warning_is_one_line_naming_the_command(tmp_path, capsys):
+    """A truncated last line is skipped with a warning: one line, no source path or code."""
+    path = tmp_path / "run.jsonl"
+    path.write_text('{"kind": "run", "schema_version": 1, "run_id": "x", "suite": "s", '
+                    '"started_at": "2026-01-01T00:00:00Z", "env": {}, "roofs": {}}\n{"kind": "po')
+    assert main(["report", str(path), "--out", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"recbench report: warning: {path}:2: skipped a truncated last line (12 "
+                   "bytes); the run was probably interrupted"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.point import device_kind
 from bench.results import PointRecord, ResultsFile, load_many
-from recmodels.config import human
+from recmodels.config import human, human_bytes
 from recmodels.errors import InputError
 
 GiB = 2**30
@@ -138,13 +138,8 @@ def rate_text(workload: str) -> str:
 
 
 def bytes_text(n: float, per_s: bool = False) -> str:
-    """Binary units for every byte quantity of the report and figures: ``"1.50 GiB"``,
-    ``"3.87 TiB/s"`` (memory and bandwidth alike; never GB next to GiB)."""
-    unit = "/s" if per_s else ""
-    for name, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {name}{unit}"
-    return f"{n:.0f} B{unit}"
+    """Binary units for every byte quantity of the report and figures (config.human_bytes)."""
+    return human_bytes(n, per_s)
 
 
 def as_files(items: Iterable[ResultsFile | str | os.PathLike[str]]) -> list[ResultsFile]:

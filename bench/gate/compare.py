@@ -377,7 +377,8 @@ def compare_point(b: Side, v: Side, *, threshold: float, alpha: float, accept_an
     unstable = "; ".join(f"{side} unstable: {why}" for side, why in
                          (("base", b.unstable), ("new", v.unstable)) if why)
     for m in res.metrics:
-        if unstable and m.metric in TIMED and m.status in ("regressed", "improved", "unchanged"):
+        if unstable and m.metric in TIMED and m.status in ("regressed", "improved", "unchanged",
+                                                            "inconclusive"):
             m.reason = f"{unstable}; the samples alone read {m.status}: {m.reason}"
             m.status = "inconclusive"
             if m.verdict is not None:

@@ -9,7 +9,7 @@ from collections import Counter
 
 from bench import results as R
 from bench.point import Point
-from recmodels.config import human
+from recmodels.config import human, human_bytes
 
 
 def _clock(seconds: float) -> str:
@@ -87,7 +87,7 @@ def summary_table(records: list[R.PointRecord], end: R.RunEnd | None = None) -> 
             mem = m.get("peak_device_mem_bytes") or m.get("peak_host_rss_bytes")
             lines.append(f"{status_text(r):<17s} {p.label():<58s} {m['step_ms']['median']:>9.2f} "
                          f"{m['samples_per_s']:>10,.0f} {human(m['achieved_flops_per_s']):>9s} "
-                         f"{util:>6s} {human(mem, 'B') if mem else '-':>9s}")
+                         f"{util:>6s} {human_bytes(mem) if mem else '-':>9s}")
         else:
             lines.append(f"{r.status:<17s} {p.label():<58s} {(r.reason or '')[:60]}")
     lines.append("ms/step: median; FLOP/s: analytic FLOPs / median step time; util: against "

@@ -44,7 +44,7 @@ from bench.machine.roofs import ROOF_DTYPES
 from bench.point import Point, device_kind
 from bench.scenarios.step import analytic_cost
 from bench.suites.suite import Suite
-from recmodels.config import human
+from recmodels.config import human_bytes
 from recmodels.errors import InputError
 
 STARTUP_TIMEOUT_S = 180.0  # importing torch/jax on a cold, busy machine
@@ -304,10 +304,10 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                 one = point if n == 1 else replace(point, batch_size=max(1, point.batch_size // n))
                 est, cap = analytic_cost(one)["est_mem_bytes"], device_capacity_bytes(device, env)
                 if cap and est > cap:
-                    where = (f"exceeds {device}'s {human(cap, 'B')}" if n == 1 else
-                             f"per device exceeds the {human(cap, 'B')} of each of {device}'s "
+                    where = (f"exceeds {device}'s {human_bytes(cap)}" if n == 1 else
+                             f"per device exceeds the {human_bytes(cap)} of each of {device}'s "
                              f"{n} devices")
-                    record(point, "infeasible", f"analytic memory estimate {human(est, 'B')} "
+                    record(point, "infeasible", f"analytic memory estimate {human_bytes(est)} "
                            f"{where} (an estimate; not run)")
                     continue
                 measure = suite.measure_for(point)  # an included point: its own file's

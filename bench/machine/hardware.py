@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.point import Point, device_kind
-from recmodels.config import human
+from recmodels.config import human, human_bytes
 from recmodels.errors import InputError
 
 
@@ -172,5 +172,6 @@ def roofline_floor_ms(point: Point, cost: Mapping[str, Any], env: dict[str, Any]
     seconds = max(cost["flops_per_step"] / peak, cost["bytes_per_step"] / bw if bw else 0.0)
     basis = (f"lower bound: {human(cost['flops_per_step'], 'FLOP')} at the {sheet['name']} "
              f"datasheet {dtype} peak {human(peak, 'FLOP/s')}"
-             + (f", {human(cost['bytes_per_step'], 'B')} at {human(bw, 'B/s')}" if bw else ""))
+             + (f", {human_bytes(cost['bytes_per_step'])} at {human_bytes(bw, per_s=True)}"
+                if bw else ""))
     return seconds * 1e3, basis

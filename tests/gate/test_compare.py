@@ -403,3 +403,14 @@ def test_an_unstable_point_is_inconclusive_with_the_reason(tmp_path, capsys):
     changed.flags["unstable"] = "step time CV 35% > 20%"
     new2 = write(tmp_path / "n2.jsonl", [changed])
     assert compare_results([load(base)], [load(new2)]).points[0].status == "changed"
+
+
+def test_an_unstable_point_says_so_even_when_the_samples_are_inconclusive(tmp_path):
+    p = point()
+    noisy = record(p, seed=1)
+    noisy.samples_ms[::2] = [x * 3 for x in noisy.samples_ms[::2]]  # spread: inconclusive alone
+    noisy.flags["unstable"] = "step time CV 80% > 20%"
+    base, new = write(tmp_path / "b.jsonl", [record(p)]), write(tmp_path / "n.jsonl", [noisy])
+    step = compare_results([load(base)], [load(new)]).points[0].metric("step_ms")
+    assert step.status == "inconclusive"
+    assert step.reason.startswith("new unstable: step time CV 80% > 20%; the samples alone read")

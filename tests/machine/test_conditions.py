@@ -93,6 +93,11 @@ def test_busiest_other_processes_from_planted_snapshots():
     assert total == pytest.approx(0.95 + 0.0005 + 0.2, abs=1e-3)
     assert top == [{"name": "python", "cpu_cores": 0.95}, {"name": "new", "cpu_cores": 0.2}]
     assert C.busiest(None, after, 2.0) == (None, [])
+    # Kernel threads are shown (bracketed, as ps names them) but not counted.
+    after_k = {**after, 9: ("[kworker/u8:0-flush-254:0]", 1.6)}
+    total_k, top_k = C.busiest({**before, 9: ("[kworker/u8:0-flush-254:0]", 0.0)}, after_k, 2.0)
+    assert total_k == total
+    assert top_k[1] == {"name": "[kworker/u8:0-flush-254:0]", "cpu_cores": 0.8}
 
 
 def test_process_snapshot_holds_names_and_never_command_lines():

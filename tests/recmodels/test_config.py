@@ -141,3 +141,10 @@ def test_human():
     assert C.human(1_234_567) == "1.23M"
     assert C.human(999) == "999"
     assert C.human(2.5e12, "FLOP") == "2.5TFLOP"
+
+
+def test_human_bytes_is_binary():
+    assert C.human_bytes(1.5 * 2**30) == "1.5 GiB"
+    assert C.human_bytes(3.87 * 2**40, per_s=True) == "3.87 TiB/s"
+    assert C.human_bytes(216e9) == "201 GiB"  # the runner's infeasible reasons: never "216GB"
+    assert C.human_bytes(512) == "512 B"
