@@ -13,7 +13,8 @@ Figures (file stem ``<device>-<framework>-<workload>-<kind>``):
   throughput   samples/s vs batch size, log-log, one line per preset (and precision, ...),
                the knee ringed: bench.analysis.plotdata.knee, the first batch size from which
                the next measured batch gains < 10% throughput per doubling of the batch
-  latency      p50 and p99 step time vs batch size
+  latency      p50 and p99 step time vs batch size; p99 only where the record has one (it is
+               null below 100 samples: the axis title counts the points left out)
   memory       the scaling limit: peak memory (device counter, host RSS on CPU) vs parameters
                and vs batch size, the device's capacity as a dashed line, oom and infeasible
                points at their analytic estimate (est_mem_bytes) with their own markers
@@ -63,14 +64,18 @@ from bench.analysis.plotstyle import (
     Series,
     Styler,
     batch_axis,
+    ci_bars,
     draw_lines,
     flops_unit,
     legend,
     make_series,
+    median_ci,
     new_figure,
+    p99_note,
     panel_of,
     panel_text,
     scatter,
+    throughput_ci,
 )
 from bench.machine.roofs import ROOF_DTYPES
 from bench.point import device_kind
@@ -92,6 +97,7 @@ def throughput_figure(items: Sequence[Entry]) -> Figure | None:
     styler = Styler(series)
     fig, (ax,) = new_figure(f"Throughput vs batch size: {panel_text(ok)}", ok)
     xs = draw_lines(ax, series, lambda e: e.metric("samples_per_s"), styler)
+    ci_bars(ax, series, lambda e: e.metric("samples_per_s"), throughput_ci, styler)
     ring = {"linestyle": "none", "marker": "o", "markersize": 14, "markerfacecolor": "none",
             "markeredgewidth": 1.6}
     knees = 0
@@ -117,7 +123,8 @@ def throughput_figure(items: Sequence[Entry]) -> Figure | None:
 
 
 def latency_figure(items: Sequence[Entry]) -> Figure | None:
-    """Median (p50) and p99 step time vs batch size, side by side on one latency scale."""
+    """Median (p50, with its CI as error bars) and p99 step time vs batch size, side by side
+    on one latency scale; p99 only where the record has one."""
     ok = _ok(items, "step_ms.median")
     if not ok:
         return None
@@ -126,9 +133,13 @@ def latency_figure(items: Sequence[Entry]) -> Figure | None:
     fig, axes = new_figure(f"Step latency vs batch size: {panel_text(ok)}", ok, 2, sharey=True)
     for ax, key, name in zip(axes, ("median", "p99"), ("p50 (median)", "p99")):
         xs = draw_lines(ax, series, lambda e, k=key: e.metric(f"step_ms.{k}"), styler)
-        batch_axis(ax, xs)
+        batch_axis(ax, xs or [e.batch_size for e in ok])
         ax.set_yscale("log")
         ax.set_title(f"{name} step time", fontsize="medium")
+    ci_bars(axes[0], series, lambda e: e.metric("step_ms.median"), median_ci, styler)
+    missing = sum(e.metric("step_ms.p99") is None for e in ok)
+    if missing:  # p99 is null below 100 samples: say so where it is missing
+        axes[1].set_title(p99_note(missing, len(ok)), fontsize="medium", color="tab:red")
     axes[0].set_ylabel("step time (ms)")
     legend(fig, axes)
     return fig

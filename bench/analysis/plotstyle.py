@@ -10,6 +10,10 @@ legend names only the fields that vary.
 
 A point the run flagged ``unstable`` (record.flags) is drawn with a hollow (white-filled)
 marker, and the legend then says what hollow means. Hollow markers mean nothing else.
+
+Error bars (gid "ci") are the 95% confidence interval of the median step time (record
+``step_ms.ci_low``/``ci_high``, order statistics; null below 6 samples, so no bar there), on the
+latency figure and, turned into samples/s, on the throughput figure.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ _STYLES = ("-", "--", "-.", ":")
 # Filled markers only (a hollow one marks an unstable point); "X" and "^" are kept for the oom
 # and infeasible markers of the memory figure.
 _MARKERS = ("o", "s", "D", "v", "P", "*", "h", "<", ">", "p", "d", "8", "H")
+CI_NOTE = "error bar: 95% CI of the median step time (none below 6 samples)"
 UNSTABLE_NOTE = "hollow marker: flagged unstable (spread or run conditions; see the report)"
 
 
@@ -193,3 +198,47 @@ def flops_unit(values: Sequence[float]) -> tuple[float, str]:
         if top >= scale:
             return scale, name
     return 1.0, "FLOP/s"
+
+
+def median_ci(e: Entry) -> tuple[float, float] | None:
+    """(ci_low, ci_high) of the median step time in ms, or None when the record has none."""
+    lo, hi = e.metric("step_ms.ci_low"), e.metric("step_ms.ci_high")
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def throughput_ci(e: Entry) -> tuple[float, float] | None:
+    """The median's CI as samples/s: throughput scales as 1 / step time, so the bounds swap."""
+    ci, med, thr = median_ci(e), e.metric("step_ms.median"), e.metric("samples_per_s")
+    if ci is None or not med or thr is None or ci[0] <= 0:
+        return None
+    return thr * med / ci[1], thr * med / ci[0]
+
+
+def ci_bars(ax: Axes, series: Sequence[Series], y: Callable[[Entry], float | None],
+            bounds: Callable[[Entry], tuple[float, float] | None], styler: Styler) -> int:
+    """Error bars from ``bounds(entry)`` (low, high) at ``y(entry)``, in each series' colour
+    (gid "ci"), and one legend entry saying what they are; returns how many were drawn."""
+    drawn = 0
+    for s in series:
+        pts = [(e.batch_size, v, b) for e in s.entries
+               if (v := y(e)) is not None and (b := bounds(e)) is not None]
+        if not pts:
+            continue
+        xs, ys, bs = zip(*pts)
+        err = [[max(0.0, v - b[0]) for v, b in zip(ys, bs)],
+               [max(0.0, b[1] - v) for v, b in zip(ys, bs)]]
+        bars = ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor=styler(s)["color"], capsize=3,
+                           elinewidth=1.0, zorder=2)
+        for art in bars.lines[2]:
+            art.set_gid("ci")
+        drawn += len(pts)
+    if drawn:
+        ax.plot([], [], color="black", marker="|", markersize=10, linestyle="none",
+                gid="ci-legend", label=CI_NOTE)
+    return drawn
+
+
+def p99_note(missing: int, total: int) -> str:
+    """The p99 axis title when some points have no p99 (null below 100 samples)."""
+    return (f"p99 step time ({missing} of {total} points not drawn:\n"
+            "p99 is null below 100 samples)")

@@ -39,8 +39,9 @@ from bench.results import ResultsFile
 from recmodels.errors import InputError
 
 SUITE = "reference"
-METRIC_COLUMNS = ("{rate}", "p50 step ms", "% of measured roof", "% of datasheet peak",
-                  "J per {per}", "energy provenance (error bound)", "{rate} per W")
+METRIC_COLUMNS = ("{rate}", "p50 step ms (n samples)", "% of measured roof",
+                  "% of datasheet peak", "J per {per}", "energy provenance (error bound)",
+                  "{rate} per W")
 
 
 @dataclass
@@ -107,7 +108,9 @@ def cells(e: Entry | None) -> list[Any]:
     thr = fmt(e.metric("samples_per_s"))
     first: Any = Cell(f"{thr} [unstable]", "flag", e.unstable) if e.unstable else thr
     util = e.metric("utilization") if e.roof_dtype() else None
-    return [first, fmt(e.metric("step_ms.median")), pct(util),
+    n = e.metric("step_ms.n")
+    median = fmt(e.metric("step_ms.median")) + (f" (n={n:.0f})" if n is not None else "")
+    return [first, median, pct(util),
             pct(e.metric("utilization_datasheet")), *energy_cells(e)]
 
 

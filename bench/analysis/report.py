@@ -129,6 +129,10 @@ CONFIG_COLUMNS = ("framework", "workload", "preset", "block", "loss", "catalog_s
                   "precision")
 
 
+def _count(v: float | None) -> str:
+    return f"{v:.0f}" if v is not None else "-"
+
+
 def loss_text(p: dict[str, Any]) -> str:
     loss = str(p.get("loss", "bce"))
     return f"{loss}:{p.get('n_neg')}" if loss == "sampled_softmax" else loss
@@ -161,7 +165,7 @@ def best_throughput_rows(items: Sequence[Entry]) -> list[list[Any]]:
                      field_text("catalog_size", p.get("catalog_size"))[2:], p.get("seq_len"),
                      p.get("precision"), describe(p, other) if other else "",
                      _fmt(best.metric("samples_per_s")), best.batch_size,
-                     _fmt(best.metric("step_ms.median")),
+                     _fmt(best.metric("step_ms.median")), _count(best.metric("step_ms.n")),
                      f"{util:.1%}" if util is not None else
                      "no roof" if not best.roof_dtype() else "-",
                      f"{k:g}" if k is not None else "none in range", flag_cell(members)])
@@ -276,11 +280,11 @@ def summary_section(files: Sequence[ResultsFile], items: Sequence[Entry]) -> str
     best = best_throughput_rows(items)
     head = ["machine", "device", "framework", "workload", "preset", "block", "loss", "catalog",
             "T", "precision", "other", "best samples/s", "at batch", "step ms (median)",
-            "utilisation (measured roof)", "knee (batch)", "flags"]
-    numeric = (8, 11, 12, 13, 14)
+            "n (samples)", "utilisation (measured roof)", "knee (batch)", "flags"]
+    numeric = (8, 11, 12, 13, 14, 15)
     if not any(r[10] for r in best):  # no field beyond the named ones varies
         head, best = head[:10] + head[11:], [r[:10] + r[11:] for r in best]
-        numeric = (8, 10, 11, 12, 13)
+        numeric = (8, 10, 11, 12, 13, 14)
     parts.append('<div class="wide">' + table(head, best, numeric) + "</div>" if best
                  else "<p>No ok records: nothing measured.</p>")
     parts.append('<p class="muted">One row per configuration: every point field but the batch '
@@ -288,6 +292,8 @@ def summary_section(files: Sequence[ResultsFile], items: Sequence[Entry]) -> str
                  "batch size from which the next measured batch gains less than 10% throughput "
                  "per doubling of the batch. Flags: how many of the row's points the run "
                  "flagged unstable (disturbed); the reasons on hover and in the status section."
+                 " n: the timed samples behind the median (p90 is null below 20, p99 below "
+                 "100, the median's 95% CI below 6)."
                  " No roof: the precision has no measured GEMM roof (int8).</p>")
     parts.append("<h3>Largest feasible model and batch per device</h3>")
     large = largest_rows(items)

@@ -125,11 +125,14 @@ def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
                 kind = device_kind(point.device)
                 suffix = point.device.partition(":")[2]
                 index = None if suffix == "all" else int(suffix or 0)  # None: every device
-                with meters.EnergyMeter(meters.default_energy_sources(kind, index)) as energy:
-                    sampled = timer.sample(step, workload.sync, min_time_s=measure.min_time_s,
-                                           min_iters=measure.min_iters,
-                                           max_iters=measure.max_iters,
-                                           max_time_s=measure.max_time_s)
+                sampled = timer.sample(step, workload.sync, min_time_s=measure.min_time_s,
+                                       min_iters=measure.min_iters,
+                                       max_iters=measure.max_iters,
+                                       max_time_s=measure.max_time_s)
+                # Energy has its own window after the timed samples: the step repeated for
+                # >= 20 counter periods, aligned to counter updates (meters.EnergyWindow).
+                energy = meters.measure_energy_window(
+                    step, workload.sync, meters.default_energy_sources(kind, index))
             planned = workload.planned_mem_bytes()
     except Unsupported as e:
         return {"status": "unsupported", "reason": str(e)}
@@ -150,7 +153,6 @@ def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
         peak_dev = None
     summary = meters.summarize(sampled.samples_ms)
     median_s = summary["median"] / 1e3
-    n = len(sampled.samples_ms)
     cost = workload.cost
     metrics = {
         "step_ms": summary,
@@ -164,8 +166,7 @@ def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
         "peak_device_mem_bytes": peak_dev,
         "planned_device_mem_bytes": planned,
         "peak_host_rss_bytes": host.peak_rss_bytes,
-        **meters.energy_metrics(energy.result, steps=n, recs=n * workload.samples_per_step),
-        "energy_source": energy.result.source,
+        **meters.window_energy_metrics(energy, workload.samples_per_step),
         "stop_reason": sampled.stop_reason,
         **thread_settings(point.framework),
     }

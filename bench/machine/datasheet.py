@@ -23,6 +23,7 @@ DATASHEET_PEAKS: dict[str, dict[str, Any]] = {
             "fp8": 1978.9 * T,
         },
         "mem_bytes_per_s": 3.35 * T,
+        "power_limit_w": 700.0,  # "Max TDP up to 700W (configurable)", H100 SXM datasheet
         "source": (
             "NVIDIA H100 Tensor Core GPU Architecture whitepaper (H100 SXM5 dense peaks), "
             "https://resources.nvidia.com/en-us-tensor-core/gtc22-whitepaper-hopper; "
@@ -40,6 +41,7 @@ DATASHEET_PEAKS: dict[str, dict[str, Any]] = {
             "fp8": 1979.0 * T,
         },
         "mem_bytes_per_s": 4.8 * T,
+        "power_limit_w": 700.0,  # "Max TDP up to 700W (configurable)", H200 SXM datasheet
         "source": (
             "NVIDIA H200 Tensor Core GPU datasheet (H200 SXM; sparse figures halved), "
             "https://www.nvidia.com/en-us/data-center/h200/"
@@ -48,6 +50,7 @@ DATASHEET_PEAKS: dict[str, dict[str, Any]] = {
     "NVIDIA A100 80GB SXM": {
         "flops_per_s": {"fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
         "mem_bytes_per_s": 2.039 * T,
+        "power_limit_w": 400.0,  # "Max TDP 400W", A100 80GB SXM datasheet
         "source": (
             "NVIDIA A100 Tensor Core GPU datasheet (A100 80GB SXM, dense), "
             "https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
@@ -63,6 +66,7 @@ DATASHEET_PEAKS: dict[str, dict[str, Any]] = {
             "fp8": 242.5 * T,
         },
         "mem_bytes_per_s": 300e9,
+        "power_limit_w": 72.0,  # "Max TDP 72W", L4 datasheet
         "source": (
             "NVIDIA L4 Tensor Core GPU datasheet (sparse figures halved), "
             "https://www.nvidia.com/en-us/data-center/l4/"
@@ -156,3 +160,12 @@ def datasheet_for_env(env: dict[str, Any], device: str) -> dict[str, Any] | None
         name = env["tpu"].get("device_kind")
     key = datasheet_key(name) if name else None
     return {"name": key, **DATASHEET_PEAKS[key]} if key else None
+
+
+def datasheet_power_limit(device_name: str) -> tuple[float, str] | None:
+    """(board power limit in W, source) for the named GPU, or None. The datasheet's maximum
+    TDP: the driver may enforce a lower limit, never (by default) a higher one."""
+    key = datasheet_key(device_name)
+    entry = DATASHEET_PEAKS[key] if key else {}
+    limit = entry.get("power_limit_w")
+    return (limit, entry["source"]) if limit is not None else None

@@ -13,11 +13,15 @@ from types import ModuleType, TracebackType
 from bench.meters.energy import (
     MEASURED_COUNTER,
     MEASURED_SAMPLED,
+    MIN_WINDOW_PERIODS,
+    MIN_WINDOW_S,
     UNAVAILABLE,
     EnergyCounter,
     EnergyResult,
     EnergySource,
+    EnergyWindow,
     PowerSampler,
+    power_limit_fault,
     unavailable_energy,
 )
 from bench.meters.nvml import nvml_sources
@@ -234,3 +238,149 @@ class EnergyMeter:
 def _trapezoid(samples: Sequence[tuple[float, float]]) -> float:
     pts = sorted(samples)
     return sum((w0 + w1) / 2 * (t1 - t0) for (t0, w0), (t1, w1) in itertools.pairwise(pts))
+
+
+# --- the energy window ------------------------------------------------------------------------
+
+
+def min_window_s(sources: Sequence[EnergySource]) -> float:
+    """MIN_WINDOW_PERIODS of the slowest counter, and never under MIN_WINDOW_S."""
+    periods = [s.period_s for s in sources if isinstance(s, EnergyCounter)]
+    return max([MIN_WINDOW_S] + [MIN_WINDOW_PERIODS * p for p in periods])
+
+
+def _power_limit(sources: Sequence[EnergySource]) -> float | None:
+    limits = []
+    for s in sources:
+        try:
+            limits.append(s.power_limit_w())
+        except Exception:  # a limit we cannot read is unknown, not a failed measurement
+            limits.append(None)
+    return None if not limits or None in limits else sum(limits)  # type: ignore[arg-type]
+
+
+def _read_counters(counters: Sequence[EnergyCounter]) -> list[float]:
+    return [c.read_j() for c in counters]
+
+
+def _await_update(
+    counters: Sequence[EnergyCounter],
+    clock: Callable[[], float],
+    sleep: Callable[[float], object],
+    poll_s: float,
+    timeout_s: float,
+) -> tuple[float, list[float], bool]:
+    """Poll until any counter's value changes (or ``timeout_s``): (time, values, moved)."""
+    first = _read_counters(counters)
+    start = clock()
+    while True:
+        values = _read_counters(counters)
+        now = clock()
+        if values != first:
+            return now, values, True
+        if now - start >= timeout_s:
+            return now, values, False
+        sleep(poll_s)
+
+
+def measure_energy_window(
+    step: Callable[[], object],
+    sync: Callable[[], object] | None,
+    sources: Sequence[EnergySource],
+    *,
+    window_s: float | None = None,
+    poll_s: float = 0.001,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], object] = time.sleep,
+) -> EnergyWindow:
+    """Repeat ``step`` (each followed by ``sync``) for an energy window of at least
+    ``window_s`` (default ``min_window_s(sources)``), aligned to counter updates.
+
+    Counters: wait for an update, open the window there, run steps until the window is long
+    enough, wait for the next update and close there; a counter that moves on every read
+    (RAPL) aligns at once. Power samplers (the fallback) integrate over the same steps. The
+    error bound and the power-limit check are described in ``EnergyWindow``.
+    """
+    sync = sync or (lambda: None)
+    want = min_window_s(sources) if window_s is None else window_s
+    counters = [s for s in sources if isinstance(s, EnergyCounter)]
+    limit = _power_limit(sources)
+    if not sources:
+        return EnergyWindow(unavailable_energy(), 0, 0.0, 0.0, None)
+    if not counters:
+        return _sampled_window(step, sync, sources, want, clock, limit)
+    period = max(c.period_s for c in counters)
+    timeout = max(3 * period, 10 * poll_s)
+    sync()
+    try:
+        t0, e0, aligned0 = _await_update(counters, clock, sleep, poll_s, timeout)
+    except Exception as e:
+        note = f"energy read failed: {type(e).__name__}: {e}"
+        return EnergyWindow(unavailable_energy(note=note), 0, 0.0, 0.0, None)
+    steps, t_end = 0, t0
+    while steps == 0 or t_end - t0 < want:
+        step()
+        sync()
+        steps += 1
+        t_end = clock()
+    try:
+        t1, e1, aligned1 = _await_update(counters, clock, sleep, poll_s, timeout)
+    except Exception as e:
+        note = f"energy read failed: {type(e).__name__}: {e}"
+        return EnergyWindow(unavailable_energy(t_end - t0, note), steps, t_end - t0,
+                            t_end - t0, None)
+    window, steps_s = t1 - t0, t_end - t0
+    by_source = {c.name: b - a for c, a, b in zip(counters, e0, e1, strict=True)}
+    result: EnergyResult
+    if any(v < 0 for v in by_source.values()):
+        result = unavailable_energy(window, "energy counter went backwards (driver reload?)")
+    elif any(v == 0 for v in by_source.values()):
+        result = unavailable_energy(window, f"energy counter did not advance in {window:.3g} s")
+    else:
+        energy = sum(by_source.values())
+        aligned = aligned0 and aligned1
+        result = EnergyResult(
+            energy_j=energy, mean_power_w=energy / window, duration_s=window,
+            provenance=MEASURED_COUNTER, source="+".join(by_source),
+            note=(f"counter difference over {steps} steps, {window:.3g} s window "
+                  + ("aligned to counter updates" if aligned else "not aligned (no update "
+                     f"within {timeout:.3g} s)")),
+            by_source_j=by_source)
+    rel = (period + poll_s + (window - steps_s)) / window if window > 0 else None
+    return _checked(EnergyWindow(result, steps, window, steps_s, rel,
+                                 aligned0 and aligned1, limit))
+
+
+def _sampled_window(
+    step: Callable[[], object],
+    sync: Callable[[], object],
+    sources: Sequence[EnergySource],
+    want: float,
+    clock: Callable[[], float],
+    limit: float | None,
+) -> EnergyWindow:
+    steps = 0
+    with EnergyMeter(sources, sync, clock=clock) as meter:
+        t0 = clock()
+        while steps == 0 or clock() - t0 < want:
+            step()
+            sync()
+            steps += 1
+    r = meter.result
+    assert r is not None
+    window = r.duration_s or 0.0
+    period = max(s.period_s for s in sources)
+    rel = (period + meter.interval_s) / window if window > 0 and r.measured else None
+    return _checked(EnergyWindow(r, steps, window, window, rel, False, limit))
+
+
+def _checked(window: EnergyWindow) -> EnergyWindow:
+    """The window, or its fault: a mean power above the power limit beyond its bound."""
+    fault = power_limit_fault(window.result.mean_power_w, window.rel_error, window.power_limit_w)
+    if fault is None:
+        return window
+    r = window.result
+    return EnergyWindow(
+        unavailable_energy(r.duration_s, f"{fault} ({r.source}: {r.energy_j:.4g} J)"),
+        window.steps, window.window_s, window.steps_s, window.rel_error, window.aligned,
+        window.power_limit_w, fault)

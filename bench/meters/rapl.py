@@ -57,8 +57,11 @@ class RaplCounter(EnergyCounter):
     """Sum of RAPL package zones plus DRAM zones, wrap-around handled, in joules.
 
     ``read_j`` is monotonic as long as it is called at least once per counter range (minutes
-    to hours depending on the CPU); ``EnergyMeter`` polls counters for that reason.
+    to hours depending on the CPU); ``EnergyMeter`` polls counters for that reason. RAPL
+    updates about every millisecond, so an energy window aligns to an update at once.
     """
+
+    period_s = 0.001
 
     def __init__(
         self, root: Path | str = RAPL_ROOT, read_text: Callable[[Path], str] = _read_sysfs

@@ -202,43 +202,73 @@ def median_ci_indices(n: int, level: float = CI_LEVEL) -> tuple[int, int, float]
     return lower - 1, n - lower, float(1 - Fraction(2 * cum_ok, total))
 
 
+# The fewest samples a tail percentile is printed from: at n >= 1 / (1 - q) at least one sample
+# lies beyond the q-quantile's rank, so the figure is more than the sample maximum stretched by
+# interpolation; p90 asks for twice that (two samples above it) since it is read more often.
+# Below these the statistic is null and ``null_reasons`` says why.
+MIN_SAMPLES: dict[str, int] = {"p90": 20, "p99": 100}
+
+
+def min_ci_samples(level: float = CI_LEVEL) -> int:
+    """The fewest samples with a ``level`` order-statistic interval of the median (6 at 95%)."""
+    n = 1
+    while median_ci_indices(n, level) is None:
+        n += 1
+    return n
+
+
 def summarize(samples_ms: Sequence[float], level: float = CI_LEVEL) -> dict[str, Any]:
     """Median, p90, p99, IQR, mean, std, min, max and a CI of the median, all in ms, and the
     coefficient of variation ``cv`` (std / mean, a unitless fraction: 0.05 is 5%).
 
-    Percentiles use numpy's default linear interpolation. ``std`` is the sample standard
-    deviation (ddof=1), None for a single sample; so is ``cv``. ``ci_low``/``ci_high`` come from
-    ``median_ci_indices``; with too few samples for a ``level`` interval they fall back to
-    (min, max), ``ci_method`` says so and ``ci_coverage`` gives the lower true coverage.
+    Percentiles use numpy's default linear interpolation. ``p90`` needs >= 20 samples and
+    ``p99`` >= 100 (``MIN_SAMPLES``), else they are None. ``std`` is the sample standard
+    deviation (ddof=1), None for a single sample; so is ``cv``. ``ci_low``/``ci_high`` are order
+    statistics from ``median_ci_indices`` with coverage ``ci_coverage``; with too few samples
+    for a ``level`` interval (n < 6 at 95%) all three are None. Every None statistic has an
+    entry in ``null_reasons`` (statistic -> why, e.g. ``{"p99": "needs >= 100 samples, have
+    7"}``); the dict is empty when nothing is null.
     """
     x = np.sort(np.asarray(samples_ms, dtype=np.float64))
     n = int(x.size)
     if n == 0:
         raise ValueError("summarize() needs at least one sample")
     p25, p50, p75, p90, p99 = np.percentile(x, [25, 50, 75, 90, 99])
+    reasons: dict[str, str] = {}
+    tails: dict[str, float | None] = {"p90": float(p90), "p99": float(p99)}
+    for key, need in MIN_SAMPLES.items():
+        if n < need:
+            tails[key] = None
+            reasons[key] = f"needs >= {need} samples, have {n}"
     idx = median_ci_indices(n, level)
+    ci: tuple[float | None, float | None, float | None]
     if idx is None:
-        lo, hi = 0, n - 1
-        coverage = 1 - 2 * 0.5**n if n > 1 else 0.0
-        method = f"min-max fallback: n={n} too small for a {level:.0%} order-statistic interval"
+        ci = (None, None, None)
+        method = (f"none: n={n} too small for a {level:.0%} order-statistic interval "
+                  f"(needs >= {min_ci_samples(level)} samples)")
+        for key in ("ci_low", "ci_high", "ci_coverage"):
+            reasons[key] = f"needs >= {min_ci_samples(level)} samples, have {n}"
     else:
         lo, hi, coverage = idx
+        ci = (float(x[lo]), float(x[hi]), coverage)
         method = f"binomial order statistics, {level:.0%}"
     std = float(x.std(ddof=1)) if n > 1 else None
     mean = float(x.mean())
+    if std is None:
+        reasons["std"] = reasons["cv"] = "needs >= 2 samples, have 1"
     return {
         "median": float(p50),
-        "p90": float(p90),
-        "p99": float(p99),
+        **tails,
         "iqr": float(p75 - p25),
         "mean": mean,
         "std": std,
         "cv": std / mean if std is not None and mean > 0 else None,
         "min": float(x[0]),
         "max": float(x[-1]),
-        "ci_low": float(x[lo]),
-        "ci_high": float(x[hi]),
-        "ci_coverage": coverage,
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "ci_coverage": ci[2],
         "ci_method": method,
         "n": n,
+        "null_reasons": reasons,
     }

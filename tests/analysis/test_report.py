@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.analysis import compare_hw, report
+from bench.analysis.plotdata import entries
 from bench.cli import main
 from bench.results import PointRecord, ResultsWriter, RunHeader, load
 
@@ -286,3 +287,14 @@ def test_oom_frontier_keeps_lines_of_one_preset_apart(tmp_path: Path) -> None:
     rows = report.frontier_rows(report.entries([load(path)]))
     assert rows == [["box-f", "cpu", "torch", "train", "tiny C=1M", "fp32", 8, 16, "oom",
                      "1.00 GiB"]]
+
+
+def test_report_shows_n_next_to_the_median(tmp_path: Path) -> None:
+    rec = PointRecord.for_point({**POINT, "batch_size": 8, "device": "cpu"}, "ok", metrics={
+        "samples_per_s": 100.0, "step_ms": {"median": 80.0, "p90": 90.0, "p99": None, "n": 37,
+                                            "null_reasons": {"p99": "needs >= 100, have 37"}}})
+    [row] = report.best_throughput_rows(entries([load(_file(tmp_path, "box", "cpu", [rec]))]))
+    i = row.index("80")
+    assert row[i + 1] == "37"
+    page = report.build_report([_file(tmp_path / "b", "box-b", "cpu", [rec])])
+    assert "<th>n (samples)</th>" in page

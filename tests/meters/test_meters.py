@@ -174,12 +174,12 @@ def test_median_ci_order_statistics(n: int, expected: tuple[int, int]) -> None:
     assert _coverage(n, lo + 1) < 0.95  # the interval is the narrowest that still covers
 
 
-def test_summarize_tiny_n_falls_back_to_min_max_and_says_so() -> None:
+def test_summarize_tiny_n_has_no_ci_and_says_why() -> None:
     assert median_ci_indices(5) is None
     s = summarize([3.0, 1.0, 2.0, 5.0, 4.0])
-    assert (s["ci_low"], s["ci_high"]) == (1.0, 5.0)
-    assert "fallback" in s["ci_method"]
-    assert s["ci_coverage"] == pytest.approx(1 - 2 / 32)
+    assert (s["ci_low"], s["ci_high"], s["ci_coverage"]) == (None, None, None)
+    assert "too small" in s["ci_method"]
+    assert s["null_reasons"]["ci_low"] == "needs >= 6 samples, have 5"
     assert summarize([7.0])["std"] is None
     with pytest.raises(ValueError):
         summarize([])
