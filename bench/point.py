@@ -35,12 +35,38 @@ _CHOICES: dict[str, Sequence[str]] = {
 POSITIVE_INT_FIELDS = ("n_neg", "catalog_size", "seq_len", "batch_size")
 # Point ids (Point.id): the fields below existed when ids were first written and are always
 # hashed, so no id in a file changes; a field added later goes into ID_DEFAULTS with its
-# default and is hashed only where it differs. bench/results/schema.py (POINT_FIELDS_V1,
-# POINT_ID_DEFAULTS, point_id) holds the same rule; tests/results/test_point_ids.py checks
-# that they agree and that every field of Point is in one of the two.
+# default and is hashed only where it differs. point_id is the one rule: Point.id and the
+# results files (bench.results.point_id) both use it.
 ID_FIELDS_V1 = ("framework", "workload", "preset", "block", "loss", "n_neg", "catalog_size",
                 "seq_len", "batch_size", "precision", "device", "compile", "optimizer")
 ID_DEFAULTS: dict[str, Any] = {}  # e.g. "world_size": 1 once that axis exists
+
+
+def _canonical(value: Any) -> str:
+    """Sorted keys, no whitespace; numpy scalars and arrays as Python values."""
+    def plain(obj: Any) -> Any:
+        tolist = getattr(obj, "tolist", None)
+        if callable(tolist):
+            return tolist()
+        raise TypeError(f"a point field cannot be a {type(obj).__name__}: {obj!r}")
+
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=plain)
+
+
+def point_id(point: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
+    """Stable id of a sweep point: first 12 hex of sha1 over its canonical JSON.
+
+    Every key of ``defaults`` (:data:`ID_DEFAULTS`) whose value equals its default is dropped
+    (compared by JSON: 1 is not 1.0, 0 is not false). A pure function of the point dict:
+    ``recbench run --resume`` skips points whose id is already in a file and ``recbench
+    compare`` pairs points across files by it, both with ids recomputed from each record's
+    point on load. Any other change to a point's fields makes it a different point.
+    """
+    table = ID_DEFAULTS if defaults is None else defaults
+    kept = {k: v for k, v in point.items()
+            if not (k in table and _canonical(v) == _canonical(table[k]))}
+    return hashlib.sha1(_canonical(kept).encode("utf-8")).hexdigest()[:12]
 
 
 def device_kind(device: str) -> str:
@@ -131,14 +157,8 @@ class Point:
 
     @property
     def id(self) -> str:
-        """12 hex of sha1 over the sorted-key JSON of to_dict(), fields at their ID_DEFAULTS
-        dropped: equal to ``bench.results.point_id(self.to_dict())``."""
-        def canonical(v: Any) -> str:
-            return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-        kept = {k: v for k, v in self.to_dict().items()
-                if not (k in ID_DEFAULTS and canonical(v) == canonical(ID_DEFAULTS[k]))}
-        return hashlib.sha1(canonical(kept).encode()).hexdigest()[:12]
+        """:func:`point_id` of :meth:`to_dict`."""
+        return point_id(self.to_dict())
 
     def model_config(self) -> GenRecConfig:
         return preset(self.preset, block=self.block, loss=self.loss, n_neg=self.n_neg,

@@ -15,11 +15,12 @@ The package splits along the file's life: ``schema`` (records and their validati
 ``frame`` (a pandas view). Import from ``bench.results``; the names below are its API.
 """
 
+from bench.point import ID_DEFAULTS as POINT_ID_DEFAULTS
+from bench.point import ID_FIELDS_V1 as POINT_FIELDS_V1
+from bench.point import point_id
 from bench.results.frame import record_row, records_frame
 from bench.results.read import ResultsFile, iter_ok, load, load_many, repair_tail
 from bench.results.schema import (
-    POINT_FIELDS_V1,
-    POINT_ID_DEFAULTS,
     SCHEMA_VERSION,
     STATUSES,
     PointRecord,
@@ -29,7 +30,6 @@ from bench.results.schema import (
     iso_utc,
     json_safe,
     make_run_id,
-    point_id,
     safe_name,
 )
 from bench.results.write import ResultsWriter

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from bench.point import point_id  # the one id rule, shared with Point.id
 from recmodels.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -65,37 +66,6 @@ def json_safe(obj: Any) -> Any:
 
 def dumps(obj: Mapping[str, Any]) -> str:
     return json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False)
-
-
-# The point fields of schema 1 (every record so far has all 13) are always hashed, so every id
-# already in a file stays valid. An axis added later is registered here with its default and
-# hashed only where it differs from it: adding compile_mode, world_size or a layout with a
-# default leaves every existing id alone. bench/point.py holds the same table (it imports
-# nothing from bench); tests/results/test_point_ids.py checks that the two agree.
-POINT_FIELDS_V1 = ("framework", "workload", "preset", "block", "loss", "n_neg", "catalog_size",
-                   "seq_len", "batch_size", "precision", "device", "compile", "optimizer")
-POINT_ID_DEFAULTS: dict[str, Any] = {}  # later axis -> its default, e.g. "world_size": 1
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(json_safe(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def point_id(point: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
-    """Stable id of a sweep point: first 12 hex of sha1 over its canonical JSON.
-
-    Canonical means sorted keys, no whitespace, numpy values as Python values, and every key
-    of ``defaults`` (:data:`POINT_ID_DEFAULTS`) whose value equals its default dropped (by its
-    JSON: 1 is not 1.0, 0 is not false). A pure function of the point dict: ``recbench run
-    --resume`` skips points whose id is already in a file and ``recbench compare`` pairs points
-    across files by it, and both take ids recomputed from each record's point on load
-    (:meth:`PointRecord.from_json`). Any other change to a point's fields makes it a different
-    point.
-    """
-    table = POINT_ID_DEFAULTS if defaults is None else defaults
-    kept = {k: v for k, v in point.items()
-            if not (k in table and _canonical(v) == _canonical(table[k]))}
-    return hashlib.sha1(_canonical(kept).encode("utf-8")).hexdigest()[:12]
 
 
 def make_run_id(now: datetime | None = None) -> str:
