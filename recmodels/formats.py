@@ -4,9 +4,11 @@ MovieLens ratings (``.dat``, ``.csv``, ``u.data``, or the release zip), cleaned 
 
 from __future__ import annotations
 
+import codecs
 import os
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +158,7 @@ def load_user_item(path: str | os.PathLike) -> Interactions:
     keeps their relative (time) order. Repeated (user, item) pairs are kept, as SASRec does.
     """
     path = Path(path)
-    text = _read_bytes(path)
+    text = utf8_text(str(path), _read_bytes(path))
     rows, lines = _parse_table(str(path), text, 2, (0, 1), _USER_ITEM)
     zero = (rows == 0).any(axis=1)  # "-" already failed the digit check
     if zero.any():
@@ -168,6 +170,53 @@ def save_user_item(data: Interactions, path: str | os.PathLike) -> None:
     """Write ``data`` in SASRec's format (users 1..n_users in order, items in time order)."""
     users = np.repeat(np.arange(1, data.n_users + 1), data.lengths())
     np.savetxt(Path(path), np.column_stack([users, data.items]), fmt="%d")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encodings: every reader of a text file (these formats, suite TOML, results JSONL) takes UTF-8,
+# with or without a byte-order mark, and refuses anything else in one line naming the problem.
+
+# UTF-32-LE's mark starts with UTF-16-LE's, so it is tried first.
+_OTHER_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+               (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+_TO_UTF8 = "convert it to UTF-8 (e.g. iconv -t UTF-8) and retry"
+
+
+def strip_bom(label: str, raw: bytes) -> bytes:
+    """``raw`` without a UTF-8 byte-order mark; a UTF-16 or UTF-32 mark is an InputError."""
+    for bom, name in _OTHER_BOMS:
+        if raw.startswith(bom):
+            raise InputError(f"{label}: the file is {name} text (it starts with a {name} "
+                             f"byte-order mark), not UTF-8; {_TO_UTF8}")
+    return raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+
+
+def utf8_problem(raw: bytes) -> tuple[int, str] | None:
+    """(1-based line, what is wrong) where ``raw`` stops being UTF-8 text, or None. A NUL byte
+    counts as not text: no text format here has one, and UTF-16 without a mark is full of them."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        return raw.count(b"\n", 0, nul) + 1, ("a NUL byte (a binary file, or UTF-16/UTF-32 "
+                                               "without a byte-order mark)")
+    if raw.isascii():  # the common case, and fast
+        return None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return raw.count(b"\n", 0, e.start) + 1, (f"an invalid byte 0x{raw[e.start]:02x} "
+                                                   "(Latin-1 or another legacy encoding?)")
+    return None
+
+
+def utf8_text(label: str, raw: bytes) -> bytes:
+    """``raw`` checked to be UTF-8 text, without its byte-order mark if it has one; anything
+    else is an InputError naming the line and the problem."""
+    raw = strip_bom(label, raw)
+    problem = utf8_problem(raw)
+    if problem is not None:
+        line, what = problem
+        raise InputError(f"{label}:{line}: not UTF-8 text: {what}; {_TO_UTF8}")
+    return raw
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -183,12 +232,16 @@ _RATINGS_FILES = ("ratings.dat", "ratings.csv", "u.data")
 def _read_ratings(path: Path) -> tuple[str, bytes]:
     """A ratings file's label and bytes; a MovieLens zip is searched for its ratings member."""
     if not zipfile.is_zipfile(path):
-        return str(path), _read_bytes(path)
-    with zipfile.ZipFile(path) as z:
-        names = [n for n in z.namelist() if n.rsplit("/", 1)[-1] in _RATINGS_FILES]
-        if not names:
-            raise InputError(f"{path}: no {', '.join(_RATINGS_FILES)} inside this zip")
-        return f"{path}/{names[0]}", z.read(names[0])
+        return str(path), utf8_text(str(path), _read_bytes(path))
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.rsplit("/", 1)[-1] in _RATINGS_FILES]
+            if not names:
+                raise InputError(f"{path}: no {', '.join(_RATINGS_FILES)} inside this zip")
+            label = f"{path}/{names[0]}"
+            return label, utf8_text(label, z.read(names[0]))
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        raise InputError(f"{path}: a broken or unsupported zip ({e}); download it again") from None
 
 
 def convert_movielens(path: str | os.PathLike, *, min_len: int = 5) -> Interactions:
@@ -209,7 +262,9 @@ def convert_movielens(path: str | os.PathLike, *, min_len: int = 5) -> Interacti
         text = source.replace(b"::", b" ")
     elif b"," in first:
         text = source.replace(b",", b" ")
-    if any(chr(c).isalpha() for c in first):  # a header line
+    # A header starts with a name (userId,...); any other first line is data, so a bad one is
+    # an error naming line 1, never a rating dropped as if it were a header.
+    if first.lstrip(b" \t\"'")[:1].isalpha():
         cut = text.find(b"\n") + 1 if b"\n" in text else len(text)
         text, first_line = text[cut:], 2
     rows, _ = _parse_table(
@@ -236,5 +291,7 @@ def is_movielens(path: Path) -> bool:
         return True
     with open(path, "rb") as f:
         head = f.read(4096)
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8):]
     line = next((ln for ln in head.splitlines() if ln.strip()), b"")
     return b"::" in line or b"," in line or len(line.split()) == 4

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench.results.schema import PointRecord, ResultsWarning, RunEnd, RunHeader
 from recmodels.errors import InputError
+from recmodels.formats import strip_bom, utf8_problem
 
 
 def repair_tail(path: Path) -> None:
@@ -89,15 +90,23 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
         ) from e
     except OSError as e:
         raise InputError(f"cannot read results file {p}: {e.strerror or e}") from e
-    lines = data.split(b"\n")
+    # UTF-8, a byte-order mark allowed. Lines are checked one by one, not the whole file
+    # up front: a killed run may leave half a multi-byte character on the last line.
+    lines = strip_bom(str(p), data).split(b"\n")
     numbered = [(i + 1, raw) for i, raw in enumerate(lines) if raw.strip()]
     if not numbered:
         raise InputError(f"{p}: empty results file; the run wrote nothing: rerun or delete it")
 
     first_no, first_raw = numbered[0]
+    bad_text = utf8_problem(first_raw)
+    if bad_text is not None:
+        raise InputError(
+            f"{p}:{first_no}: not a recbench results file: not UTF-8 text: {bad_text[1]}; "
+            "pass a .jsonl file written by `recbench run`"
+        )
     try:
         first = json.loads(first_raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except json.JSONDecodeError as e:
         raise InputError(
             f"{p}:{first_no}: not a recbench results file (line is not JSON); "
             "pass a .jsonl file written by `recbench run`"
@@ -130,7 +139,9 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
                 notes.append(msg)
                 warnings.warn(msg, ResultsWarning, stacklevel=2)
                 continue
-            raise InputError(f"{p}:{no}: corrupt line; {_HOW_TO_FIX}") from e
+            bad_text = utf8_problem(raw)
+            what = f" (not UTF-8 text: {bad_text[1]})" if bad_text else ""
+            raise InputError(f"{p}:{no}: corrupt line{what}; {_HOW_TO_FIX}") from e
         kind = obj.get("kind")
         if kind == "point":
             try:

@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.point import POSITIVE_INT_FIELDS, Measure, Point, field_problem, suggest
 from recmodels.errors import InputError
+from recmodels.formats import utf8_text
 
 if TYPE_CHECKING:
     from bench.machine.hardware import Hardware
@@ -440,10 +441,12 @@ def _load_file(path: Path, *, overrides: Sequence[str],
                stack: tuple[Path, ...] = ()) -> Suite:
     label = _display(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{label}: cannot read the suite file: {e.strerror or e}") from None
+    try:  # UTF-8, a byte-order mark allowed (TOML itself does not allow one)
+        raw = tomllib.loads(utf8_text(label, text).decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{label}: TOML syntax error: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{label}: cannot read the suite file: {e}") from None
     return parse_suite(raw, source=label, path=path, overrides=overrides,
                        device_resolver=device_resolver, _stack=stack)
