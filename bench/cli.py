@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -265,17 +266,24 @@ def cmd_run(args) -> int:
         if report:
             print(f"report:  {report}")
     if outcome.interrupted:
-        same = "".join(f" --set {s}" for s in args.set or [])
-        same += f" --device {args.device}" if args.device else ""
         _err(f"interrupted: {len(outcome.previous) + len(outcome.records)} of "
-             f"{len(suite.points)} points recorded; continue with: recbench run --suite "
-             f"{args.suite}{same} --resume {outcome.path}")
+             f"{len(suite.points)} points recorded; continue with: "
+             f"{resume_command(args, outcome.path)}")
         return EXIT_INTERRUPTED
     if not outcome.counts.get("ok"):
         counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items()) or "no points"
         _err(f"recbench run: no point ran ok ({counts}); the reasons are in {outcome.path}")
         return EXIT_CHECK_FAILED
     return EXIT_OK
+
+
+def resume_command(args, path) -> str:
+    """The `recbench run` line that continues an interrupted run, shell-quoted to paste."""
+    argv = ["recbench", "run", "--suite", args.suite]
+    for s in args.set or []:
+        argv += ["--set", s]
+    argv += ["--device", args.device] if args.device else []
+    return shlex.join([*argv, "--resume", str(path)])
 
 
 def _check_devices(suite, hardware, device: str | None) -> None:

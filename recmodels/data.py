@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shlex
 import tempfile
 import urllib.error
 import urllib.request
@@ -184,12 +185,13 @@ def load(name_or_path: str | os.PathLike, *, cache: Path | str | None = None) ->
         return synthetic(**SYNTHETIC[key])
     if key in REGISTRY:
         spec, path = REGISTRY[key], cache_path(key, cache=cache)
+        fetch_cmd = shlex.join(["recbench", "data", "fetch", key])
         if not path.is_file():
             raise InputError(f"dataset {key!r} is not downloaded (expected at {path}); "
-                             f"run `recbench data fetch {key}`")
+                             f"run `{fetch_cmd}`")
         if sha256_file(path) != spec.sha256:
             raise InputError(f"{path} does not match the registry's sha256 for {key!r}; "
-                             f"delete it and run `recbench data fetch {key}`")
+                             f"delete it and run `{fetch_cmd}`")
         data = load_user_item(path) if spec.format == "user-item" else convert_movielens(path)
         data.name = spec.name
         return data

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -382,7 +383,7 @@ def resumable_by(suite: Suite, env: dict[str, Any]) -> Callable[[R.ResultsFile],
         h = f.header
         if h.suite != suite.name:
             raise InputError(f"{f.path} holds a run of suite {h.suite!r}, not {suite.name!r}: "
-                             f"resume it with --suite {h.suite} or start a new run")
+                             f"resume it with --suite {shlex.quote(h.suite)} or start a new run")
         then = (h.machine_id, *fingerprint_key(h.env))
         now = (env.get("machine_id"), *fingerprint_key(env))
         diff = [f"{name} {a!r} vs {b!r} now" for name, a, b in zip(_ENV_FIELDS, then, now)
