@@ -11,9 +11,10 @@ Conventions every caller relies on:
 - A user is a row index 0..n_users-1 of ``Interactions`` and ``Split`` (the ``user`` of a batch).
 - Loaders remap raw ids to contiguous ids in *sorted raw-id order*. Files whose ids are already
   1..N (all of SASRec's) keep them: item k in the file is item k here, user k is row k-1.
-- Negatives are drawn uniformly from the items the user never interacted with (the full
-  sequence, targets included). SASRec's code excludes only the training items; excluding the
-  targets too keeps a held-out item from ever being sampled as its own negative.
+- Training negatives are drawn as SASRec's sampler draws them: uniformly from the items
+  outside the user's training items, so a held-out validation or test item can be one.
+  Evaluation candidates are drawn from the items the user never interacted with (the full
+  sequence, targets included).
 - Everything is vectorised numpy. Python loops run over sequence positions, batches or file
   chunks, never over users or samples.
 """

@@ -3,9 +3,11 @@
 The protocol is SASRec's (Kang & McAuley 2018, https://arxiv.org/abs/1808.09781): per user,
 the last item is the test target and the one before it the validation target; training
 sequences are left-padded with 0 and get one sampled negative per position; evaluation ranks
-the target against 100 sampled items. Negatives are drawn uniformly from the items the user
-never interacted with (the full sequence, targets included). Everything is vectorised numpy:
-Python loops run over batches, never over users or samples.
+the target against 100 sampled items. Training negatives are drawn as SASRec's sampler draws
+them: uniformly from the items outside the user's *training* items, so a held-out validation or
+test item can be one. Evaluation candidates are drawn uniformly from the items the user never
+interacted with (the full sequence, targets included). Everything is vectorised numpy: Python
+loops run over batches, never over users or samples.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ class Split:
     valid_target: np.ndarray  # int32 [n_users], 0 = none
     test_target: np.ndarray  # int32 [n_users], 0 = none
     set_offsets: np.ndarray  # int64 [n_users + 1]: CSR of each user's distinct items
-    set_items: np.ndarray  # int32, sorted within a user (what negatives must avoid)
+    set_items: np.ndarray  # int32, sorted within a user (what evaluation candidates avoid)
+    train_set_offsets: np.ndarray  # int64 [n_users + 1]: CSR of each user's distinct
+    train_set_items: np.ndarray  # training items, sorted (what training negatives avoid)
     _padded_cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    _gaps: np.ndarray | None = field(default=None, repr=False)
+    _gaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def n_users(self) -> int:
@@ -57,6 +61,14 @@ def _csr_offsets(counts: np.ndarray) -> np.ndarray:
     return offsets
 
 
+def _distinct(user_of: np.ndarray, items: np.ndarray, n_users: int,
+              n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (offsets, items) of each user's distinct items, sorted within a user."""
+    keys = np.unique(user_of * (n_items + 1) + items)
+    offsets = _csr_offsets(np.bincount(keys // (n_items + 1), minlength=n_users))
+    return offsets, (keys % (n_items + 1)).astype(np.int32)
+
+
 def leave_one_out(data: Interactions) -> Split:
     n = data.lengths()
     if data.n_actions == 0:
@@ -68,17 +80,21 @@ def leave_one_out(data: Interactions) -> Split:
     n_train = n - 2 * has
     user_of = np.repeat(np.arange(data.n_users), n)
     pos = np.arange(data.n_actions) - data.offsets[user_of]
-    train_items = data.items[pos < n_train[user_of]]
-    keys = np.unique(user_of * (data.n_items + 1) + data.items)  # distinct (user, item)
-    set_user = keys // (data.n_items + 1)
+    in_train = pos < n_train[user_of]
+    train_items = data.items[in_train]
+    set_offsets, set_items = _distinct(user_of, data.items, data.n_users, data.n_items)
+    train_set_offsets, train_set_items = _distinct(user_of[in_train], train_items,
+                                                   data.n_users, data.n_items)
     return Split(
         data=data,
         train_offsets=_csr_offsets(n_train),
         train_items=train_items,
         valid_target=valid,
         test_target=test,
-        set_offsets=_csr_offsets(np.bincount(set_user, minlength=data.n_users)),
-        set_items=(keys % (data.n_items + 1)).astype(np.int32),
+        set_offsets=set_offsets,
+        set_items=set_items,
+        train_set_offsets=train_set_offsets,
+        train_set_items=train_set_items,
     )
 
 
@@ -96,28 +112,37 @@ def _padded(split: Split, width: int) -> np.ndarray:
     return split._padded_cache[width]
 
 
-def _negatives(split: Split, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One uniform item per entry of ``users`` that the user never interacted with.
+def _negatives(split: Split, users: np.ndarray, rng: np.random.Generator, *,
+               avoid: str) -> np.ndarray:
+    """One uniform item per entry of ``users`` outside the user's training items (``avoid=
+    "train"``: SASRec's training sampler) or outside all the user's items (``"all"``:
+    evaluation candidates).
 
     Exact, no rejection: draw a rank r in the user's complement, then the r-th missing item is
     r + 1 + #{own items s_i whose count of missing items below them, s_i - 1 - i, is <= r}.
     Offsetting that per-user count by user * (n_items + 1) makes one global sorted array, so a
     single searchsorted answers every user at once.
     """
+    if avoid == "train":
+        offsets, owned = split.train_set_offsets, split.train_set_items
+    else:
+        offsets, owned = split.set_offsets, split.set_items
     n_items = split.n_items
-    size = np.diff(split.set_offsets)
-    if split._gaps is None:
+    size = np.diff(offsets)
+    if avoid not in split._gaps:
         set_user = np.repeat(np.arange(split.n_users), size)
-        local = np.arange(split.set_items.size) - split.set_offsets[set_user]
-        split._gaps = set_user * (n_items + 1) + split.set_items - 1 - local
+        local = np.arange(owned.size) - offsets[set_user]
+        split._gaps[avoid] = set_user * (n_items + 1) + owned - 1 - local
     free = n_items - size[users]
     if (free == 0).any():
         u = int(users.flat[np.argmax(free == 0)])
-        raise InputError(f"user row {u} has interacted with every item in the catalog, so no "
-                         "negative can be sampled; drop that user or use a larger catalog")
+        has = ("has every item of the catalog among its training items" if avoid == "train"
+               else "has interacted with every item in the catalog")
+        raise InputError(f"user row {u} {has}, so no negative can be sampled; drop that user "
+                         "or use a larger catalog")
     r = rng.integers(0, free)
-    below = np.searchsorted(split._gaps, users * (n_items + 1) + r, side="right")
-    return (r + 1 + below - split.set_offsets[users]).astype(np.int32)
+    below = np.searchsorted(split._gaps[avoid], users * (n_items + 1) + r, side="right")
+    return (r + 1 + below - offsets[users]).astype(np.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +165,8 @@ def train_batches(
 
     ``seq`` [B, T] is the user's last T+1 training items minus the newest, left-padded with 0;
     ``pos`` [B, T] is the item after each input (0 where the input is padding); ``neg``
-    [B, T, n_neg] are uniform items outside the user's full item set (0 where pos is 0).
+    [B, T, n_neg] are uniform items outside the user's training items, as SASRec samples them
+    (so the validation and test targets can be drawn; 0 where pos is 0).
     The last batch may be smaller. Pass a different seed per epoch.
     """
     if seq_len < 1 or batch_size < 1 or n_neg < 1:
@@ -160,7 +186,8 @@ def train_batches(
             pos = np.where(seq > 0, rows[:, 1:], 0)
             b, t = np.nonzero(pos)  # only real positions need negatives
             neg = np.zeros((u.size, seq_len, n_neg), np.int32)
-            neg[b, t] = _negatives(split, np.repeat(u[b], n_neg), rng).reshape(-1, n_neg)
+            neg[b, t] = _negatives(split, np.repeat(u[b], n_neg), rng,
+                                   avoid="train").reshape(-1, n_neg)
             yield {"seq": np.ascontiguousarray(seq), "pos": pos, "neg": neg}
 
     return batches()
@@ -212,7 +239,7 @@ def eval_batches(
     def batches() -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, users.size, batch_size):
             u = users[start : start + batch_size]
-            neg = _negatives(split, np.repeat(u, n_neg), rng).reshape(u.size, n_neg)
+            neg = _negatives(split, np.repeat(u, n_neg), rng, avoid="all").reshape(u.size, n_neg)
             yield {
                 "user": u,
                 "seq": _eval_inputs(split, u, which, seq_len),

@@ -251,29 +251,52 @@ def _half_catalog(n_users: int = 400, n_items: int = 20) -> S.Split:
     return S.leave_one_out(_interactions(seqs.tolist(), n_items))
 
 
-def test_negatives_avoid_user_items_and_are_uniform() -> None:
+def test_training_negatives_avoid_training_items_and_are_uniform() -> None:
     split = _half_catalog()
-    owned = np.zeros((split.n_users, split.n_items + 1), bool)
+    trained = np.zeros((split.n_users, split.n_items + 1), bool)
     for u in range(split.n_users):
-        owned[u, split.data.items[split.data.offsets[u]:split.data.offsets[u + 1]]] = True
+        trained[u, split.train_items[split.train_offsets[u]:split.train_offsets[u + 1]]] = True
     counts = np.zeros((split.n_users, split.n_items + 1))
     rows = np.arange(split.n_users)
     for b in S.train_batches(split, seq_len=8, batch_size=400, n_neg=4, seed=0, shuffle=False):
         pos, neg = b["pos"], b["neg"]
         assert (neg[pos > 0] > 0).all() and (neg[pos == 0] == 0).all()
-        assert not owned[rows[:, None, None], neg][pos > 0].any()
+        assert not trained[rows[:, None, None], neg][pos > 0].any()
         np.add.at(counts, (np.broadcast_to(rows[:, None, None], neg.shape)[pos > 0],
                            neg[pos > 0]), 1)
-    # uniform over each user's 10 free items: per item, observed draws match expectation
-    expected = counts.sum(1, keepdims=True) / 10 * ~owned
-    assert counts[owned].sum() == 0
+    # uniform over each user's 12 items outside its 8 training items (its 2 held-out targets
+    # included, as SASRec's sampler draws them): per item, observed draws match expectation
+    expected = counts.sum(1, keepdims=True) / 12 * ~trained
+    assert counts[trained].sum() == 0
     assert np.allclose(counts.sum(0)[1:], expected.sum(0)[1:], rtol=0.1)
+    held_out = np.zeros_like(trained)
+    held_out[rows, split.valid_target] = held_out[rows, split.test_target] = True
+    assert np.allclose(counts[held_out].sum() / counts.sum(), 2 / 12, rtol=0.1)
+
+
+def test_held_out_items_can_be_training_negatives_but_never_candidates() -> None:
+    """SASRec's sampler excludes only a user's training items: with a 6-item catalog, a user
+    who trained on 1 2 3 gets negatives from 4 (validation), 5 (test) and 6. Evaluation
+    candidates still avoid every item the user has, so only 6 is left for them."""
+    split = S.leave_one_out(_interactions([[1, 2, 3, 4, 5]] * 200, n_items=6))
+    drawn = np.concatenate([b["neg"][b["pos"] > 0].ravel() for b in S.train_batches(
+        split, seq_len=4, batch_size=200, n_neg=10, seed=1)])  # 4,000 draws
+    assert drawn.size == 4000 and set(np.unique(drawn).tolist()) == {4, 5, 6}
+    assert np.allclose(np.bincount(drawn, minlength=7)[4:] / drawn.size, 1 / 3, atol=0.03)
+    for which in ("valid", "test"):
+        (b,) = S.eval_batches(split, which, seq_len=4, batch_size=200, n_neg=20, seed=2)
+        assert (b["candidates"][:, 1:] == 6).all()
 
 
 def test_negatives_impossible_when_user_owns_catalog() -> None:
-    split = S.leave_one_out(_interactions([[1, 2, 3, 4], [1, 2, 3]], n_items=4))
-    with pytest.raises(InputError, match="every item"):
+    # training negatives: impossible only when the training items cover the catalog
+    split = S.leave_one_out(_interactions([[1, 2, 3, 4, 1, 2], [1, 2, 3, 4]], n_items=4))
+    with pytest.raises(InputError, match="every item of the catalog among its training"):
         next(iter(S.train_batches(split, seq_len=3, batch_size=2, shuffle=False)))
+    split = S.leave_one_out(_interactions([[1, 2, 3, 4], [1, 2, 3]], n_items=4))
+    next(iter(S.train_batches(split, seq_len=3, batch_size=2, shuffle=False)))  # 3, 4 are free
+    with pytest.raises(InputError, match="every item"):  # but not for evaluation candidates
+        next(iter(S.eval_batches(split, "test", seq_len=3, batch_size=2)))
 
 
 # --------------------------------------------------------------------------- evaluation
