@@ -1,12 +1,17 @@
 """Runs a suite: worker processes, isolation, faults as results, resume.
 
-Points run in one worker process per (framework, device) group (bench/launch/worker.py), so
-imports and compilation caches are paid once per group. What can go wrong with a point is
+Each point runs in a worker process of its own (bench/launch/worker.py; suite ``[runner]
+isolation = "point"``), so its memory figures do not depend on the points before it; with
+``isolation = "group"`` one worker serves a (framework, device) group and imports are paid
+once. Workers run inside a memory cgroup with a cap where one can be made
+(bench/launch/memcap.py; ``runner.mem_cap``), so a point that outgrows host memory is an
+``oom`` record, not the kernel killing some other process. What can go wrong with a point is
 recorded as its status and the sweep goes on:
   infeasible         the analytic memory estimate exceeds the device's memory: not run
   skipped-after-oom  a smaller point of the same line ran out of memory (Point.dominated_by)
   unsupported        the precision/device/framework combination cannot run (with the reason)
-  oom                the framework raised out-of-memory; the worker freed memory and went on
+  oom                the framework raised out-of-memory (the worker freed memory and went
+                     on), or the kernel ended the worker at the host-memory cap
   timeout            the point ran past measure.timeout_s; its worker was killed
   crashed            the worker died (signal or exit), the reason holds the tail of stderr
   error              any other exception in the point, with its message
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import results as R
+from bench.launch.memcap import MemoryCap, host_oom_killed, make_memory_cap
 from bench.launch.progress import Progress
 from bench.machine import conditions as C
 from bench.machine.hardware import device_capacity_bytes, devices_spanned
@@ -75,9 +81,11 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class Worker:
-    """One `python -m bench.launch.worker FRAMEWORK` process and its JSON-lines channel."""
+    """One `python -m bench.launch.worker FRAMEWORK` process and its JSON-lines channel,
+    inside ``cap``'s cgroup when one is given."""
 
-    def __init__(self, framework: str, env: dict[str, str] | None = None):
+    def __init__(self, framework: str, env: dict[str, str] | None = None,
+                 cap: MemoryCap | None = None):
         self.framework = framework
         self._stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed in kill()
         worker_env = {**os.environ, **(env or {})}
@@ -85,8 +93,9 @@ class Worker:
         # memory counters and the OOM frontier reflect what each point needs.
         worker_env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         worker_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        argv = [sys.executable, "-m", "bench.launch.worker", framework]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.launch.worker", framework],
+            cap.wrap(argv) if cap is not None else argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             env=worker_env, start_new_session=True,  # Ctrl-C reaches the runner only
         )
@@ -240,6 +249,7 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
               ) -> RunOutcome:
     """Run every point of `suite` that has no record yet; return what was written."""
+    memcap, memcap_info = make_memory_cap(suite.mem_cap, log)
     if resume is not None:
         writer = R.ResultsWriter.open_append(resume, check=resumable_by(suite, env))
         header = writer.header
@@ -258,6 +268,8 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                                     "included": suite.included(),
                                     "suite_path": str(suite.path or ""),
                                     "n_points": len(suite.points),
+                                    "isolation": suite.isolation,
+                                    "mem_cap": memcap_info,
                                     "conditions": start_conditions})
         writer = R.ResultsWriter.create(out_dir, machine, header.run_id, header)
     previous = list(writer.records)
@@ -314,7 +326,8 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                 measure = suite.measure_for(point)  # an included point: its own file's
                 try:
                     if worker is None:
-                        worker = Worker(framework)
+                        worker = Worker(framework, cap=memcap)
+                    kills_before = memcap.oom_kills() if memcap else None
                     proc = getattr(worker, "proc", None)  # (test doubles have none)
                     window = C.PointWindow(exclude=[proc.pid if proc else None])
                     reply = worker.request({"cmd": "run", "point": point.to_dict(),
@@ -328,10 +341,18 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                 except WorkerDied as e:
                     worker.kill() if worker else None  # reap it, close its stderr file
                     worker = None
+                    if memcap and host_oom_killed(e.returncode, kills_before, memcap.oom_kills()):
+                        record(point, "oom", memcap.oom_reason(),
+                               {"extra": {"exit_status": e.returncode}})
+                        ooms.append(point)
+                        continue
                     tail = e.stderr_tail[-STDERR_TAIL_CHARS:]
                     record(point, "crashed", f"worker {e}" + (f"; stderr: {tail}" if tail else ""),
                            {"extra": {"exit_status": e.returncode}})
                     continue
+                if suite.isolation == "point":  # the next point gets a process of its own
+                    worker.close()
+                    worker = None
                 record(point, reply["status"], reply=reply, window=window.close())
                 if reply["status"] == "oom":
                     ooms.append(point)
@@ -345,9 +366,12 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
     finally:
         if worker is not None:
             worker.kill()
+        if memcap is not None:
+            memcap.close()
         writer.close()
         progress.close()
     return outcome
+
 
 
 def finish_run(writer: R.ResultsWriter, suite: Suite, header: R.RunHeader, remeasure: bool,
@@ -391,6 +415,11 @@ def resumable_by(suite: Suite, env: dict[str, Any]) -> Callable[[R.ResultsFile],
         if diff:
             raise InputError(f"{f.path} was recorded in another environment ("
                              + "; ".join(diff) + "): start a new run")
+        isolation = h.extra.get("isolation", "group")  # files before the setting: "group"
+        if isolation != suite.isolation:
+            raise InputError(f"{f.path} was measured with runner.isolation = {isolation!r}, "
+                             f"not {suite.isolation!r}: resume with --set runner.isolation="
+                             f"{isolation} or start a new run")
         before = h.extra.get("measure")
         if isinstance(before, dict):
             current = suite.measure.__dict__

@@ -1,7 +1,9 @@
 """Measuring one point, in-process (`measure_point`) or in a worker process (`main`).
 
-The runner starts `python -m bench.launch.worker FRAMEWORK` per (framework, device) group, so that
-imports and compilation caches are paid once per group, and talks to it in JSON lines:
+The runner starts `python -m bench.launch.worker FRAMEWORK` for each point (``isolation =
+"point"``, the default: nothing an earlier point left in the process, such as heap the allocator
+keeps resident, reaches this point's memory figures) or once per (framework, device) group
+(``"group"``: imports paid once, memory figures order-dependent), and talks to it in JSON lines:
   -> {"cmd": "run", "point": {...}, "measure": {...}}   <- {"status", "reason", "metrics", ...}
   -> {"cmd": "roofs", "devices": [...], "dtypes": [...]} <- {"roofs": {...}}
   -> {"cmd": "exit"}
@@ -24,8 +26,10 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
+from bench import meters
 from bench.point import Measure, Point
 
 FAULT_ENV = "RECBENCH_FAULT"
@@ -103,9 +107,38 @@ def thread_settings(framework: str) -> dict[str, Any]:
     return {"threads": threads, "cpu_affinity": affinity}
 
 
-def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
-    """Build, warm up and time one point; never raises for the point's own failures."""
-    from bench import meters
+@dataclass
+class ProcessMemory:
+    """What the worker process holds before a point: ``baseline_rss_bytes``, its resident set
+    once the framework is imported (reported apart from the point's peak), and ``fresh``,
+    whether no point ran in it before (then the kernel's high-water mark is this point's)."""
+
+    baseline_rss_bytes: int | None = None
+    fresh: bool = False
+
+
+def host_memory_metrics(sampled_peak: int | None, process: ProcessMemory) -> dict[str, Any]:
+    """``peak_host_rss_bytes``: the process's peak while the point ran, the sampled peak
+    raised to the kernel's exact high-water mark (VmHWM) where the process is the point's
+    own; ``host_rss_baseline_bytes``: the framework's import alone; ``host_mem_scope``: how
+    far the figure can be trusted ("fresh-process" or "shared-process": a process that ran
+    other points before, whose freed-but-resident heap is inside this figure)."""
+    peak = sampled_peak
+    if process.fresh:
+        hwm = meters.process_peak_rss_bytes()
+        if hwm is not None:
+            peak = hwm if peak is None else max(peak, hwm)
+    return {"peak_host_rss_bytes": peak,
+            "host_rss_baseline_bytes": process.baseline_rss_bytes,
+            "host_mem_scope": "fresh-process" if process.fresh else "shared-process"}
+
+
+def measure_point(point: Point, measure: Measure,
+                  process: ProcessMemory | None = None) -> dict[str, Any]:
+    """Build, warm up and time one point; never raises for the point's own failures.
+
+    ``process`` describes the worker process (see ProcessMemory); in-process callers (tests,
+    the pytest-benchmark front door) leave it None: a shared process."""
     from bench.point import device_kind
     from bench.scenarios.step import Unsupported, build
 
@@ -165,7 +198,7 @@ def measure_point(point: Point, measure: Measure) -> dict[str, Any]:
         "achieved_bytes_per_s": cost["bytes_per_step"] / median_s,
         "peak_device_mem_bytes": peak_dev,
         "planned_device_mem_bytes": planned,
-        "peak_host_rss_bytes": host.peak_rss_bytes,
+        **host_memory_metrics(host.peak_rss_bytes, process or ProcessMemory()),
         **meters.window_energy_metrics(energy, workload.samples_per_step),
         "stop_reason": sampled.stop_reason,
         **thread_settings(point.framework),
@@ -183,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         import jax  # noqa: F401  (pay the import before the first point's clock starts)
     else:
         import torch  # noqa: F401
+    process = ProcessMemory(baseline_rss_bytes=meters.current_rss_bytes(), fresh=True)
     replies.write(json.dumps({"event": "ready", "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
         msg = json.loads(line)
@@ -192,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             from bench.machine.roofs import measure_roofs
 
             reply = {"roofs": measure_roofs(msg["devices"], msg["dtypes"], (framework,))}
+            process.fresh = False
         else:
-            reply = measure_point(Point.from_dict(msg["point"]), Measure(**msg["measure"]))
+            reply = measure_point(Point.from_dict(msg["point"]), Measure(**msg["measure"]),
+                                  process)
+            process.fresh = False  # every later point shares this process's history
         replies.write(json.dumps(reply, default=_json_default) + "\n")
     return 0
 

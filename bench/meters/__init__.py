@@ -47,7 +47,9 @@ from bench.meters.energy_meter import (
 from bench.meters.memory import (
     DeviceMemoryMeter,
     HostMemoryMeter,
+    current_rss_bytes,
     jax_peak_fns,
+    process_peak_rss_bytes,
     torch_cuda_peak_fns,
 )
 from bench.meters.nvml import NvmlEnergyCounter, NvmlPowerSampler, nvml_sources
@@ -98,6 +100,7 @@ __all__ = [
     "StepTimer",
     "TimingResult",
     "WarmupResult",
+    "current_rss_bytes",
     "default_energy_sources",
     "energy_j_per_1k_recs",
     "energy_j_per_step",
@@ -108,6 +111,7 @@ __all__ = [
     "min_window_s",
     "nvml_sources",
     "power_limit_fault",
+    "process_peak_rss_bytes",
     "rapl_sources",
     "stacked",
     "summarize",

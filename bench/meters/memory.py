@@ -34,6 +34,29 @@ def _psutil_rss_reader(pid: int | None, include_children: bool) -> Callable[[], 
     return read
 
 
+def process_peak_rss_bytes(status_path: str = "/proc/self/status") -> int | None:
+    """The kernel's high-water mark of this process's resident set (``VmHWM``, Linux
+    proc(5)), or None where there is none. Exact, unlike a sampled peak, but it covers the
+    process's whole life: it is a point's own figure only in a process made for that point."""
+    try:
+        with open(status_path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def current_rss_bytes() -> int | None:
+    """This process's resident set now (psutil), or None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.Process().memory_info().rss)
+
+
 class HostMemoryMeter:
     """Peak resident set size of a process, sampled on a background thread.
 

@@ -12,6 +12,11 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
 
     [runner]                # optional
     skip_after_oom = true   # skip points dominated by an OOM'd one (see Point.dominated_by)
+    isolation = "point"     # "point": a fresh worker process per point, so its memory figures
+                            # do not depend on earlier points; "group": one worker per
+                            # (framework, device), faster, memory figures order-dependent
+    mem_cap = "auto"        # host-memory cap of the workers (a cgroup, where writable):
+                            # "auto" (available memory less a reserve), "off", or "8GiB"
 
     [[grid]]                # one or more; each is a cartesian product of its axes;
     framework = ["torch", "jax"]      # the suite is the union of all grids, de-duplicated
@@ -72,6 +77,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -123,6 +129,8 @@ class Suite:
     points: list[Point]  # in execution order (see order_points)
     measure: Measure = field(default_factory=Measure)
     skip_after_oom: bool = True
+    isolation: str = "point"  # see [runner] above
+    mem_cap: int | str = "auto"  # bytes, "auto" or "off" (parse_cap)
     # included points -> the suite they came from and the [measure] of its file
     origin: dict[Point, str] = field(default_factory=dict)
     point_measures: dict[Point, Measure] = field(default_factory=dict)
@@ -151,7 +159,8 @@ class Suite:
         return {"name": self.name, "description": self.description,
                 "path": str(self.path) if self.path else None, "n_points": len(self.points),
                 "devices": self.devices, "measure": dataclasses.asdict(self.measure),
-                "skip_after_oom": self.skip_after_oom, "included": self.included()}
+                "skip_after_oom": self.skip_after_oom, "isolation": self.isolation,
+                "mem_cap": self.mem_cap, "included": self.included()}
 
 
 # --- hardware and suite lookup ------------------------------------------------------------
@@ -183,10 +192,35 @@ def suite_path(name_or_path: str | os.PathLike[str], hardware: Hardware | None =
 
 # --- loading ------------------------------------------------------------------------------
 
+ISOLATIONS = ("point", "group")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30,
+               "gib": 2**30, "t": 2**40, "tib": 2**40}
+
+
+def parse_cap(value: object) -> int | str:
+    """``runner.mem_cap``: "auto", "off", a byte count, or a size such as "8GiB" or "512m"
+    (binary units). Returns "auto", "off" or bytes; raises InputError for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        text = str(value).strip().lower()
+        if text in ("auto", "off"):
+            return text
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text)
+        if not m or m.group(2) not in _SIZE_UNITS:
+            raise InputError(f"runner.mem_cap: {value!r} is not a size; write auto, off, or a "
+                             "size such as 8GiB or 512MiB")
+        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if n < 64 << 20:
+        raise InputError(f"runner.mem_cap: {value!r} is below 64 MiB, too small for a worker "
+                         "to import its framework; raise it or write off")
+    return n
+
+
 _TABLES = ("suite", "measure", "runner", "grid", "exclude")
 _SECTION_KEYS = {
     "measure": tuple(f.name for f in dataclasses.fields(Measure)),
-    "runner": ("skip_after_oom",),
+    "runner": ("skip_after_oom", "isolation", "mem_cap"),
     "suite": ("name", "description", "include"),
 }
 SET_KEYS = (*(f"{s}.{k}" for s, keys in _SECTION_KEYS.items() for k in keys
@@ -378,6 +412,14 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
     if not isinstance(skip, bool):
         raise src.error("runner.skip_after_oom", f"expected true or false, got {skip!r}",
                         "runner.skip_after_oom")
+    isolation = runner.get("isolation", "point")
+    if isolation not in ISOLATIONS:
+        raise src.error("runner.isolation", f"expected one of {', '.join(ISOLATIONS)}, got "
+                        f"{isolation!r}", "runner.isolation")
+    try:
+        mem_cap = parse_cap(runner.get("mem_cap", "auto"))
+    except InputError as e:
+        raise src.error("runner.mem_cap", str(e).partition(": ")[2], "runner.mem_cap") from None
 
     origin, measures = _includes(src, head, path, overrides, device_resolver, _stack)
     grids = src.tables(raw, "grid")
@@ -417,7 +459,8 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
     name = head.get("name") or (path.stem if path else source)
     return Suite(name=name, description=head.get("description", ""), path=path,
                  points=order_points([*origin, *kept]), measure=measure,
-                 skip_after_oom=skip, origin=origin, point_measures=measures)
+                 skip_after_oom=skip, isolation=isolation, mem_cap=mem_cap, origin=origin,
+                 point_measures=measures)
 
 
 def _display(path: Path) -> str:

@@ -366,7 +366,7 @@ def test_data_parallel_feasibility_is_per_device(tmp_path, monkeypatch):
     from bench.scenarios.step import analytic_cost
 
     class Worker:  # what the point does on the device is not this test's business
-        def __init__(self, framework, env=None):
+        def __init__(self, framework, env=None, cap=None):
             pass
 
         def request(self, msg, timeout_s):
@@ -405,7 +405,7 @@ class FaultWorker:
 
     requested: ClassVar[list[int]] = []  # batch sizes, in the order the runner asked for them
 
-    def __init__(self, framework, env=None):
+    def __init__(self, framework, env=None, cap=None):
         pass
 
     def request(self, msg, timeout_s):
