@@ -319,6 +319,7 @@ def _dry_run(suite, as_json: bool) -> int:
     from bench.machine.hardware import device_capacity_bytes, roofline_floor_ms
     from bench.point import device_kind
     from bench.scenarios.step import analytic_cost
+    from recmodels.memory import exceeds_capacity
 
     kinds = {device_kind(d) for d in suite.devices}
     env = {"gpus": probe_gpus() if "cuda" in kinds else [], "ram_bytes": ram_bytes(),
@@ -332,7 +333,9 @@ def _dry_run(suite, as_json: bool) -> int:
                      "suite": suite.origin.get(p, suite.name),
                      "measure": dataclasses.asdict(suite.measure_for(p)), **cost,
                      "capacity_bytes": cap,
-                     "predicted_infeasible": cost["est_mem_bytes"] > cap if cap else None,
+                     # the runner's rule: the estimate's low end (stated error) over capacity
+                     "predicted_infeasible": exceeds_capacity(cost["est_mem_bytes"], cap)
+                     if cap else None,
                      "est_step_ms": est, "est_step_basis": basis})
     _print_json({"suite": suite.to_dict(), "note": _ESTIMATE_NOTE, "points": rows})
     return EXIT_OK

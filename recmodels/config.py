@@ -211,66 +211,19 @@ def flops_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train") 
     return 3 * fwd if workload == "train" else fwd
 
 
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Analytic memory of one step, in bytes. An estimate, not a measurement."""
-
-    weights_bytes: int
-    grads_bytes: int
-    optimizer_bytes: int
-    activations_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes
-
-
-def _activation_elems_per_token(cfg: GenRecConfig) -> int:
-    """Tensors autograd keeps per position and layer (counted in elements)."""
+def _traffic_elems_per_token(cfg: GenRecConfig) -> int:
+    """Activation elements a step writes and reads per position and layer (for bytes moved;
+    the memory held at the peak is recmodels.memory's business)."""
     d, f, t, h = cfg.d_model, cfg.d_ff, cfg.seq_len, cfg.n_head
     if cfg.block == "sasrec":
         # ln1 in/out, q k v, attention out, proj out, ln2 in/out, fc1 out, gelu out, and the
-        # T x T probabilities per head of the unfused path (fused kernels keep none of them)
+        # T x T probabilities per head
         return 8 * d + 2 * f + h * t
     if cfg.block == "hstu":
         # ln_in, uvqk pre/post SiLU (8d), scores pre/post SiLU per head (2hT), AV, LN(AV),
         # the gated product, out
         return 13 * d + 2 * h * t
     return 10 * d  # per step: input, 4 gates pre/post nonlinearity, c, h
-
-
-def memory_estimate(cfg: GenRecConfig, batch_size: int, workload: str = "train",
-                    optimizer: str = "adam") -> MemoryEstimate:
-    """Peak memory of one step: weights, gradients, optimizer state and activations.
-
-    Training keeps fp32 master weights, grads and Adam's two moments (16 bytes/param); the
-    activations of all layers are held for backward, plus the loss head's logits (and their
-    gradient). Inference holds one layer's activations at a time and the B x (C+1) scores.
-    """
-    n = params_total(cfg)
-    p_bytes = DTYPE_BYTES[cfg.param_dtype]
-    a_bytes = DTYPE_BYTES[cfg.compute_dtype]
-    tokens = batch_size * cfg.seq_len
-    weights = n * p_bytes
-    if cfg.compute_dtype != cfg.param_dtype:
-        weights += n * a_bytes  # the low-precision copy made for the matmuls
-    if workload == "infer":
-        acts = tokens * _activation_elems_per_token(cfg) * a_bytes
-        scores = batch_size * (cfg.catalog_size + 1) * 4
-        return MemoryEstimate(weights, 0, 0, acts + scores)
-    if workload != "train":
-        raise ConfigError(f"unknown workload {workload!r}: choose train or infer")
-    grads = n * p_bytes
-    opt_state = {"adam": 2, "sgd": 0}.get(optimizer)
-    if opt_state is None:
-        raise ConfigError(f"unknown optimizer {optimizer!r}: choose adam or sgd")
-    acts = cfg.n_layer * tokens * _activation_elems_per_token(cfg) * a_bytes
-    acts += tokens * 2 * cfg.d_model * a_bytes  # embedding sum and final LN
-    if cfg.loss == "full_softmax":
-        acts += tokens * (cfg.catalog_size + 1) * 4 * 2  # fp32 logits and their gradient
-    else:
-        acts += tokens * (1 + cfg.n_neg) * (cfg.d_model + 2) * a_bytes  # gathered rows, logits
-    return MemoryEstimate(weights, grads, n * p_bytes * opt_state, acts)
 
 
 def bytes_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train",
@@ -282,15 +235,33 @@ def bytes_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train",
     Adam touches the whole item table every step). Activations are written once and read
     once; the scores/logits of the output layer likewise.
     """
-    mem = memory_estimate(cfg, batch_size, workload, optimizer)
+    n = params_total(cfg)
+    p_bytes, a_bytes = DTYPE_BYTES[cfg.param_dtype], DTYPE_BYTES[cfg.compute_dtype]
+    tokens = batch_size * cfg.seq_len
+    weights = n * p_bytes + (n * a_bytes if cfg.compute_dtype != cfg.param_dtype else 0)
     if workload == "infer":
-        return mem.weights_bytes + 2 * mem.activations_bytes
-    update = 2 * (mem.weights_bytes + mem.optimizer_bytes) + mem.grads_bytes
-    return 2 * mem.weights_bytes + mem.grads_bytes + update + 2 * mem.activations_bytes
+        acts = tokens * _traffic_elems_per_token(cfg) * a_bytes
+        return weights + 2 * (acts + batch_size * (cfg.catalog_size + 1) * 4)
+    if workload != "train":
+        raise ConfigError(f"unknown workload {workload!r}: choose train or infer")
+    opt_state = {"adam": 2, "sgd": 0}.get(optimizer)
+    if opt_state is None:
+        raise ConfigError(f"unknown optimizer {optimizer!r}: choose adam or sgd")
+    acts = cfg.n_layer * tokens * _traffic_elems_per_token(cfg) * a_bytes
+    acts += tokens * 2 * cfg.d_model * a_bytes  # embedding sum and final LN
+    if cfg.loss == "full_softmax":
+        acts += tokens * (cfg.catalog_size + 1) * 4 * 2  # fp32 logits and their gradient
+    else:
+        acts += tokens * (1 + cfg.n_neg) * (cfg.d_model + 2) * a_bytes  # gathered rows, logits
+    grads, opt = n * p_bytes, n * p_bytes * opt_state
+    update = 2 * (weights + opt) + grads
+    return 2 * weights + grads + update + 2 * acts
 
 
 def describe(cfg: GenRecConfig, batch_size: int = 128) -> dict:
     """The analytic cost summary the CLI and the harness print (all values analytic)."""
+    from recmodels.memory import memory_estimate  # memory.py imports this module
+
     return {
         "params_dense": params_dense(cfg),
         "params_embedding": params_embedding(cfg),
@@ -298,6 +269,7 @@ def describe(cfg: GenRecConfig, batch_size: int = 128) -> dict:
         "flops_forward_train": flops_forward(cfg, batch_size, "train"),
         "flops_train_step": flops_per_step(cfg, batch_size, "train"),
         "flops_infer_step": flops_per_step(cfg, batch_size, "infer"),
+        # torch on CUDA: the memory estimate depends on the framework and device kind
         "est_mem_train_bytes": memory_estimate(cfg, batch_size, "train").total_bytes,
         "est_mem_infer_bytes": memory_estimate(cfg, batch_size, "infer").total_bytes,
         "batch_size": batch_size,
@@ -321,3 +293,17 @@ def human(n: float, unit: str = "") -> str:
             return f"{n / scale:.3g}{prefix}{unit}"
     return f"{n:.3g}{unit}" if not float(n).is_integer() else f"{int(n)}{unit}"
 
+
+# The memory model lives in recmodels/memory.py (which imports this module's param counts);
+# its names stay reachable here (`config.memory_estimate`), resolved on first use (PEP 562)
+# so that importing either module first works.
+_MEMORY_NAMES = ("MEMORY_ESTIMATE_ABS_ERROR_BYTES", "MEMORY_ESTIMATE_REL_ERROR",
+                 "MemoryEstimate", "error_band", "exceeds_capacity", "memory_estimate")
+
+
+def __getattr__(name: str):
+    if name in _MEMORY_NAMES:
+        from recmodels import memory
+
+        return getattr(memory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -145,7 +145,10 @@ def latency_figure(items: Sequence[Entry]) -> Figure | None:
     return fig
 
 
-_FAILED_MARKERS = {"oom": ("X", "tab:red"), "infeasible": ("^", "tab:gray")}
+# oom is measured (the point ran out of memory); infeasible is predicted (the estimate, less
+# its stated error, is over capacity: not run). Both are drawn at their analytic estimate.
+_FAILED_MARKERS = {"oom": ("X", "tab:red", "measured OOM"),
+                   "infeasible": ("^", "tab:gray", "predicted, not run")}
 
 
 def memory_figure(items: Sequence[Entry]) -> Figure | None:
@@ -176,14 +179,14 @@ def memory_figure(items: Sequence[Entry]) -> Figure | None:
                      color=styler.colour(source) if styler.multi else "tab:gray",
                      label=f"{source + ': ' if styler.multi else ''}ok (analytic estimate)")
     xs = draw_lines(right, make_series(ok), lambda e: e.peak_memory()[0] / GiB, styler)
-    for status, (marker, colour) in _FAILED_MARKERS.items():
+    for status, (marker, colour, how) in _FAILED_MARKERS.items():
         for source, members in group([e for e in failed if e.status == status],
                                      lambda e: e.source).items():
             est = [e.metric("est_mem_bytes") / GiB for e in members]  # type: ignore[operator]
             label = f"{source}: {status}" if styler.multi else status
             kw = {"marker": marker, "s": 70, "gid": status, "zorder": 3,
                   "color": styler.colour(source) if styler.multi else colour,
-                  "label": f"{label} (at analytic estimate)"}
+                  "label": f"{label} ({how}; at analytic estimate)"}
             left.scatter([e.params_total or np.nan for e in members], est, **kw)
             right.scatter([e.batch_size for e in members], est, **kw)
             xs += [e.batch_size for e in members]

@@ -50,6 +50,7 @@ from bench.point import device_kind
 from bench.results import STATUSES, ResultsFile
 from recmodels.config import human
 from recmodels.errors import InputError
+from recmodels.memory import MEMORY_ESTIMATE_ABS_ERROR_BYTES, MEMORY_ESTIMATE_REL_ERROR
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
@@ -191,12 +192,16 @@ def largest_rows(items: Sequence[Entry]) -> list[list[Any]]:
 
 
 _FAILED = ("oom", "infeasible", "skipped-after-oom")
+# How the frontier point is known: an OOM is measured; the others were not run (predicted).
+FRONTIER_KIND = {"oom": "measured", "infeasible": "predicted (estimate over capacity)",
+                 "skipped-after-oom": "predicted (a smaller point ran out of memory)"}
 
 
 def frontier_rows(items: Sequence[Entry]) -> list[list[Any]]:
     """Per line (machine, device, and every point field but the batch size): the largest batch
-    that ran next to the smallest that did not fit (oom, infeasible, skipped-after-oom). The
-    preset cell also names the fields (catalog, T, block, ...) that tell lines apart."""
+    that ran next to the smallest that did not fit (oom, infeasible, skipped-after-oom), and
+    whether that frontier is measured (oom) or predicted (not run). The preset cell also
+    names the fields (catalog, T, block, ...) that tell lines apart."""
     rows = []
     pool = [e for e in items if e.ok or e.status in _FAILED]
     lines = group(pool, lambda e: (e.source, e.device,
@@ -214,7 +219,7 @@ def frontier_rows(items: Sequence[Entry]) -> list[list[Any]]:
         rows.append([src, dev, p.get("framework"), p.get("workload"),
                      describe(p, ["preset", *other]), p.get("precision"),
                      max(ok) if ok else "none", first.batch_size, first.status,
-                     f"{est / GiB:.2f} GiB" if est else "-"])
+                     FRONTIER_KIND[first.status], f"{est / GiB:.2f} GiB" if est else "-"])
     return rows
 
 
@@ -301,9 +306,15 @@ def summary_section(files: Sequence[ResultsFile], items: Sequence[Entry]) -> str
                         "largest batch that ran (preset)", "peak memory there", "capacity"],
                        large) if large else "<p>No ok records: nothing ran.</p>")
     parts.append("<h3>OOM frontier</h3>")
+    parts.append('<p class="muted">Frontier: measured where the point ran and ran out of '
+                 "memory (oom); predicted where it was not run: infeasible (the analytic "
+                 f"estimate, less its stated error of {MEMORY_ESTIMATE_REL_ERROR:.0%} or "
+                 f"{MEMORY_ESTIMATE_ABS_ERROR_BYTES / 2**20:.0f} MiB, is over capacity) or "
+                 "skipped after a smaller point's OOM.</p>")
     front = frontier_rows(items)
     parts.append(table(["machine", "device", "framework", "workload", "preset", "precision",
-                        "largest ok batch", "first failing batch", "status", "estimate there"],
+                        "largest ok batch", "first failing batch", "status", "frontier",
+                        "estimate there"],
                        front, numeric=(6, 7)) if front
                  else "<p>No point ran out of memory or was infeasible: the frontier lies "
                       "beyond this sweep.</p>")

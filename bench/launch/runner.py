@@ -316,12 +316,17 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                 n = devices_spanned(device, env)  # KIND:all: each device holds B / n
                 one = point if n == 1 else replace(point, batch_size=max(1, point.batch_size // n))
                 est, cap = analytic_cost(one)["est_mem_bytes"], device_capacity_bytes(device, env)
-                if cap and est > cap:
+                from recmodels.memory import error_band, exceeds_capacity
+
+                # Infeasible only when even the low end of the estimate's stated error band is
+                # over capacity; a point inside the band runs, and its OOM is measured.
+                if exceeds_capacity(est, cap):
                     where = (f"exceeds {device}'s {human_bytes(cap)}" if n == 1 else
                              f"per device exceeds the {human_bytes(cap)} of each of {device}'s "
                              f"{n} devices")
                     record(point, "infeasible", f"analytic memory estimate {human_bytes(est)} "
-                           f"{where} (an estimate; not run)")
+                           f"(at least {human_bytes(error_band(est)[0])} within its stated "
+                           f"error) {where} (an estimate; not run)")
                     continue
                 measure = suite.measure_for(point)  # an included point: its own file's
                 try:

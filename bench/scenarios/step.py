@@ -79,7 +79,8 @@ def analytic_cost(point: Point) -> dict[str, int]:
         "params_embedding": C.params_embedding(cfg),
         "flops_per_step": C.flops_per_step(cfg, b, w),
         "bytes_per_step": C.bytes_per_step(cfg, b, w, point.optimizer),
-        "est_mem_bytes": C.memory_estimate(cfg, b, w, point.optimizer).total_bytes,
+        "est_mem_bytes": C.memory_estimate(cfg, b, w, point.optimizer, point.framework,
+                                           device_kind(point.device)).total_bytes,
     }
 
 

@@ -124,7 +124,10 @@ def test_memory_capacity_and_failed_markers(cpu_a) -> None:
         tiny.metrics["peak_host_rss_bytes"] / GiB)
     assert set(by_gid) == {"oom", "infeasible"}
     texts = legend_texts(fig)
-    assert "oom (at analytic estimate)" in texts and "capacity: 0.4 GiB host RAM" in texts
+    # measured (oom) and predicted (infeasible, not run) frontier points are told apart
+    assert "oom (measured OOM; at analytic estimate)" in texts
+    assert "infeasible (predicted, not run; at analytic estimate)" in texts
+    assert "capacity: 0.4 GiB host RAM" in texts
     assert "GiB" in left.get_ylabel() and "parameters" in left.get_xlabel()
 
 

@@ -286,7 +286,34 @@ def test_oom_frontier_keeps_lines_of_one_preset_apart(tmp_path: Path) -> None:
                                             rec(16, 10**6, "oom")])
     rows = report.frontier_rows(report.entries([load(path)]))
     assert rows == [["box-f", "cpu", "torch", "train", "tiny C=1M", "fp32", 8, 16, "oom",
-                     "1.00 GiB"]]
+                     "measured", "1.00 GiB"]]
+
+
+def test_oom_frontier_marks_predicted_and_measured_points_apart(tmp_path: Path) -> None:
+    """An oom is a measured frontier; infeasible and skipped-after-oom were never run: their
+    frontier is predicted, and the table and the page say which is which."""
+    def rec(batch: int, catalog: int, status: str = "ok") -> PointRecord:
+        point = {**POINT, "batch_size": batch, "device": "cpu", "catalog_size": catalog}
+        if status != "ok":
+            return PointRecord.for_point(point, status, "why", metrics={"est_mem_bytes": 2**31})
+        return PointRecord.for_point(point, "ok", metrics={"samples_per_s": 10.0 * batch})
+
+    path = _file(tmp_path, "box-g", "cpu", [
+        rec(8, 1000), rec(16, 1000, "oom"), rec(32, 1000, "skipped-after-oom"),
+        rec(8, 10**5), rec(16, 10**5, "infeasible"), rec(8, 10**6, "skipped-after-oom")])
+    rows = report.frontier_rows(report.entries([load(path)]))
+    kinds = {row[4]: (row[7], row[8], row[9]) for row in rows}
+    assert kinds == {"tiny C=1k": (16, "oom", "measured"),
+                     "tiny C=100k": (16, "infeasible", "predicted (estimate over capacity)"),
+                     "tiny C=1M": (8, "skipped-after-oom",
+                                   "predicted (a smaller point ran out of memory)")}
+
+
+def test_page_says_which_frontier_points_are_measured(page: str) -> None:
+    assert "<th>frontier</th>" in page
+    assert re.search(r"<td>oom</td><td>measured</td>", page)
+    assert "predicted where it was not run: infeasible (the analytic estimate, less its " \
+        "stated error of 25% or 200 MiB, is over capacity)" in page
 
 
 def test_report_shows_n_next_to_the_median(tmp_path: Path) -> None:
