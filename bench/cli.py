@@ -1,7 +1,8 @@
 """`recbench`: the command-line entry point (also `python -m bench`).
 
-Exit codes: 0 ok, 1 a check failed (parity, regression, a run with no ok point), 2 bad
-input (one line on stderr, no traceback; also a device this machine lacks), 130 interrupted.
+Exit codes: 0 ok, 1 a check failed (parity, regression, a run with no ok point, a diverged
+`train` run), 2 bad input (one line on stderr, no traceback; also a device this machine
+lacks), 130 interrupted.
 `--json` prints one JSON object on stdout; torch, jax, matplotlib load only where needed.
 """
 
@@ -73,7 +74,10 @@ def cmd_train(args) -> int:
                         device=args.device, eval=args.eval, eval_users=args.eval_users,
                         overrides=overrides)
     result, engine = train(opts, return_engine=True)
-    if args.save:
+    ok = result["status"] == "ok"
+    if args.save and not ok:
+        _err(f"weights not saved to {args.save}: the run diverged")
+    elif args.save:
         weights.save(engine.state_dict(), engine.cfg, args.save)
         result["weights"] = str(args.save)
         _err(f"weights saved to {args.save}")
@@ -81,16 +85,24 @@ def cmd_train(args) -> int:
         _print_json(result)
     else:
         print(format_train_result(result))
-    return EXIT_OK
+    return EXIT_OK if ok else EXIT_CHECK_FAILED  # a diverged run is a failed check
+
+
+def _format_speed(r: dict) -> str:
+    return (f"  speed      {r['sequences_per_s']:,.0f} sequences/s, "
+            f"{r['seconds_per_epoch']:.2f} s/epoch (measured: {r['speed_note']})")
 
 
 def format_train_result(r: dict) -> str:
+    head = (f"{r['framework']} {r['preset']} on {r['dataset']} ({r['epochs']} epochs, "
+            f"{r['precision']}, {r['device']})")
+    if r["status"] != "ok":
+        return "\n".join([head, f"  status     {r['status']}: {r['reason']} "
+                                "(no metrics: they are undefined)", _format_speed(r)])
     t, p = r["test"], r["popularity"]["test"]
     return "\n".join([
-        f"{r['framework']} {r['preset']} on {r['dataset']} ({r['epochs']} epochs, "
-        f"{r['precision']}, {r['device']})",
-        f"  speed      {r['sequences_per_s']:,.0f} sequences/s, "
-        f"{r['seconds_per_epoch']:.2f} s/epoch (measured: {r['speed_note']})",
+        head,
+        _format_speed(r),
         f"  valid      HR@10 {r['valid']['hr@10']:.4f}  NDCG@10 {r['valid']['ndcg@10']:.4f}",
         f"  test       HR@10 {t['hr@10']:.4f}  NDCG@10 {t['ndcg@10']:.4f}"
         + (f"  AUC {t['auc']:.4f}  acc {t['accuracy']:.4f}  P {t['precision']:.4f}  "

@@ -425,6 +425,11 @@ class Engine:
     def sync(self, value=None):
         return jax.block_until_ready(value)
 
+    def all_finite(self) -> bool:
+        """Whether every parameter is finite (one reduction, one read back): a diverged run
+        has non-finite parameters, a step that fp16 loss scaling skipped does not."""
+        return bool(jnp.stack([jnp.isfinite(v).all() for v in self.state.params.values()]).all())
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, dtype=np.float32) for k, v in self.state.params.items()}
 

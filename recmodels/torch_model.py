@@ -343,6 +343,11 @@ class Engine:
             torch.mps.synchronize()
         return value
 
+    def all_finite(self) -> bool:
+        """Whether every parameter is finite (one reduction, one read back): a diverged run
+        has non-finite parameters, a step that fp16 loss scaling skipped does not."""
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+
     def state_dict(self) -> dict[str, np.ndarray]:
         # .copy(): on CPU .numpy() shares memory with the live parameters
         return {k: v.detach().float().cpu().numpy().copy()

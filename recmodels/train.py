@@ -10,6 +10,7 @@ visible.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,32 @@ DEVICES = ("auto", "cpu", "cuda", "tpu", "mps")
 EVAL_PROTOCOLS = ("sampled", "full")
 PAPER_EPOCHS = 200  # SASRec trains ~200 epochs on its datasets
 SYNTHETIC_EPOCHS = 8
+# Non-finite step losses in a row that mean divergence. fp16 loss scaling skips a step whose
+# gradients overflow (torch GradScaler, optax.apply_if_finite): one such step is normal.
+MAX_NONFINITE_STREAK = 5
+
+
+class Diverged(RuntimeError):
+    """Training produced non-finite losses, parameters or scores (reason in the message)."""
+
+
+def divergence(step_losses, streak: int, params_finite: bool) -> tuple[str | None, int]:
+    """Why training has diverged ("loss became nan", "parameters became non-finite") or None,
+    and the run of non-finite losses to carry into the next epoch. Divergence is non-finite
+    parameters, or MAX_NONFINITE_STREAK non-finite losses in a row (a run may span epochs)."""
+    first_bad = None  # the epoch's first non-finite loss
+    for x in map(float, step_losses):
+        if math.isfinite(x):
+            streak = 0
+            continue
+        streak += 1
+        first_bad = x if first_bad is None else first_bad
+        if streak >= MAX_NONFINITE_STREAK:
+            return f"loss became {first_bad}", streak
+    if not params_finite:
+        return (f"loss became {first_bad}" if first_bad is not None
+                else "parameters became non-finite"), streak
+    return None, streak
 
 
 @dataclass
@@ -119,18 +146,26 @@ def compute_dtype(precision: str) -> str:
 def evaluate(engine, split: S.Split, which: str, *, protocol: str, batch_size: int,
              max_users: int, seed: int, pop: np.ndarray | None = None) -> dict:
     """HR/NDCG@10 (and classification metrics for the sampled protocol) of the engine, and
-    of the most-popular baseline when `pop` is given, on the same users and candidates."""
+    of the most-popular baseline when `pop` is given, on the same users and candidates.
+    Raises Diverged when the model's scores contain NaN (the metrics are then undefined)."""
     cfg = engine.cfg
     model_acc, pop_acc = M.RankAccumulator(), M.RankAccumulator()
+
+    def checked(scores: np.ndarray) -> np.ndarray:
+        if np.isnan(scores).any():
+            raise Diverged(f"scores became nan in {which} evaluation")
+        return scores
+
     for b in S.eval_batches(split, which, seq_len=cfg.seq_len, batch_size=max(batch_size, 256),
                             seed=seed, max_users=max_users):
         if protocol == "sampled":
-            model_acc.add_sampled(engine.score_candidates(b["seq"], b["candidates"]))
+            model_acc.add_sampled(checked(engine.score_candidates(b["seq"], b["candidates"])))
             if pop is not None:
                 pop_acc.add_sampled(pop[b["candidates"]].astype(np.float64))
         else:
             indptr, indices = S.seen_items(split, b["user"], which)
-            model_acc.add_full(engine.score_catalog(b["seq"]), b["target"], indptr, indices)
+            model_acc.add_full(checked(engine.score_catalog(b["seq"])), b["target"], indptr,
+                               indices)
             if pop is not None:
                 pop_scores = np.broadcast_to(pop.astype(np.float64), (len(b["target"]), len(pop)))
                 pop_acc.add_full(pop_scores, b["target"], indptr, indices)
@@ -147,7 +182,9 @@ def _short(m: dict) -> dict:
 def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
           progress: bool | None = None, return_engine: bool = False):
     """Train on the dataset's leave-one-out split, evaluate, and return the result object
-    (and the trained engine when `return_engine`)."""
+    (and the trained engine when `return_engine`). A run that diverges (see `divergence`)
+    stops at that epoch and is still a result: status "diverged", the reason and the epoch,
+    and null metrics."""
     opts.validate()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     device = resolve_device(opts.framework, opts.device)
@@ -175,7 +212,7 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         f"{epochs} epochs x {n_batches} batches of {opts.batch_size} on {device}")
     use_bar = sys.stderr.isatty() if progress is None else progress
 
-    epoch_s, history, n_seqs = [], [], 0
+    epoch_s, history, n_seqs, streak, reason = [], [], 0, 0, None
     for epoch in range(1, epochs + 1):
         batches = S.train_batches(split, seq_len=cfg.seq_len, batch_size=opts.batch_size,
                                   n_neg=cfg.n_neg, seed=opts.seed * 100_003 + epoch)
@@ -189,23 +226,46 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         for batch in batches:
             losses.append(engine.train_step(batch))  # stays on the device: no sync per step
             n_seqs += len(batch["seq"])
-        loss = float(np.mean([float(x) for x in engine.sync(losses)]))
+        step_losses = np.array([float(x) for x in engine.sync(losses)])
         epoch_s.append(time.perf_counter() - start)
-        history.append({"epoch": epoch, "loss": loss, "seconds": epoch_s[-1]})
-        log(f"epoch {epoch}/{epochs}  loss {loss:.4f}  {epoch_s[-1]:.2f} s  "
-            f"{n_seqs / epoch_s[-1]:,.0f} seq/s")
+        why, streak = divergence(step_losses, streak, engine.all_finite())
+        finite = step_losses[np.isfinite(step_losses)]
+        # The mean of the steps that ran: a step fp16 loss scaling skipped has no loss to add.
+        loss = float(finite.mean()) if len(finite) and not why else None
+        skipped = len(step_losses) - len(finite)
+        history.append({"epoch": epoch, "loss": loss, "nonfinite_steps": skipped,
+                        "seconds": epoch_s[-1]})
+        log(f"epoch {epoch}/{epochs}  loss {'nan' if loss is None else f'{loss:.4f}'}  "
+            f"{epoch_s[-1]:.2f} s  {n_seqs / epoch_s[-1]:,.0f} seq/s"
+            + (f"  ({skipped} non-finite step losses)" if skipped and not why else ""))
+        if why:
+            reason = f"{why} at epoch {epoch}"
+            break
 
     # The first epoch includes JIT/graph warm-up; steady-state speed is over the rest.
     steady = epoch_s[1:] or epoch_s
     sec_per_epoch = float(np.mean(steady))
-    pop = S.popularity(split)
-    kw = {"protocol": opts.eval, "batch_size": opts.batch_size, "max_users": opts.eval_users}
-    valid = evaluate(engine, split, "valid", seed=opts.seed + 1, **kw)
-    test = evaluate(engine, split, "test", seed=opts.seed + 2, pop=pop, **kw)
-    log(f"valid hr@10 {valid['model']['hr@10']:.4f} ndcg@10 {valid['model']['ndcg@10']:.4f} | "
-        f"test hr@10 {test['model']['hr@10']:.4f} ndcg@10 {test['model']['ndcg@10']:.4f} | "
-        f"popularity test hr@10 {test['popularity']['hr@10']:.4f}")
     test_keys = ("hr@10", "ndcg@10", "auc", "accuracy", "precision", "recall", "f1")
+    valid = test = popularity = None
+    test_users = None
+    if reason is None:
+        pop = S.popularity(split)
+        kw = {"protocol": opts.eval, "batch_size": opts.batch_size,
+              "max_users": opts.eval_users}
+        try:
+            v = evaluate(engine, split, "valid", seed=opts.seed + 1, **kw)
+            t = evaluate(engine, split, "test", seed=opts.seed + 2, pop=pop, **kw)
+        except Diverged as e:
+            reason = f"{e} after epoch {len(history)}"
+        else:
+            valid, test_users = _short(v["model"]), t["n_users"]
+            test = {k: t["model"][k] for k in test_keys if k in t["model"]}
+            popularity = {"test": _short(t["popularity"])}
+            log(f"valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f} | "
+                f"test hr@10 {test['hr@10']:.4f} ndcg@10 {test['ndcg@10']:.4f} | "
+                f"popularity test hr@10 {popularity['test']['hr@10']:.4f}")
+    if reason is not None:
+        log(f"{reason}: diverged")
     result = {
         "framework": opts.framework,
         "preset": opts.preset,
@@ -214,6 +274,9 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         "precision": opts.precision,
         "optimizer": opts.optimizer,
         "seed": opts.seed,
+        "status": "ok" if reason is None else "diverged",
+        "reason": reason,
+        "diverged_epoch": None if reason is None else len(history),
         "epochs": epochs,
         "batch_size": opts.batch_size,
         "seconds_per_epoch": sec_per_epoch,
@@ -222,10 +285,10 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         "speed_note": "wall time of the training loop incl. batch sampling, mean over epochs "
                       "after the first (which includes compilation); evaluation excluded",
         "eval_protocol": f"{opts.eval}" + ("-100" if opts.eval == "sampled" else ""),
-        "eval_users": test["n_users"],
-        "valid": _short(valid["model"]),
-        "test": {k: test["model"][k] for k in test_keys if k in test["model"]},
-        "popularity": {"test": _short(test["popularity"])},
+        "eval_users": test_users,
+        "valid": valid,
+        "test": test,
+        "popularity": popularity,
         "dataset_stats": st,
         "config": asdict(cfg),
         "history": history,

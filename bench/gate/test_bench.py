@@ -49,6 +49,7 @@ def test_step(benchmark, recbench_point, recbench_suite) -> None:
                     meters.EnergyMeter(sources) as energy:
                 benchmark.pedantic(step_and_sync, rounds=measure.min_iters, iterations=1,
                                    warmup_rounds=measure.warmup_iters)
+            workload.check()  # a diverged train step fails the test: no times over NaN
             cost = dict(workload.cost)
             samples_per_step = workload.samples_per_step
         finally:

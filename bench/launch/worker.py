@@ -167,6 +167,7 @@ def measure_point(point: Point, measure: Measure,
                 energy = meters.measure_energy_window(
                     step, workload.sync, meters.default_energy_sources(kind, index))
             planned = workload.planned_mem_bytes()
+            workload.check()  # a diverged train step (NaN loss) raises: status error
     except Unsupported as e:
         return {"status": "unsupported", "reason": str(e)}
     except Exception as e:

@@ -6,12 +6,14 @@ recmodels.jax_model) plus a fixed, device-resident batch, and one step is
   infer: Engine.infer_step(seq, k)  forward over the histories, score the last position
                                     against the whole catalog, top-k
 The inputs are full-length random sequences (no padding): the worst case of a length-T
-history, with a uniform gather pattern over the item table.
+history, with a uniform gather pattern over the item table. A train step that diverges times
+arithmetic on NaN: `Workload.check`, run once after the timed loop, raises Diverged for it.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,12 +108,16 @@ class Workload:
     # XLA's buffer plan of the step (JAX; None for eager torch). Call it after the first
     # step: it reuses that compilation, while calling it first would compile twice.
     planned_mem_bytes: Callable[[], int | None] = lambda: None
+    # Raises recmodels.train.Diverged when the steps so far left a non-finite loss or
+    # parameters (train); a no-op for inference. Syncs: call it outside the timed region.
+    check: Callable[[], None] = lambda: None
     engine: Any = field(default=None, repr=False)
 
     def close(self) -> None:
         """Drop every device buffer this workload holds."""
         self.step = self.sync = None  # type: ignore[assignment]
         self.planned_mem_bytes = lambda: None  # its closure holds the engine and the batch
+        self.check = lambda: None  # so does this one
         self.engine = None
         gc.collect()
 
@@ -138,7 +144,7 @@ def device_caps(framework: str, device: str) -> DeviceCaps:
 def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
     """Build the point's step on its device; raises Unsupported with the reason."""
     from bench.meters import jax_peak_fns, torch_cuda_peak_fns
-    from recmodels.train import make_engine
+    from recmodels.train import Diverged, make_engine
 
     caps = caps or device_caps(point.framework, point.device)
     reason = support_reason(point, caps)
@@ -154,12 +160,23 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
     batch = random_batch(cfg, point.batch_size)
     if point.workload == "train":
         dev_batch = engine.put(batch)
+        last: list = [None]  # the latest step's loss, read back only by check()
 
         def step():
-            return engine.train_step(dev_batch)
+            last[0] = engine.train_step(dev_batch)
+            return last[0]
 
         def planned():
             return engine.planned_memory_bytes(batch=dev_batch)
+
+        def check():
+            loss = None if last[0] is None else float(engine.sync(last[0]))
+            params_finite = engine.all_finite()
+            if params_finite and (loss is None or math.isfinite(loss)):
+                return
+            raise Diverged(f"train step diverged: loss {loss}, "
+                           f"{'finite' if params_finite else 'non-finite'} parameters after "
+                           "the timed steps; step times over NaN are not recorded")
     else:
         dev_seq = engine.put({"seq": batch["seq"]})["seq"]
 
@@ -168,6 +185,9 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
 
         def planned():
             return engine.planned_memory_bytes(seq=dev_seq, k=TOP_K)
+
+        def check():
+            return None  # inference updates nothing that could diverge
     if point.framework == "torch":
         peak = torch_cuda_peak_fns(point.device) if caps.kind == "cuda" else (None, None)
     else:
@@ -176,4 +196,4 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
                     samples_per_step=point.batch_size,
                     tokens_per_step=point.batch_size * cfg.seq_len,
                     cost=analytic_cost(point), peak_fns=peak, planned_mem_bytes=planned,
-                    engine=engine)
+                    check=check, engine=engine)

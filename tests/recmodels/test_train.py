@@ -117,3 +117,101 @@ def test_popularity_baseline_uses_training_counts():
     pop = S.popularity(split)
     assert pop[0] == 0 and pop.sum() == len(split.train_items)
     assert np.argmax(pop) >= 1
+
+
+# --- divergence: a result with a status, not a traceback ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return str(_small_dataset(tmp_path_factory.mktemp("small")))
+
+
+def _quiet(fw, dataset, **kw):
+    return TrainOptions(framework=fw, dataset=dataset, **kw)
+
+
+def test_divergence_rule_tolerates_skipped_steps_but_not_runs_of_them():
+    from recmodels.train import MAX_NONFINITE_STREAK as N
+    from recmodels.train import divergence
+
+    nan, inf = float("nan"), float("inf")
+    assert divergence([1.0, nan, 0.9, nan], 0, params_finite=True) == (None, 1)
+    assert divergence([1.0] + [nan] * N, 0, params_finite=True) == ("loss became nan", N)
+    assert divergence([inf] * N, 0, params_finite=True)[0] == "loss became inf"
+    # a run of non-finite losses carries over from the previous epoch
+    assert divergence([nan] * (N - 1), 0, params_finite=True) == (None, N - 1)
+    assert divergence([nan], N - 1, params_finite=True)[0] == "loss became nan"
+    # non-finite parameters are divergence at once; the loss that made them is named
+    assert divergence([1.0, 0.9], 0, params_finite=False)[0] == "parameters became non-finite"
+    assert divergence([1.0, nan], 0, params_finite=False)[0] == "loss became nan"
+
+
+@pytest.mark.parametrize("fw", ["torch", "jax"])
+def test_a_diverged_run_stops_and_is_a_result_with_null_metrics(fw, small):
+    logs = []
+    r = train(_quiet(fw, small, epochs=3, lr=1e8), progress=False, log=logs.append)
+    assert r["status"] == "diverged" and r["reason"] == "loss became nan at epoch 1"
+    assert r["diverged_epoch"] == 1 and len(r["history"]) == 1  # stopped at that epoch
+    assert r["history"][0]["loss"] is None
+    assert r["valid"] is None and r["test"] is None and r["popularity"] is None
+    assert "loss became nan at epoch 1: diverged" in logs
+    json.dumps(r, allow_nan=False)  # strict JSON: no NaN anywhere in the object
+
+
+@pytest.mark.parametrize("fw", ["torch", "jax"])
+def test_fp16_steps_that_loss_scaling_skips_are_not_divergence(fw, small, monkeypatch):
+    import recmodels.train as T
+
+    real = T.make_engine
+
+    def overflowing(*args, **kw):  # a loss scale so large that every fp16 backward overflows
+        engine = real(*args, **kw)
+        if fw == "torch":
+            import torch
+
+            engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+        else:
+            import jax
+            import jax.numpy as jnp
+
+            scale = jax.device_put(jnp.float32(2.0**40), engine._replicated)
+            engine.state = engine.state._replace(loss_scale=scale)
+        return engine
+
+    monkeypatch.setattr(T, "make_engine", overflowing)
+    r, engine = train(_quiet(fw, small, epochs=2, precision="fp16"), progress=False,
+                      log=lambda s: None, return_engine=True)
+    fresh = real(fw, engine.cfg, device="cpu").state_dict()
+    assert all(np.array_equal(v, fresh[k]) for k, v in engine.state_dict().items())  # skipped
+    assert r["status"] == "ok" and r["reason"] is None and r["diverged_epoch"] is None
+    assert 0 <= r["test"]["hr@10"] <= 1
+
+
+def test_nan_scores_in_evaluation_are_divergence_too(small, monkeypatch):
+    import recmodels.train as T
+
+    real = T.make_engine
+
+    def nan_scores(*args, **kw):
+        engine = real(*args, **kw)
+        engine.score_candidates = lambda seq, cand: np.full(cand.shape, np.nan, np.float32)
+        return engine
+
+    monkeypatch.setattr(T, "make_engine", nan_scores)
+    r = train(_quiet("torch", small, epochs=1), progress=False, log=lambda s: None)
+    assert r["status"] == "diverged" and r["diverged_epoch"] == 1 and r["test"] is None
+    assert r["reason"] == "scores became nan in valid evaluation after epoch 1"
+
+
+def test_cli_diverged_run_prints_its_object_and_exits_1(small, capsys):
+    assert main(["train", "--dataset", small, "--epochs", "2", "--lr", "1e8", "--json"]) == 1
+    out, err = capsys.readouterr()
+    r = json.loads(out)  # still exactly one JSON object on stdout
+    assert r["status"] == "diverged" and r["diverged_epoch"] == 1 and r["test"] is None
+    assert "loss became nan at epoch 1: diverged" in err and "Traceback" not in err
+    assert main(["train", "--framework", "jax", "--dataset", small, "--epochs", "2",
+                 "--lr", "1e8"]) == 1
+    out, err = capsys.readouterr()
+    assert "diverged" in out and "HR@10" not in out and "Traceback" not in err
+
