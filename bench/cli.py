@@ -89,8 +89,13 @@ def cmd_train(args) -> int:
 
 
 def _format_speed(r: dict) -> str:
+    first = f"first epoch {r['first_epoch_s']:.2f} s (includes compilation and warm-up)"
+    if r["sequences_per_s"] is None:  # only the first epoch ran
+        why = "only one epoch ran" if r["status"] != "ok" else "use --epochs 2 or more"
+        return f"  speed      {first}; no steady-state speed from one epoch ({why})"
     return (f"  speed      {r['sequences_per_s']:,.0f} sequences/s, "
-            f"{r['seconds_per_epoch']:.2f} s/epoch (measured: {r['speed_note']})")
+            f"{r['seconds_per_epoch']:.2f} s/epoch over epochs 2-{r['steady_epochs'] + 1} "
+            f"(training loop incl. batch sampling, evaluation excluded); {first}")
 
 
 def format_train_result(r: dict) -> str:

@@ -242,9 +242,17 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
             reason = f"{why} at epoch {epoch}"
             break
 
-    # The first epoch includes JIT/graph warm-up; steady-state speed is over the rest.
-    steady = epoch_s[1:] or epoch_s
-    sec_per_epoch = float(np.mean(steady))
+    # The first epoch includes JIT compilation and warm-up: it is reported on its own
+    # (first_epoch_s), and the steady-state speed comes only from the epochs after it.
+    steady = epoch_s[1:]
+    sec_per_epoch = float(np.mean(steady)) if steady else None
+    if steady:
+        speed_note = ("wall time of the training loop incl. batch sampling, mean over epochs "
+                      f"2-{len(epoch_s)}; the first epoch (first_epoch_s) includes compilation "
+                      "and is left out; evaluation excluded")
+    else:
+        speed_note = ("one epoch only: its time (first_epoch_s) includes compilation and "
+                      "warm-up, so there is no steady-state speed (there is from 2 epochs on)")
     test_keys = ("hr@10", "ndcg@10", "auc", "accuracy", "precision", "recall", "f1")
     valid = test = popularity = None
     test_users = None
@@ -279,11 +287,12 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         "diverged_epoch": None if reason is None else len(history),
         "epochs": epochs,
         "batch_size": opts.batch_size,
-        "seconds_per_epoch": sec_per_epoch,
+        "sequences_per_epoch": n_seqs,
         "first_epoch_s": epoch_s[0],
-        "sequences_per_s": n_seqs / sec_per_epoch,
-        "speed_note": "wall time of the training loop incl. batch sampling, mean over epochs "
-                      "after the first (which includes compilation); evaluation excluded",
+        "steady_epochs": len(steady),
+        "seconds_per_epoch": sec_per_epoch,
+        "sequences_per_s": n_seqs / sec_per_epoch if sec_per_epoch else None,
+        "speed_note": speed_note,
         "eval_protocol": f"{opts.eval}" + ("-100" if opts.eval == "sampled" else ""),
         "eval_users": test_users,
         "valid": valid,

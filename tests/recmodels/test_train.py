@@ -215,3 +215,26 @@ def test_cli_diverged_run_prints_its_object_and_exits_1(small, capsys):
     out, err = capsys.readouterr()
     assert "diverged" in out and "HR@10" not in out and "Traceback" not in err
 
+
+# --- speed: steady state apart from the first (compiling) epoch ---------------------------
+
+
+@pytest.mark.parametrize("fw", ["torch", "jax"])
+def test_speed_is_steady_state_only_and_null_from_one_epoch(fw, small):
+    from bench.cli import format_train_result
+
+    one = train(_quiet(fw, small, epochs=1), progress=False, log=lambda s: None)
+    assert one["seconds_per_epoch"] is None and one["sequences_per_s"] is None
+    assert one["steady_epochs"] == 0 and "one epoch" in one["speed_note"]
+    assert one["first_epoch_s"] == one["history"][0]["seconds"] > 0
+    speed = next(s for s in format_train_result(one).splitlines() if "speed" in s)
+    assert "sequences/s" not in speed and "first epoch" in speed and "compil" in speed
+
+    three = train(_quiet(fw, small, epochs=3), progress=False, log=lambda s: None)
+    secs = [h["seconds"] for h in three["history"]]
+    assert three["first_epoch_s"] == secs[0] and three["steady_epochs"] == 2
+    assert three["seconds_per_epoch"] == pytest.approx(np.mean(secs[1:]))
+    assert three["sequences_per_s"] == pytest.approx(
+        three["sequences_per_epoch"] / three["seconds_per_epoch"])
+    speed = next(s for s in format_train_result(three).splitlines() if "speed" in s)
+    assert "sequences/s" in speed and "first epoch" in speed
