@@ -63,35 +63,54 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
 
 
 def causal_self_attention(p: Params, name: str, x: jax.Array, mask: jax.Array,
-                          cfg: GenRecConfig) -> jax.Array:
-    """Multi-head softmax attention (SASRec, Kang & McAuley 2018), softmax in fp32.
+                          cfg: GenRecConfig, kv: jax.Array | None = None,
+                          rng: jax.Array | None = None) -> jax.Array:
+    """Multi-head softmax attention (SASRec, Kang & McAuley 2018), softmax in fp32; in the
+    reference layout q from x, k and v from kv, dropout on the weights, no output projection.
 
     Written out rather than jax.nn.dot_product_attention, whose fp16 path asks XLA:CPU for
     an fp16 x fp16 -> fp32 dot it does not support (jax 0.10); XLA fuses this form itself.
     """
     b, t, d = x.shape
-    q, k, v = jnp.split(linear(p, f"{name}.qkv", x, cfg), 3, axis=-1)
+    reference = cfg.sasrec_layout == "reference"
+    if reference:
+        q = linear(p, f"{name}.q", x, cfg)
+        k, v = jnp.split(linear(p, f"{name}.kv", kv, cfg), 2, axis=-1)
+    else:
+        q, k, v = jnp.split(linear(p, f"{name}.qkv", x, cfg), 3, axis=-1)
     q, k, v = (z.reshape(b, t, cfg.n_head, d // cfg.n_head) for z in (q, k, v))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // cfg.n_head)
     probs = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1).astype(v.dtype)
-    y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)  # [B, T, h, d/h]
-    return linear(p, f"{name}.proj", y.reshape(b, t, d), cfg)
+    probs = dropout(probs, cfg.dropout if reference else 0.0, rng)
+    y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)  # [B, T, h * d/h]
+    return y if reference else linear(p, f"{name}.proj", y, cfg)
 
 
-def feed_forward(p: Params, name: str, x: jax.Array, cfg: GenRecConfig) -> jax.Array:
-    """Point-wise FFN: d -> d_ff -> d with GELU (exact erf form, as torch's default)."""
-    return linear(p, f"{name}.fc2", jax.nn.gelu(linear(p, f"{name}.fc1", x, cfg),
-                                                approximate=False), cfg)
+def feed_forward(p: Params, name: str, x: jax.Array, cfg: GenRecConfig,
+                 rng: jax.Array | None = None) -> jax.Array:
+    """Point-wise FFN: d -> d_ff -> d with GELU (exact erf form, as torch's default) in the
+    prenorm layout, or ReLU and dropout (reference)."""
+    h = linear(p, f"{name}.fc1", x, cfg)
+    h = (dropout(jax.nn.relu(h), cfg.dropout, rng) if cfg.sasrec_layout == "reference"
+         else jax.nn.gelu(h, approximate=False))
+    return linear(p, f"{name}.fc2", h, cfg)
 
 
 def sasrec_block(p: Params, name: str, x: jax.Array, mask: jax.Array, cfg: GenRecConfig,
                  rng: jax.Array | None) -> jax.Array:
-    """Pre-LN transformer block: x + attn(LN(x)), then x + FFN(LN(x))."""
-    r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
+    """prenorm: x + attn(LN(x)), then x + FFN(LN(x)). reference (kang205/SASRec model.py):
+    h = LN(x), x = h + attn(q=h, k=v=x), then h = LN(x), h + FFN(h)."""
+    reference = cfg.sasrec_layout == "reference"  # prenorm: the 2 keys it always drew
+    r = list(jax.random.split(rng, 3 if reference else 2)) if rng is not None else [None] * 3
+    if reference:
+        h = layer_norm(p, f"{name}.ln1", x)
+        h = layer_norm(p, f"{name}.ln2", h + causal_self_attention(p, f"{name}.attn", h, mask,
+                                                                     cfg, x, r[0]))
+        return h + dropout(feed_forward(p, f"{name}.ffn", h, cfg, r[2]), cfg.dropout, r[1])
     x = x + dropout(causal_self_attention(p, f"{name}.attn", layer_norm(p, f"{name}.ln1", x),
-                                          mask, cfg), cfg.dropout, r1)
+                                          mask, cfg), cfg.dropout, r[0])
     return x + dropout(feed_forward(p, f"{name}.ffn", layer_norm(p, f"{name}.ln2", x), cfg),
-                       cfg.dropout, r2)
+                       cfg.dropout, r[1])
 
 
 def hstu_block(p: Params, name: str, x: jax.Array, mask: jax.Array, cfg: GenRecConfig,
@@ -171,9 +190,11 @@ def init_params(cfg: GenRecConfig, rng: jax.Array) -> Params:
         shapes["pos_emb.weight"] = (cfg.seq_len, d)
         for i in range(cfg.n_layer):
             n = f"blocks.{i}"
-            if cfg.block == "sasrec":
-                layers = {"ln1": (d, d), "attn.qkv": (3 * d, d), "attn.proj": (d, d),
-                          "ln2": (d, d), "ffn.fc1": (f, d), "ffn.fc2": (d, f)}
+            if cfg.block == "sasrec":  # the reference layout has q and kv, and no attn.proj
+                layers = ({"ln1": (d, d), "attn.q": (d, d), "attn.kv": (2 * d, d)}
+                          if cfg.sasrec_layout == "reference" else
+                          {"ln1": (d, d), "attn.qkv": (3 * d, d), "attn.proj": (d, d)})
+                layers |= {"ln2": (d, d), "ffn.fc1": (f, d), "ffn.fc2": (d, f)}
             else:
                 layers = {"ln_in": (d, d), "uvqk": (4 * d, d), "ln_attn": (d, d), "out": (d, d)}
                 shapes[f"{n}.rel_bias"] = (2 * cfg.seq_len - 1,)

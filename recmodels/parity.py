@@ -4,8 +4,9 @@ Same weights (one safetensors file written by torch, read by JAX), same batches,
 dropout off: the catalog scores, the loss (before training and at every step), and every
 parameter after STEPS Adam steps on STEPS different batches must agree within TOLERANCES.
 The two frameworks order their float reductions differently, so bit-equality is not
-expected. Measured on CPU for `small` (all blocks and losses): scores within 1.9e-6, loss
-within 2.5e-7 (relative), params within 3.7e-5 after 3 steps of lr 1e-3 (`tiny`: 5e-6).
+expected. Measured on CPU for `small` (all blocks and losses, sasrec in both layouts): scores
+within 1.9e-6, loss within 2.5e-7 (relative), params within 4.4e-5 after 3 steps of lr 1e-3
+(`tiny`: 5e-6), but for a few elements of the ReLU layout (below).
 Adam divides by the root of its second moment, so a weight whose gradient is near zero can
 move by a good fraction of lr differently on the two sides: the parameter tolerance is a
 tenth of lr.
@@ -14,6 +15,14 @@ Why several steps: a first Adam step moves each weight by about lr * sign(grad) 
 the betas, so one step cannot tell Adam's moments apart; from the second step on, with a
 new batch (a new gradient), the update mixes the gradients by beta1 and beta2, and wrong
 betas move the weights by ~lr more or less than they should.
+
+ReLU (sasrec_layout="reference") is not differentiable at 0: once the first steps have moved
+the two sides' weights ~1e-5 apart, an FFN unit whose pre-activation lies that close to 0
+at some position takes that position's gradient on one side only, and the weights of that
+unit whose gradient was near zero then step by ~lr in different directions. Measured for
+`small` (sampled and full softmax): 109 and 103 of 3.46M elements beyond 1e-4, at most 1.7e-3
+(with GELU in its place: all within 1.5e-5). So with a ReLU a few elements may lie beyond
+the tolerance (at most a `params_relu_frac` share, none beyond 3 lr); smooth models get none.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from recmodels import weights
-from recmodels.config import BLOCKS, LOSSES, GenRecConfig, preset
+from recmodels.config import BLOCKS, LOSSES, SASREC_LAYOUTS, GenRecConfig, preset
 
 LR = 1e-3
 STEPS = 3  # Adam steps before the parameters are compared, each on its own batch
@@ -33,6 +42,7 @@ TOLERANCES = {
     "scores_max_abs": 1e-4,  # catalog scores of the last position (logits)
     "loss_rel": 1e-5,  # relative difference of the mean loss, before and at every step
     "params_max_abs": 1e-4,  # any parameter after STEPS Adam steps (lr 1e-3)
+    "params_relu_frac": 1e-4,  # share of elements beyond params_max_abs allowed with a ReLU
 }
 
 
@@ -52,12 +62,21 @@ class ParityResult:
     # the steps: far above params_max_abs when every tensor trained, so that the parameter
     # comparison is not two unmoved copies agreeing
     params_moved_min: float = 0.0
+    layout: str = ""  # the sasrec block's layout ("prenorm" | "reference"); "" for the others
+    params_beyond: int = 0  # parameter elements beyond params_max_abs after the steps
+    params_count: int = 0  # parameter elements compared
+
+    @property
+    def relu(self) -> bool:
+        return self.layout == "reference"
 
     @property
     def ok(self) -> bool:
+        params_ok = self.params_max_abs <= TOLERANCES["params_max_abs"] or (
+            self.relu and self.params_max_abs <= 3 * LR
+            and self.params_beyond <= TOLERANCES["params_relu_frac"] * self.params_count)
         return (self.scores_max_abs <= TOLERANCES["scores_max_abs"]
-                and self.loss_rel <= TOLERANCES["loss_rel"]
-                and self.params_max_abs <= TOLERANCES["params_max_abs"])
+                and self.loss_rel <= TOLERANCES["loss_rel"] and params_ok)
 
 
 def parity_batch(cfg: GenRecConfig, batch_size: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
@@ -99,28 +118,36 @@ def check(cfg: GenRecConfig, *, name: str = "", batch_size: int = 8, seed: int =
         loss_rel = max(loss_rel, abs(step_t - step_j) / max(abs(step_t), 1e-12))
     p_t, p_j = te.state_dict(), je.state_dict()
     diffs = {k: float(np.abs(p_t[k] - p_j[k]).max()) for k in p_t}
+    beyond = sum(int((np.abs(p_t[k] - p_j[k]) > TOLERANCES["params_max_abs"]).sum()) for k in p_t)
     worst = max(diffs, key=diffs.get)
     moved = min(float(np.abs(p_t[k] - tensors[k]).max()) for k in p_t)
     return ParityResult(
         preset=name, block=cfg.block, loss=cfg.loss,
+        layout=cfg.sasrec_layout if cfg.block == "sasrec" else "",
+        params_beyond=beyond, params_count=sum(v.size for v in p_t.values()),
         scores_max_abs=float(np.abs(s_t - s_j).max()),
         loss_torch=l_t, loss_jax=l_j, loss_rel=loss_rel,
         params_max_abs=diffs[worst], worst_param=worst, steps=steps, params_moved_min=moved,
     )
 
 
-def check_preset(name: str, *, blocks=BLOCKS, losses=LOSSES, catalog_size: int | None = 2000,
-                 batch_size: int = 8, on_result=None) -> list[ParityResult]:
-    """Every block x loss of a preset. The catalog is cut to 2,000 items by default: parity
-    does not depend on C, and a 100k-row table only makes the check slow."""
+def check_preset(name: str, *, blocks=BLOCKS, losses=LOSSES, layouts=SASREC_LAYOUTS,
+                 catalog_size: int | None = 2000, batch_size: int = 8,
+                 on_result=None) -> list[ParityResult]:
+    """Every block x loss of a preset, the sasrec block in each of `layouts`. The catalog is
+    cut to 2,000 items by default: parity does not depend on C, and a 100k-row table only
+    makes the check slow."""
     results = []
     for block in blocks:
-        for loss in losses:
-            overrides = {"block": block, "loss": loss, "n_neg": 1 if loss == "bce" else 16}
-            if catalog_size:
-                overrides["catalog_size"] = catalog_size
-            r = check(preset(name, **overrides), name=name, batch_size=batch_size)
-            results.append(r)
-            if on_result:
-                on_result(r)
+        for layout in layouts if block == "sasrec" else (None,):
+            for loss in losses:
+                overrides = {"block": block, "loss": loss, "n_neg": 1 if loss == "bce" else 16}
+                if layout:
+                    overrides["sasrec_layout"] = layout
+                if catalog_size:
+                    overrides["catalog_size"] = catalog_size
+                r = check(preset(name, **overrides), name=name, batch_size=batch_size)
+                results.append(r)
+                if on_result:
+                    on_result(r)
     return results

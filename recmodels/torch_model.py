@@ -35,39 +35,59 @@ def attention_mask(seq: torch.Tensor) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head softmax attention (SASRec, Kang & McAuley 2018) through fused SDPA."""
+    """Multi-head softmax attention (SASRec, Kang & McAuley 2018) through fused SDPA.
+
+    prenorm: q, k, v from x, then an output projection. reference (the SASRec code's): q from
+    x, k and v from kv, dropout on the attention weights, no output projection.
+    """
 
     def __init__(self, cfg: GenRecConfig):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        d, self.n_head = cfg.d_model, cfg.n_head
+        self.reference = cfg.sasrec_layout == "reference"
+        self.p_drop = cfg.dropout if self.reference else 0.0
+        if self.reference:
+            self.q, self.kv = nn.Linear(d, d), nn.Linear(d, 2 * d)
+        else:
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                kv: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=-1)
+        if self.reference:
+            q, (k, v) = self.q(x), self.kv(kv).split(d, dim=-1)
+        else:
+            q, k, v = self.qkv(x).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, h, T, d/h]
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,  # [B, h, T, d/h]
+                                           dropout_p=self.p_drop if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(b, t, d)
+        return y if self.reference else self.proj(y)
 
 
 class FeedForward(nn.Module):
-    """Point-wise FFN: d -> d_ff -> d with GELU."""
+    """Point-wise FFN: d -> d_ff -> d with GELU (prenorm), or ReLU and dropout (reference)."""
 
     def __init__(self, cfg: GenRecConfig):
         super().__init__()
+        reference = cfg.sasrec_layout == "reference"
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.act = F.relu if reference else F.gelu
+        self.drop = nn.Dropout(cfg.dropout if reference else 0.0)
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
 class SASRecBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(LN(x)), then x + FFN(LN(x))."""
+    """prenorm: x + attn(LN(x)), then x + FFN(LN(x)). reference (kang205/SASRec model.py):
+    h = LN(x), x = h + attn(q=h, k=v=x), then h = LN(x), h + FFN(h): each residual adds the
+    normalised input, and keys and values come from the un-normalised x."""
 
     def __init__(self, cfg: GenRecConfig):
         super().__init__()
+        self.reference = cfg.sasrec_layout == "reference"
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
@@ -75,6 +95,10 @@ class SASRecBlock(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.reference:
+            h = self.ln1(x)
+            h = self.ln2(h + self.attn(h, mask, x))
+            return h + self.drop(self.ffn(h))
         x = x + self.drop(self.attn(self.ln1(x), mask))
         return x + self.drop(self.ffn(self.ln2(x)))
 

@@ -20,6 +20,8 @@ def test_tiny_is_the_sasrec_paper_model():
     cfg = C.PRESETS["tiny"]
     assert (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_ff, cfg.seq_len) == (50, 2, 1, 50, 50)
     assert cfg.dropout == 0.5 and cfg.loss == "bce" and cfg.n_neg == 1
+    # its sizes; the paper code's block is the reference layout, an option (see PRESETS)
+    assert cfg.sasrec_layout == "prenorm"
 
 
 def test_ladder_grows_and_xl_is_about_one_billion_parameters():
@@ -29,9 +31,10 @@ def test_ladder_grows_and_xl_is_about_one_billion_parameters():
     assert C.PRESETS["xl"].catalog_size == 200_000
 
 
-@pytest.mark.parametrize("block", C.BLOCKS)
-def test_param_counts_equal_both_implementations(block):
-    cfg = C.preset("small", block=block, catalog_size=777, seq_len=33)
+@pytest.mark.parametrize("block, layout", [(b, "prenorm") for b in C.BLOCKS]
+                         + [("sasrec", "reference")])
+def test_param_counts_equal_both_implementations(block, layout):
+    cfg = C.preset("small", block=block, sasrec_layout=layout, catalog_size=777, seq_len=33)
     n_torch = sum(p.numel() for p in tm.GenRec(cfg).parameters())
     n_jax = sum(v.size for v in jm.init_params(cfg, jax.random.key(0)).values())
     assert n_torch == n_jax == C.params_total(cfg)
@@ -43,6 +46,7 @@ def test_param_counts_equal_both_implementations(block):
 @pytest.mark.parametrize("bad, match", [
     (dict(d_model=50, n_head=3), "not divisible by n_head"),
     (dict(block="mamba"), "unknown block"),
+    (dict(sasrec_layout="postnorm"), "unknown sasrec_layout"),
     (dict(loss="hinge"), "unknown loss"),
     (dict(compute_dtype="fp8"), "unknown compute_dtype"),
     (dict(n_layer=0), "n_layer must be a positive integer"),
@@ -86,6 +90,15 @@ def test_forward_flops_match_torch_flop_counter(name, block, loss):
     counted = _torch_forward_flops(cfg, batch_size=2)
     analytic = C.flops_forward(cfg, 2, "train")
     assert analytic == pytest.approx(counted, rel=0.10)
+
+
+@pytest.mark.parametrize("layout", C.SASREC_LAYOUTS)
+def test_sasrec_flops_match_torch_flop_counter_closely(layout):
+    """0.1%, not the 10% above: the reference layout's missing output projection is 2d^2 of
+    the ~8d^2 + 4d d_ff + 4Td per position and layer, which 10% would not see."""
+    cfg = C.preset("small", sasrec_layout=layout, catalog_size=3000, seq_len=32)
+    counted = _torch_forward_flops(cfg, batch_size=2)
+    assert C.flops_forward(cfg, 2, "train") == pytest.approx(counted, rel=1e-3)
 
 
 @pytest.mark.parametrize("block", C.BLOCKS)

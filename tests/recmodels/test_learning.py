@@ -22,6 +22,12 @@ def tiny(**kw):
     return preset("tiny", **{"catalog_size": 300, "seq_len": 12, "dropout": 0.0, **kw})
 
 
+def arch(name: str) -> dict:
+    """"sasrec-reference" -> {"block": "sasrec", "sasrec_layout": "reference"}."""
+    block, _, layout = name.partition("-")
+    return {"block": block, **({"sasrec_layout": layout} if layout else {})}
+
+
 def torch_grads(cfg, tensors, batch):
     """Autograd's gradient of the mean loss at `tensors`, one array per state_dict key."""
     model = tm.GenRec(cfg)
@@ -36,13 +42,13 @@ def torch_grads(cfg, tensors, batch):
 
 
 @pytest.mark.parametrize("block, loss", [("sasrec", "bce"), ("hstu", "sampled_softmax"),
-                                         ("lstm", "full_softmax")])
+                                         ("lstm", "full_softmax"), ("sasrec-reference", "bce")])
 def test_every_parameter_gets_the_gradient_torch_computes(block, loss):
     """One JAX SGD step through the Engine (the training path: grad, scaling, optimizer) is
     p - lr * g, with g autograd's gradient in torch on the same weights, for every tensor,
     and no tensor's gradient is zero. lr is large so that lr * g stands far above the fp32
     rounding of p (the layer-norm weights sit at 1)."""
-    cfg = tiny(block=block, loss=loss, n_neg=4)
+    cfg = tiny(**arch(block), loss=loss, n_neg=4)
     batch = parity.parity_batch(cfg, 8)
     lr = 10.0
     w = tm.Engine(cfg, seed=0).state_dict()
@@ -147,11 +153,12 @@ def test_jax_dropout_keep_rate_and_scaling(rate):
     assert np.asarray(jm.dropout(x, 0.0, jax.random.key(0)) == x).all()
 
 
-@pytest.mark.parametrize("block", ["sasrec", "hstu", "lstm"])
+@pytest.mark.parametrize("block", ["sasrec", "hstu", "lstm", "sasrec-reference"])
 def test_jax_dropout_draws_a_new_mask_at_every_site(block, monkeypatch):
     """A training forward pass draws a different mask at every dropout site: the embedding,
-    each block's branches, or between LSTM layers. (A new set at every step: below.)"""
-    cfg = tiny(block=block, dropout=0.5)
+    each block's branches (and, in sasrec's reference layout, its attention weights and FFN
+    hidden units), or between LSTM layers. (A new set at every step: below.)"""
+    cfg = tiny(**arch(block), dropout=0.5)
     params = jm.init_params(cfg, jax.random.key(0))
     seq = jnp.asarray(np.random.default_rng(0).integers(1, 301, (4, 12)), jnp.int32)
     masks = []
@@ -159,19 +166,23 @@ def test_jax_dropout_draws_a_new_mask_at_every_site(block, monkeypatch):
 
     def recording(x, rate, rng):
         out = orig(x, rate, rng)
-        if rng is not None and rate > 0:
-            masks.append(np.asarray(out != 0) | np.asarray(x == 0))  # zero inputs stay 0
+        if rng is not None and rate > 0:  # kept, over the inputs that are not 0 already
+            masks.append((np.asarray(out != 0), np.asarray(x != 0)))
         return out
 
     monkeypatch.setattr(jm, "dropout", recording)
     jm.forward(params, cfg, seq, jax.random.key(1))
-    sites = {"sasrec": 1 + 2 * cfg.n_layer, "hstu": 1 + cfg.n_layer, "lstm": cfg.n_layer}[block]
+    per_block = {"sasrec": 2, "hstu": 1, "sasrec-reference": 3}
+    sites = 1 + per_block[block] * cfg.n_layer if block != "lstm" else cfg.n_layer
     assert len(masks) == sites
-    for m in masks:
-        assert abs(m.mean() - 0.5) < 0.1
+    for kept, nonzero in masks:
+        assert abs(kept[nonzero].mean() - 0.5) < 0.1
     for i in range(len(masks)):
         for j in range(i):
-            assert (masks[i] != masks[j]).mean() > 0.2, (i, j)
+            (a, a_nz), (b, b_nz) = masks[i], masks[j]
+            if a.shape == b.shape:  # (attention weights are [B, h, T, T])
+                both = a_nz & b_nz
+                assert (a[both] != b[both]).mean() > 0.2, (i, j)
 
 
 def test_jax_dropout_changes_every_step_and_never_at_evaluation():
@@ -201,12 +212,12 @@ def test_jax_dropout_changes_every_step_and_never_at_evaluation():
 
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
-@pytest.mark.parametrize("block", ["sasrec", "lstm"])
+@pytest.mark.parametrize("block", ["sasrec", "lstm", "sasrec-reference"])
 def test_int8_inference_is_quantised_and_close_to_fp32(block):
     """The int8 engine, built as the benchmark builds it (Engine.quantize_int8), runs int8
     kernels and ranks like fp32: every score within 10% of the spread of that user's scores
     (measured: <= 2%), and at least 8 of the fp32 top 10 in its top 10 (measured: 10)."""
-    cfg = tiny(block=block)
+    cfg = tiny(**arch(block))
     eng = tm.Engine(cfg, seed=0)
     seq = parity.parity_batch(cfg, 16)["seq"]
     s32 = eng.score_catalog(seq)[:, 1:]
