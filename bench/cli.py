@@ -127,8 +127,11 @@ def cmd_parity(args) -> int:
 
     def show(r) -> None:
         if not args.json:
-            print(f"{r.preset:6s} {r.block:7s} {r.loss:16s} scores {r.scores_max_abs:8.1e}  "
+            block = f"{r.block}/{r.layout}" if r.layout else r.block
+            print(f"{r.preset:6s} {block:16s} {r.loss:16s} scores {r.scores_max_abs:8.1e}  "
                   f"loss {r.loss_rel:8.1e}  params {r.params_max_abs:8.1e}  "
+                  + (f"({r.params_beyond:,} of {r.params_count:,} beyond) "
+                     if r.params_beyond else "") +
                   f"{'ok' if r.ok else 'MISMATCH (' + r.worst_param + ')'}", flush=True)
 
     if not args.json:
