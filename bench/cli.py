@@ -17,6 +17,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from bench.launch.signals import exit_code, stop_signals_as_interrupt
 from recmodels.config import human, human_bytes
 from recmodels.errors import InputError
 
@@ -73,7 +74,15 @@ def cmd_train(args) -> int:
                         precision=args.precision, optimizer=args.optimizer, seed=args.seed,
                         device=args.device, eval=args.eval, eval_users=args.eval_users,
                         overrides=overrides)
-    result, engine = train(opts, return_engine=True)
+    try:
+        result, engine = train(opts, return_engine=True)
+    except (InputError, KeyboardInterrupt):
+        raise
+    except Exception:
+        reason = _probe_for_train(opts)
+        if reason is None:
+            raise  # the device runs this kind of step: the failure is the run's own
+        raise InputError(f"{reason}; choose another --precision or --block") from None
     ok = result["status"] == "ok"
     if args.save and not ok:
         _err(f"weights not saved to {args.save}: the run diverged")
@@ -86,6 +95,20 @@ def cmd_train(args) -> int:
     else:
         print(format_train_result(result))
     return EXIT_OK if ok else EXIT_CHECK_FAILED  # a diverged run is a failed check
+
+
+def _probe_for_train(opts) -> str | None:
+    """After a training run failed: does a tiny step of its framework, block and precision
+    run on its device at all? (bench.scenarios.step.probe; None: it does)."""
+    from bench.point import Point
+    from bench.scenarios.step import probe
+    from recmodels.config import preset
+    from recmodels.train import resolve_device
+
+    cfg = preset(opts.preset, **opts.overrides)
+    return probe(Point(framework=opts.framework, workload="train", preset=opts.preset,
+                       block=cfg.block, precision=opts.precision, batch_size=2,
+                       device=resolve_device(opts.framework, opts.device)))
 
 
 def _format_speed(r: dict) -> str:
@@ -242,6 +265,7 @@ def cmd_run(args) -> int:
     from pathlib import Path
 
     from bench import results as R
+    from bench.launch.locks import machine_lock
     from bench.launch.progress import summary_table
     from bench.launch.runner import check_writable, find_latest, run_suite
     from bench.machine.envinfo import fingerprint
@@ -263,8 +287,13 @@ def cmd_run(args) -> int:
                   else Path(args.resume))
     else:
         check_writable(out / R.safe_name(env["machine_id"]))  # before any work or output
-    outcome = run_suite(suite, out_dir=out, env=env, resume=resume,
-                        roofs={} if args.no_roofs else None)
+    try:
+        with machine_lock():  # one measuring command per machine at a time
+            outcome = run_suite(suite, out_dir=out, env=env, resume=resume,
+                                roofs={} if args.no_roofs else None)
+    except R.ResultsWriteError as e:
+        raise InputError(f"{e}; free space or lift the limit, then continue with: "
+                         f"{resume_command(args, e.path)}") from None
     table = summary_table([*outcome.previous, *outcome.records], end=outcome.end)
     report = None
     if args.report and not outcome.interrupted and outcome.counts.get("ok"):
@@ -289,7 +318,7 @@ def cmd_run(args) -> int:
         _err(f"interrupted: {len(outcome.previous) + len(outcome.records)} of "
              f"{len(suite.points)} points recorded; continue with: "
              f"{resume_command(args, outcome.path)}")
-        return EXIT_INTERRUPTED
+        return outcome.exit_code or EXIT_INTERRUPTED
     if not outcome.counts.get("ok"):
         counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items()) or "no points"
         _err(f"recbench run: no point ran ok ({counts}); the reasons are in {outcome.path}")
@@ -466,13 +495,14 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # a warning is one line, like an error; restored after
             warnings.showwarning = lambda m, *_, **__: _err(f"recbench {args.command}: warning: "
                                                              f"{m}")
-            return args.func(args)
+            with stop_signals_as_interrupt():  # SIGTERM and SIGHUP act as Ctrl-C
+                return args.func(args)
     except InputError as e:
         _err(f"recbench {args.command}: error: {e}")
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _err(f"recbench {args.command}: interrupted")
-        return EXIT_INTERRUPTED
+        return exit_code(e)
     except BrokenPipeError:
         return EXIT_OK
 

@@ -276,24 +276,6 @@ def bytes_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train",
     return 2 * weights + grads + update + 2 * acts
 
 
-def describe(cfg: GenRecConfig, batch_size: int = 128) -> dict:
-    """The analytic cost summary the CLI and the harness print (all values analytic)."""
-    from recmodels.memory import memory_estimate  # memory.py imports this module
-
-    return {
-        "params_dense": params_dense(cfg),
-        "params_embedding": params_embedding(cfg),
-        "params_total": params_total(cfg),
-        "flops_forward_train": flops_forward(cfg, batch_size, "train"),
-        "flops_train_step": flops_per_step(cfg, batch_size, "train"),
-        "flops_infer_step": flops_per_step(cfg, batch_size, "infer"),
-        # torch on CUDA: the memory estimate depends on the framework and device kind
-        "est_mem_train_bytes": memory_estimate(cfg, batch_size, "train").total_bytes,
-        "est_mem_infer_bytes": memory_estimate(cfg, batch_size, "infer").total_bytes,
-        "batch_size": batch_size,
-    }
-
-
 def human_bytes(n: float, per_s: bool = False) -> str:
     """Bytes in binary units, ``"1.5 GiB"``, ``"3.87 TiB/s"``: every byte figure recbench
     prints uses this, so GB never stands next to GiB."""
@@ -310,18 +292,3 @@ def human(n: float, unit: str = "") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g}{prefix}{unit}"
     return f"{n:.3g}{unit}" if not float(n).is_integer() else f"{int(n)}{unit}"
-
-
-# The memory model lives in recmodels/memory.py (which imports this module's param counts);
-# its names stay reachable here (`config.memory_estimate`), resolved on first use (PEP 562)
-# so that importing either module first works.
-_MEMORY_NAMES = ("MEMORY_ESTIMATE_ABS_ERROR_BYTES", "MEMORY_ESTIMATE_REL_ERROR",
-                 "MemoryEstimate", "error_band", "exceeds_capacity", "memory_estimate")
-
-
-def __getattr__(name: str):
-    if name in _MEMORY_NAMES:
-        from recmodels import memory
-
-        return getattr(memory, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,10 @@ from recmodels.config import (
     DTYPE_BYTES,
     ConfigError,
     GenRecConfig,
+    flops_forward,
+    flops_per_step,
     params_dense,
+    params_embedding,
     params_total,
 )
 
@@ -284,3 +287,19 @@ def memory_estimate(cfg: GenRecConfig, batch_size: int, workload: str = "train",
     if framework == "jax":
         return _jax(cfg, batch_size, workload, optimizer, device)
     raise ConfigError(f"unknown framework {framework!r}: choose torch or jax")
+
+
+def describe(cfg: GenRecConfig, batch_size: int = 128) -> dict:
+    """The analytic cost summary the CLI and the harness print (all values analytic)."""
+    return {
+        "params_dense": params_dense(cfg),
+        "params_embedding": params_embedding(cfg),
+        "params_total": params_total(cfg),
+        "flops_forward_train": flops_forward(cfg, batch_size, "train"),
+        "flops_train_step": flops_per_step(cfg, batch_size, "train"),
+        "flops_infer_step": flops_per_step(cfg, batch_size, "infer"),
+        # torch on CUDA: the memory estimate depends on the framework and device kind
+        "est_mem_train_bytes": memory_estimate(cfg, batch_size, "train").total_bytes,
+        "est_mem_infer_bytes": memory_estimate(cfg, batch_size, "infer").total_bytes,
+        "batch_size": batch_size,
+    }

@@ -148,7 +148,10 @@ def test_a_shipped_suite_on_a_missing_device_is_refused(capsys, monkeypatch):
 def test_a_run_with_no_ok_point_exits_1(one_point, tmp_path, capsys, monkeypatch):
     from bench.launch import runner
 
-    monkeypatch.setattr(runner, "device_capacity_bytes", lambda device, env: 1)  # infeasible
+    real = runner.analytic_cost
+    # a 1 TiB estimate against a 1-byte device: infeasible beyond the estimate's stated error
+    monkeypatch.setattr(runner, "analytic_cost", lambda p: {**real(p), "est_mem_bytes": 1 << 40})
+    monkeypatch.setattr(runner, "device_capacity_bytes", lambda device, env: 1)
     rc = main(["run", "--suite", str(one_point), "--out", str(tmp_path), "--no-roofs",
                "--json"])
     captured = capsys.readouterr()

@@ -36,7 +36,9 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 # The whole model package, beyond config and errors: only where a model is built or trained.
 MAY_IMPORT_ALL_RECMODELS = {"bench.scenarios", "bench.cli"}
-SHARED_RECMODELS = {"recmodels.config", "recmodels.errors"}
+# config's analytic cost (memory.py is its memory half), errors, and the text-file reader
+SHARED_RECMODELS = {"recmodels.config", "recmodels.memory", "recmodels.errors",
+                    "recmodels.textio"}
 
 
 def module_name(path: Path, root: Path) -> str:

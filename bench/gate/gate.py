@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,8 @@ from typing import Any
 from bench.gate import compare as C
 from bench.gate import compare_report as R
 from bench.gate import stats
-from bench.launch.runner import STDERR_TAIL_CHARS, Worker, WorkerDied, WorkerTimeout
+from bench.launch.channel import STDERR_TAIL_CHARS, Worker, WorkerDied, WorkerTimeout
+from bench.launch.locks import machine_lock
 from bench.point import Measure, Point
 from bench.results import PointRecord, ResultsFile, ResultsWriter, RunHeader, iso_utc, load
 from bench.suites.suite import Suite
@@ -393,24 +393,26 @@ def _check_outputs(args: argparse.Namespace) -> None:
                              f"({e.strerror or e}); pass a writable DIR") from None
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM (a cancelled CI job) cleans up like Ctrl-C
+MIN_ROUNDS = 2  # one round cannot confirm a verdict (stats.py: it must hold over the rounds)
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
     threshold = stats.parse_threshold(args.threshold)
     alpha = R.parse_alpha(args.alpha)
-    if args.rounds < 1:
-        raise InputError(f"--rounds {args.rounds}: expected a positive number of rounds")
+    if args.rounds < MIN_ROUNDS:
+        # A single round's samples share one slice of the machine's state: on a shared VM an
+        # unchanged tree read +9% and +775% in single rounds. The verdict must hold across
+        # rounds, which needs two or more.
+        raise InputError(f"--rounds {args.rounds}: a verdict needs at least {MIN_ROUNDS} rounds "
+                         f"to be confirmed across rounds (default {DEFAULT_ROUNDS})")
     _check_outputs(args)  # before minutes of measuring, not after
     plan = make_plan(args)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    # SIGTERM (a cancelled CI job) cleans up like Ctrl-C: bench.cli runs every command inside
+    # bench/launch/signals.py's handlers. The machine lock keeps other measuring commands out.
+    with machine_lock():
         c = run_gate(plan, use_cache=not args.no_cache,
                      out=Path(args.out) if args.out else None, threshold=threshold,
                      alpha=alpha, accept_analytic=args.accept_analytic_changes)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if args.markdown:
         try:
             Path(args.markdown).write_text(R.format_markdown(c, "recbench gate"),

@@ -27,15 +27,10 @@ ok) and every measured point keeps its window as ``conditions``.
 
 from __future__ import annotations
 
-import json
-import os
-import queue
+import contextlib
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -43,118 +38,26 @@ from pathlib import Path
 from typing import Any
 
 from bench import results as R
+from bench.launch.channel import (
+    STDERR_TAIL_CHARS,
+    Worker,
+    WorkerDied,
+    WorkerTimeout,
+)
+from bench.launch.locks import results_lock
 from bench.launch.memcap import MemoryCap, host_oom_killed, make_memory_cap
 from bench.launch.progress import Progress
+from bench.launch.signals import exit_code
 from bench.machine import conditions as C
 from bench.machine.hardware import device_capacity_bytes, devices_spanned
 from bench.machine.roofs import ROOF_DTYPES
 from bench.point import Point, device_kind
-from bench.scenarios.step import analytic_cost
+from bench.scenarios.step import analytic_cost, probe_key
 from bench.suites.suite import Suite
 from recmodels.config import human_bytes
 from recmodels.errors import InputError
 
-STARTUP_TIMEOUT_S = 180.0  # importing torch/jax on a cold, busy machine
-STDERR_TAIL_CHARS = 2000
 CONDITIONS_WINDOW_S = 0.5  # how long the run's start and end conditions are watched
-
-
-class WorkerDied(Exception):
-    def __init__(self, returncode: int | None, stderr_tail: str):
-        self.returncode, self.stderr_tail = returncode, stderr_tail
-        super().__init__(describe_exit(returncode))
-
-
-class WorkerTimeout(Exception):
-    pass
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "worker closed its output without exiting"
-    if returncode < 0:
-        try:
-            return f"killed by signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with status {returncode}"
-
-
-class Worker:
-    """One `python -m bench.launch.worker FRAMEWORK` process and its JSON-lines channel,
-    inside ``cap``'s cgroup when one is given."""
-
-    def __init__(self, framework: str, env: dict[str, str] | None = None,
-                 cap: MemoryCap | None = None):
-        self.framework = framework
-        self._stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed in kill()
-        worker_env = {**os.environ, **(env or {})}
-        # JAX grabs 75% of GPU memory up front by default; allocate on demand instead so the
-        # memory counters and the OOM frontier reflect what each point needs.
-        worker_env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        worker_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        argv = [sys.executable, "-m", "bench.launch.worker", framework]
-        self.proc = subprocess.Popen(
-            cap.wrap(argv) if cap is not None else argv,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            env=worker_env, start_new_session=True,  # Ctrl-C reaches the runner only
-        )
-        self._lines: queue.Queue[bytes | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        try:
-            self._receive(STARTUP_TIMEOUT_S)  # {"event": "ready"}
-        except BaseException:  # no Worker is returned, so nobody else could kill this one
-            self.kill()
-            raise
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def _receive(self, timeout_s: float) -> dict[str, Any]:
-        try:
-            line = self._lines.get(timeout=timeout_s)
-        except queue.Empty:
-            raise WorkerTimeout(f"no reply within {timeout_s:.0f} s") from None
-        if line is None:
-            try:
-                code = self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                code = None
-            raise WorkerDied(code, self.stderr_tail())
-        return json.loads(line)
-
-    def request(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        try:
-            self.proc.stdin.write((json.dumps(msg) + "\n").encode())  # type: ignore[union-attr]
-            self.proc.stdin.flush()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError):
-            pass  # the reader sees the EOF and reports how the worker died
-        return self._receive(timeout_s)
-
-    def stderr_tail(self, limit: int = STDERR_TAIL_CHARS) -> str:
-        self._stderr.flush()
-        self._stderr.seek(0, os.SEEK_END)
-        size = self._stderr.tell()
-        self._stderr.seek(max(0, size - limit))
-        return self._stderr.read().decode(errors="replace").strip()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self._stderr.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(b'{"cmd": "exit"}\n')  # type: ignore[union-attr]
-                self.proc.stdin.close()  # type: ignore[union-attr]
-                self.proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
 
 
 # --- what the runner decides without running a point ---------------------------------------
@@ -194,6 +97,7 @@ class RunOutcome:
     records: list[R.PointRecord] = field(default_factory=list)  # written this run
     previous: list[R.PointRecord] = field(default_factory=list)  # already in the file
     interrupted: bool = False
+    exit_code: int = 0  # when interrupted: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)
     end: R.RunEnd | None = None  # the run-end line written (None when interrupted)
 
     @property
@@ -248,8 +152,27 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
               progress: Progress | None = None,
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
               ) -> RunOutcome:
-    """Run every point of `suite` that has no record yet; return what was written."""
-    memcap, memcap_info = make_memory_cap(suite.mem_cap, log)
+    """Run every point of `suite` that has no record yet; return what was written.
+
+    Holds the results file's lock while it writes (bench/launch/locks.py: a second writer of
+    the same file gets InUse) and the run's memory cgroup while workers live. A write that
+    fails (disk full, file size limit) raises ResultsWriteError after the workers are gone.
+    """
+    with contextlib.ExitStack() as held:
+        if resume is not None:
+            held.enter_context(results_lock(Path(resume)))
+        memcap, memcap_info = make_memory_cap(suite.mem_cap, log)
+        if memcap is not None:
+            held.callback(memcap.close)
+        return _run_suite(suite, out_dir=out_dir, env=env, resume=resume, roofs=roofs,
+                          progress=progress, log=log, held=held, memcap=memcap,
+                          memcap_info=memcap_info)
+
+
+def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path | None,
+               roofs: dict[str, Any] | None, progress: Progress | None,
+               log: Callable[[str], None], held: contextlib.ExitStack,
+               memcap: MemoryCap | None, memcap_info: dict[str, Any]) -> RunOutcome:
     if resume is not None:
         writer = R.ResultsWriter.open_append(resume, check=resumable_by(suite, env))
         header = writer.header
@@ -272,9 +195,11 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                                     "mem_cap": memcap_info,
                                     "conditions": start_conditions})
         writer = R.ResultsWriter.create(out_dir, machine, header.run_id, header)
+        held.enter_context(results_lock(writer.path))
     previous = list(writer.records)
     done = {r.id for r in previous}
     ooms = [Point.from_dict(r.point) for r in previous if r.status == "oom"]
+    unrunnable: dict[tuple[str, ...], str] = {}  # probe_key -> why that kind of step fails
     todo = [p for p in suite.points if p.id not in done]
     outcome = RunOutcome(writer.path, previous=previous)
     progress = progress or Progress(len(todo))
@@ -309,6 +234,9 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
         for (framework, device), points in suite.groups():
             for point in (p for p in points if p.id not in done):
                 progress.starting(point)
+                if probe_key(point) in unrunnable:  # a probe showed its kind of step fails here
+                    record(point, "unsupported", unrunnable[probe_key(point)])
+                    continue
                 if suite.skip_after_oom and any(point.dominated_by(o) for o in ooms):
                     record(point, "skipped-after-oom", "a point of the same line with no more "
                            "parameters and no larger batch ran out of memory")
@@ -352,13 +280,17 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                         ooms.append(point)
                         continue
                     tail = e.stderr_tail[-STDERR_TAIL_CHARS:]
-                    record(point, "crashed", f"worker {e}" + (f"; stderr: {tail}" if tail else ""),
-                           {"extra": {"exit_status": e.returncode}})
+                    reply = {"status": "crashed", "reason": f"worker {e}" + (
+                        f"; stderr: {tail}" if tail else ""),
+                        "extra": {"exit_status": e.returncode}}
+                    status, reply = device_cannot(point, reply, memcap, unrunnable)
+                    record(point, status, reply=reply)
                     continue
                 if suite.isolation == "point":  # the next point gets a process of its own
                     worker.close()
                     worker = None
-                record(point, reply["status"], reply=reply, window=window.close())
+                status, reply = device_cannot(point, reply, memcap, unrunnable)
+                record(point, status, reply=reply, window=window.close())
                 if reply["status"] == "oom":
                     ooms.append(point)
             if worker is not None:
@@ -366,17 +298,52 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
                 worker = None
         if outcome.records or resume is None:  # a resume that ran nothing adds no end
             outcome.end = finish_run(writer, suite, header, remeasure, log)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (bench/launch/signals.py)
         outcome.interrupted = True
+        outcome.exit_code = exit_code(e)
     finally:
         if worker is not None:
             worker.kill()
-        if memcap is not None:
-            memcap.close()
         writer.close()
         progress.close()
     return outcome
 
+
+
+def device_cannot(point: Point, reply: dict[str, Any], cap: MemoryCap | None,
+                  unrunnable: dict[tuple[str, ...], str]) -> tuple[str, dict[str, Any]]:
+    """(status, reply) for a point that ended ``error`` or ``crashed``: a tiny probe step of
+    the same framework, block, precision and workload (bench.scenarios.step.probe) decides
+    whether the device cannot run that kind of step at all (then ``unsupported``, with the
+    probe's reason, and every later point of the kind is unsupported without running) or the
+    failure is the point's own. Healthy points never pay for a probe."""
+    if reply.get("status") not in ("error", "crashed"):
+        return reply["status"], reply
+    reason = probe_in_worker(point, cap)
+    if reason is None:
+        return reply["status"], reply
+    unrunnable[probe_key(point)] = reason
+    extra = {**(reply.get("extra") or {}), "point_failure": reply.get("reason")}
+    return "unsupported", {**reply, "status": "unsupported", "reason": reason, "extra": extra}
+
+
+def probe_in_worker(point: Point, cap: MemoryCap | None = None,
+                    timeout_s: float = 300.0) -> str | None:
+    """Run ``probe`` for ``point`` in a fresh worker: its reason, or None when the tiny step
+    runs (or the probe could not say: a hang is no verdict)."""
+    worker = None
+    try:
+        worker = Worker(point.framework, cap=cap)
+        return worker.request({"cmd": "probe", "point": point.to_dict()}, timeout_s).get("reason")
+    except WorkerDied as e:
+        return (f"{point.framework} cannot run a {point.workload} step of {point.block} in "
+                f"{point.precision} on {point.device}: a tiny probe step killed its worker too "
+                f"({e})")
+    except WorkerTimeout:
+        return None
+    finally:
+        if worker is not None:
+            worker.kill()
 
 
 def finish_run(writer: R.ResultsWriter, suite: Suite, header: R.RunHeader, remeasure: bool,

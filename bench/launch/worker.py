@@ -6,6 +6,7 @@ keeps resident, reaches this point's memory figures) or once per (framework, dev
 (``"group"``: imports paid once, memory figures order-dependent), and talks to it in JSON lines:
   -> {"cmd": "run", "point": {...}, "measure": {...}}   <- {"status", "reason", "metrics", ...}
   -> {"cmd": "roofs", "devices": [...], "dtypes": [...]} <- {"roofs": {...}}
+  -> {"cmd": "probe", "point": {...}}                    <- {"reason": str | None}
   -> {"cmd": "exit"}
 Replies go to the original stdout; anything else the process prints (framework logs, stray
 prints, C libraries) is sent to stderr, which the runner keeps for crash reports. A device
@@ -207,8 +208,40 @@ def measure_point(point: Point, measure: Measure,
     return {"status": "ok", "reason": None, "metrics": metrics, "samples_ms": sampled.samples_ms}
 
 
+PARENT_ENV = "RECBENCH_PARENT_PID"  # set by the runner: the process this worker serves
+
+
+def end_with_parent(parent_pid: int | None) -> None:
+    """End this worker when its runner dies without warning (SIGKILL, OOM): a worker must
+    never go on measuring with init as its parent. Linux: the kernel sends SIGKILL on the
+    parent's death (prctl PR_SET_PDEATHSIG, man 2 prctl); elsewhere a daemon thread polls
+    the parent pid once a second. A parent already gone ends the worker at once."""
+    if parent_pid is None:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # it died before the prctl took effect
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    import threading
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    parent = os.environ.get(PARENT_ENV)
+    end_with_parent(int(parent) if parent and parent.isdigit() else None)
     framework = argv[0] if argv else "torch"
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything else printed to stdout lands in stderr
@@ -223,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = json.loads(line)
         if msg["cmd"] == "exit":
             break
-        if msg["cmd"] == "roofs":
+        if msg["cmd"] == "probe":  # {"point"} -> {"reason": why its kind of step cannot run}
+            from bench.scenarios.step import probe
+
+            reply = {"reason": probe(Point.from_dict(msg["point"]))}
+            process.fresh = False
+        elif msg["cmd"] == "roofs":
             from bench.machine.roofs import measure_roofs
 
             reply = {"roofs": measure_roofs(msg["devices"], msg["dtypes"], (framework,))}

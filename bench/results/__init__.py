@@ -32,7 +32,7 @@ from bench.results.schema import (
     make_run_id,
     safe_name,
 )
-from bench.results.write import ResultsWriter
+from bench.results.write import ResultsWriteError, ResultsWriter
 
 __all__ = [
     "POINT_FIELDS_V1",
@@ -42,6 +42,7 @@ __all__ = [
     "PointRecord",
     "ResultsFile",
     "ResultsWarning",
+    "ResultsWriteError",
     "ResultsWriter",
     "RunEnd",
     "RunHeader",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.results.schema import PointRecord, ResultsWarning, RunEnd, RunHeader
 from recmodels.errors import InputError
-from recmodels.formats import strip_bom, utf8_problem
+from recmodels.textio import strip_bom, utf8_problem
 
 
 def repair_tail(path: Path) -> None:

@@ -3,7 +3,6 @@ their validation, and the JSON and id helpers both the reader and the writer use
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -19,6 +20,19 @@ from bench.results.schema import (
     safe_name,
 )
 from recmodels.errors import InputError
+
+
+class ResultsWriteError(InputError):
+    """Appending to a results file failed (disk full, file size limit, I/O error). The file
+    is left as it was before the failed line, so it loads and ``--resume`` completes it.
+    ``n_recorded``: the point records safely in the file."""
+
+    def __init__(self, path: Path, error: OSError, n_recorded: int) -> None:
+        self.path, self.n_recorded = path, n_recorded
+        self.reason = error.strerror or str(error)
+        super().__init__(f"cannot write to results file {path} ({self.reason}); "
+                         f"{n_recorded} point record{'s' if n_recorded != 1 else ''} "
+                         "safely recorded")
 
 
 class ResultsWriter:
@@ -77,11 +91,11 @@ class ResultsWriter:
         except BaseException as e:  # disk full, an env value JSON cannot hold, Ctrl-C:
             writer.close()  # leave no headerless file behind (load and resume refuse one)
             path.unlink(missing_ok=True)
-            if isinstance(e, OSError):
+            if isinstance(e, (OSError, ResultsWriteError)):
+                why = e.reason if isinstance(e, ResultsWriteError) else (e.strerror or e)
                 raise InputError(
-                    f"cannot write results file {path}: {e.strerror or e}; "
-                    "pass a writable --out DIR"
-                ) from e
+                    f"cannot write results file {path}: {why}; pass a writable --out DIR"
+                ) from None
             raise
         return writer
 
@@ -128,9 +142,21 @@ class ResultsWriter:
     def _write_line(self, obj: Mapping[str, Any]) -> None:
         if self._fh is None:
             raise ValueError(f"results writer for {self.path} is closed")
-        self._fh.write(dumps(obj) + "\n")  # one write per line: a kill can only cut the tail
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        data = (dumps(obj) + "\n").encode("utf-8")
+        fd = self._fh.fileno()  # written with os.write: nothing sits in a buffer to flush later
+        size = os.fstat(fd).st_size  # the last complete line ends here
+        try:
+            view = memoryview(data)
+            while view:  # one line per call in practice: a kill can only cut the tail
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            # Cut the partial line off (truncating frees space, so it works on a full disk and
+            # under a file size limit) and stop writing: the file stays loadable.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            self.close()
+            raise ResultsWriteError(self.path, e, len(self.records)) from None
 
     @property
     def closed(self) -> bool:

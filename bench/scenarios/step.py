@@ -22,6 +22,7 @@ import numpy as np
 
 from bench.point import Point, device_kind
 from recmodels import config as C
+from recmodels.memory import memory_estimate
 
 TOP_K = 10
 
@@ -81,7 +82,7 @@ def analytic_cost(point: Point) -> dict[str, int]:
         "params_embedding": C.params_embedding(cfg),
         "flops_per_step": C.flops_per_step(cfg, b, w),
         "bytes_per_step": C.bytes_per_step(cfg, b, w, point.optimizer),
-        "est_mem_bytes": C.memory_estimate(cfg, b, w, point.optimizer, point.framework,
+        "est_mem_bytes": memory_estimate(cfg, b, w, point.optimizer, point.framework,
                                            device_kind(point.device)).total_bytes,
     }
 
@@ -197,3 +198,42 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
                     tokens_per_step=point.batch_size * cfg.seq_len,
                     cost=analytic_cost(point), peak_fns=peak, planned_mem_bytes=planned,
                     check=check, engine=engine)
+
+
+# --- what the device can run: a probe ---------------------------------------------------------
+
+PROBE_SHAPE = {"preset": "tiny", "catalog_size": 16, "seq_len": 4, "batch_size": 2}
+
+
+def probe_key(point: Point) -> tuple[str, str, str, str, str]:
+    """What decides whether a kernel exists: (framework, device, block, precision, workload).
+    Sizes do not (a probe at 2 x 4 stands for every batch and length), torch.compile does not
+    (its failures are the point's own)."""
+    return (point.framework, point.device, point.block, point.precision, point.workload)
+
+
+def probe(point: Point, caps: DeviceCaps | None = None) -> str | None:
+    """Whether ``point``'s kind of step runs on this device at all: None when it does, else
+    why not. The support table first (``support_reason``, which knows what needs which
+    hardware), then one step of a tiny model of the same framework, block, precision and
+    workload, built and run for real. What the table cannot know shows up here: oneDNN has no
+    fp16 LSTM kernel on this kind of CPU, for one ("could not create a primitive descriptor
+    for the LSTM forward propagation primitive"), and whether it has one depends on the ISA.
+    Out-of-memory never comes from a 2 x 4 step, so every failure is the device's."""
+    tiny = Point(**{**point.to_dict(), **PROBE_SHAPE, "compile": False})
+    try:
+        caps = caps or device_caps(tiny.framework, tiny.device)
+        reason = support_reason(tiny, caps)
+        if reason:
+            return reason
+        workload = build(tiny, caps)
+        try:
+            workload.sync(workload.step())
+        finally:
+            workload.close()
+    except Exception as e:  # the probe's job is to turn any failure into a reason
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
+        return (f"{point.framework} cannot run a {point.workload} step of {point.block} in "
+                f"{point.precision} on {point.device} (a tiny probe step failed: "
+                f"{type(e).__name__}: {first[:300]})")
+    return None

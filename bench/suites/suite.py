@@ -87,7 +87,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.point import POSITIVE_INT_FIELDS, Measure, Point, field_problem, suggest
 from recmodels.errors import InputError
-from recmodels.formats import utf8_text
+from recmodels.textio import utf8_text
 
 if TYPE_CHECKING:
     from bench.machine.hardware import Hardware

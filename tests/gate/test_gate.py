@@ -169,6 +169,11 @@ def test_bad_suite_override_and_rounds_are_exit_2(capsys):
     assert main(["gate", "--base", "HEAD", "--set", "batch_sizes=8"]) == 2
     assert "unknown key 'batch_sizes'" in capsys.readouterr().err
     assert main(["gate", "--base", "HEAD", "--rounds", "0"]) == 2
+    capsys.readouterr()
+    # one round cannot confirm a verdict across rounds: refused before anything is measured
+    assert main(["gate", "--base", "HEAD", "--rounds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs at least 2 rounds" in err
 
 
 def test_no_point_in_common_is_exit_2(throwaway, monkeypatch, capsys):
@@ -374,7 +379,7 @@ def test_a_base_without_model_code_is_exit_2(throwaway, tmp_path, monkeypatch, c
 
 
 class FakeWorker:
-    """Stands in for bench.launch.runner.Worker: records how it was ended."""
+    """Stands in for bench.launch.channel.Worker: records how it was ended."""
 
     ended: ClassVar[list[str]] = []
 
@@ -394,7 +399,7 @@ class FakeWorker:
 
 
 def test_a_worker_that_dies_is_reaped_and_interrupted_rounds_kill_their_workers(monkeypatch):
-    from bench.launch.runner import WorkerDied
+    from bench.launch.channel import WorkerDied
     from bench.point import Measure, Point
 
     p = Point(framework="torch", workload="train", preset="tiny", batch_size=4,

@@ -253,7 +253,7 @@ def test_unwritable_output_directory(tmp_path, capsys):
 
 
 def test_a_worker_that_is_not_ready_in_time_is_killed(monkeypatch):
-    from bench.launch import runner
+    from bench.launch import channel as runner
 
     started = []
 

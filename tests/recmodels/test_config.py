@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from recmodels import config as C
 from recmodels import jax_model as jm
+from recmodels import memory as M
 from recmodels import torch_model as tm
 from recmodels.errors import InputError
 
@@ -132,14 +133,14 @@ def test_memory_estimate_counts_adam_state_and_grows_with_batch():
     # (the estimate against measurements: tests/recmodels/test_memory_estimate.py)
     cfg = C.PRESETS["base"]
     n = C.params_total(cfg)
-    small, large = C.memory_estimate(cfg, 64), C.memory_estimate(cfg, 512)
+    small, large = M.memory_estimate(cfg, 64), M.memory_estimate(cfg, 512)
     assert small.weights_bytes == 4 * n and small.optimizer_bytes == 8 * n
     assert large.activations_bytes == pytest.approx(8 * small.activations_bytes, rel=1e-6)
-    infer = C.memory_estimate(cfg, 64, "infer")
+    infer = M.memory_estimate(cfg, 64, "infer")
     assert infer.grads_bytes == infer.optimizer_bytes == 0 and infer.total_bytes < small.total_bytes
-    sgd = C.memory_estimate(cfg, 64, optimizer="sgd")
+    sgd = M.memory_estimate(cfg, 64, optimizer="sgd")
     assert sgd.optimizer_bytes == 0
-    full = C.memory_estimate(cfg.replace(loss="full_softmax"), 64)
+    full = M.memory_estimate(cfg.replace(loss="full_softmax"), 64)
     extra = full.activations_bytes - small.activations_bytes
     assert extra > 64 * cfg.seq_len * cfg.catalog_size * 4
 
@@ -147,7 +148,7 @@ def test_memory_estimate_counts_adam_state_and_grows_with_batch():
 def test_bytes_per_step_is_at_least_the_weights():
     for workload in ("train", "infer"):
         cfg = C.PRESETS["small"]
-        weights = C.memory_estimate(cfg, 32, workload).weights_bytes
+        weights = M.memory_estimate(cfg, 32, workload).weights_bytes
         assert C.bytes_per_step(cfg, 32, workload) > weights
 
 

@@ -35,7 +35,7 @@ def test_every_h200_point_is_within_the_stated_error() -> None:
         p = Point(**rec.point)
         key = "peak_device_mem_bytes" if p.framework == "torch" else "planned_device_mem_bytes"
         measured = rec.metrics[key]
-        est = C.memory_estimate(p.model_config(), p.batch_size, p.workload, p.optimizer,
+        est = M.memory_estimate(p.model_config(), p.batch_size, p.workload, p.optimizer,
                                 p.framework, device_kind(p.device)).total_bytes
         rows.append(((est - measured) / measured, est, measured, p.label()))
     assert len(rows) == 54
@@ -56,7 +56,7 @@ def test_the_h200_infeasible_point_now_runs_and_its_oom_is_measured() -> None:
     the rule it runs, and the OOM it will most likely hit is a measurement."""
     [rec] = [r for r in load(H200).records if r.status == "infeasible"]
     p = Point(**rec.point)
-    est = C.memory_estimate(p.model_config(), p.batch_size, p.workload, p.optimizer,
+    est = M.memory_estimate(p.model_config(), p.batch_size, p.workload, p.optimizer,
                             p.framework, device_kind(p.device)).total_bytes
     cap = 150_754_820_096  # the file's env: NVIDIA H200 memory_bytes
     assert est > cap and not M.exceeds_capacity(est, cap)
@@ -111,7 +111,7 @@ def test_estimate_matches_xla_cpu_plans(overrides, batch, workload) -> None:
     200 MiB floor; each compiles in a few seconds and allocates nothing."""
     cfg = C.GenRecConfig(**{**_SMALL, **overrides})
     plan = _xla_cpu_plan(cfg, batch, workload)
-    est = C.memory_estimate(cfg, batch, workload, "adam", "jax", "cpu").total_bytes
+    est = M.memory_estimate(cfg, batch, workload, "adam", "jax", "cpu").total_bytes
     print(f"{workload} {overrides} B={batch}: XLA:CPU plan {plan / MiB:.0f} MiB, estimate "
           f"{est / MiB:.0f} MiB ({(est - plan) / plan:+.1%})")
     assert plan > 800 * MiB
@@ -145,32 +145,32 @@ def test_runner_and_dry_run_use_the_rule() -> None:
 def test_estimate_parts_and_framework_differences() -> None:
     cfg = C.PRESETS["base"]
     n = C.params_total(cfg)
-    train = C.memory_estimate(cfg, 256)  # torch on CUDA, fp32: the backward is the peak
+    train = M.memory_estimate(cfg, 256)  # torch on CUDA, fp32: the backward is the peak
     assert train.weights_bytes == 4 * n and train.optimizer_bytes == 8 * n
     assert train.workspace_bytes == 2 * M.CUBLAS_WORKSPACE_BYTES  # main + autograd thread
     assert train.total_bytes == (train.weights_bytes + train.grads_bytes
                                  + train.optimizer_bytes + train.activations_bytes
                                  + train.workspace_bytes)
     # activations grow linearly with the batch (the batch ids included)
-    a, b = C.memory_estimate(cfg, 64), C.memory_estimate(cfg, 512)
+    a, b = M.memory_estimate(cfg, 64), M.memory_estimate(cfg, 512)
     assert b.activations_bytes == pytest.approx(8 * a.activations_bytes, rel=1e-9)
     # the update is the peak for a tiny batch: all grads and Adam's sqrt temporary
-    upd = C.memory_estimate(cfg, 1)
+    upd = M.memory_estimate(cfg, 1)
     assert upd.grads_bytes == 4 * n and upd.optimizer_bytes == 12 * n
-    assert C.memory_estimate(cfg, 1, optimizer="sgd").optimizer_bytes == 0
-    infer = C.memory_estimate(cfg, 256, "infer")
+    assert M.memory_estimate(cfg, 1, optimizer="sgd").optimizer_bytes == 0
+    infer = M.memory_estimate(cfg, 256, "infer")
     assert infer.grads_bytes == infer.optimizer_bytes == 0
     assert infer.workspace_bytes == M.CUBLAS_WORKSPACE_BYTES
     # full softmax holds fp32 logits [B, T, C+1] and their gradients
-    full = C.memory_estimate(cfg.replace(loss="full_softmax"), 8)
-    assert full.activations_bytes - C.memory_estimate(cfg, 8).activations_bytes > \
+    full = M.memory_estimate(cfg.replace(loss="full_softmax"), 8)
+    assert full.activations_bytes - M.memory_estimate(cfg, 8).activations_bytes > \
         8 * cfg.seq_len * (cfg.catalog_size + 1) * 10
     # JAX keeps the T x T softmax (its attention is written out); fused SDPA does not
     long = cfg.replace(seq_len=1024)
-    torch_acts = C.memory_estimate(long, 8, framework="torch").activations_bytes
-    jax_acts = C.memory_estimate(long, 8, framework="jax").activations_bytes
+    torch_acts = M.memory_estimate(long, 8, framework="torch").activations_bytes
+    jax_acts = M.memory_estimate(long, 8, framework="jax").activations_bytes
     assert jax_acts > 2 * torch_acts
     # no cuBLAS workspace off CUDA; unknown framework is an input error
-    assert C.memory_estimate(cfg, 8, device="cpu").workspace_bytes == 0
+    assert M.memory_estimate(cfg, 8, device="cpu").workspace_bytes == 0
     with pytest.raises(C.ConfigError, match="unknown framework"):
-        C.memory_estimate(cfg, 8, framework="mxnet")
+        M.memory_estimate(cfg, 8, framework="mxnet")
