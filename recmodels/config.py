@@ -282,7 +282,9 @@ def human_bytes(n: float, per_s: bool = False) -> str:
     unit = "/s" if per_s else ""
     for name, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= scale:
-            return f"{n / scale:.3g} {name}{unit}"
+            value = n / scale  # 1000-1023 of a unit: whole numbers, never "1.02e+03"
+            return f"{value:.3g} {name}{unit}" if abs(value) < 999.5 else \
+                f"{value:.0f} {name}{unit}"
     return f"{n:.0f} B{unit}"
 
 

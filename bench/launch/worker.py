@@ -5,7 +5,8 @@ The runner starts `python -m bench.launch.worker FRAMEWORK` for each point (``is
 keeps resident, reaches this point's memory figures) or once per (framework, device) group
 (``"group"``: imports paid once, memory figures order-dependent), and talks to it in JSON lines:
   -> {"cmd": "run", "point": {...}, "measure": {...}}   <- {"status", "reason", "metrics", ...}
-  -> {"cmd": "roofs", "devices": [...], "dtypes": [...]} <- {"roofs": {...}}
+  -> {"cmd": "roofs", "devices": [...], "dtypes": [...], "frameworks": [...]}
+                                                         <- {"roofs": {...}}
   -> {"cmd": "probe", "point": {...}}                    <- {"reason": str | None}
   -> {"cmd": "exit"}
 Replies go to the original stdout; anything else the process prints (framework logs, stray
@@ -264,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         elif msg["cmd"] == "roofs":
             from bench.machine.roofs import measure_roofs
 
-            reply = {"roofs": measure_roofs(msg["devices"], msg["dtypes"], (framework,))}
+            frameworks = tuple(msg.get("frameworks") or (framework,))  # best of them
+            reply = {"roofs": measure_roofs(msg["devices"], msg["dtypes"], frameworks)}
             process.fresh = False
         else:
             reply = measure_point(Point.from_dict(msg["point"]), Measure(**msg["measure"]),

@@ -558,3 +558,33 @@ def test_utilization_without_a_roof_is_null_never_zero():
     add_utilization(m, tiny_point(), {"cpu/fp32": {"gemm_flops_per_s": 4e10,
                                                    "mem_bytes_per_s": 2e10}}, env)
     assert m["utilization"] == pytest.approx(0.5) and m["bandwidth_utilization"] == 0.25
+
+
+def test_roofs_are_measured_with_every_framework_the_suite_runs_there(monkeypatch):
+    """A device's roof is the best GEMM any of its frameworks reaches (XLA's fp32 GEMM ran ~2x
+    torch's on a 2-core VM, and a torch-only roof read JAX points at 154% utilisation)."""
+    from bench.launch import runner
+
+    asked = []
+
+    class RoofWorker:
+        def __init__(self, framework, env=None, cap=None):
+            self.framework = framework
+
+        def request(self, msg, timeout_s):
+            asked.append((self.framework, msg["devices"], msg["dtypes"], msg["frameworks"]))
+            return {"roofs": {f"{msg['devices'][0]}/{d}": {"gemm_flops_per_s": 1.0}
+                              for d in msg["dtypes"]}}
+
+        def close(self):
+            pass
+
+        kill = close
+
+    monkeypatch.setattr(runner, "Worker", RoofWorker)
+    points = [tiny_point(framework=fw, precision=pr) for fw in ("torch", "jax")
+              for pr in ("fp32", "bf16")] + [tiny_point(framework="jax", device="tpu")]
+    roofs = runner.measure_roofs_in_worker(points, log=lambda s: None)
+    assert asked == [("torch", ["cpu"], ["bf16", "fp32"], ["jax", "torch"]),
+                     ("jax", ["tpu"], ["fp32"], ["jax"])]
+    assert set(roofs) == {"cpu/bf16", "cpu/fp32", "tpu/fp32"}
