@@ -39,8 +39,9 @@ ONE_POINT = ["--framework", "torch", "--set", "workload=train", "--set", "batch_
 # Only a guard against a hung gate, never a performance assertion (one took ~1 min here).
 GATE_HANG_S = 1200
 
-# Appended to recmodels/torch_model.py by the slowdown commit: a real regression of the model
-# code, twice the time per training step (spinning, like extra compute would).
+# Appended to recmodels/torch/engine.py (whose Engine calls train_step) by the slowdown commit:
+# a real regression of the model code, twice the time per training step (spinning, like extra
+# compute would).
 SLOWER = '''
 
 import time
@@ -133,7 +134,7 @@ def test_a_over_a_gate_passes(throwaway):
 def test_a_commit_that_doubles_the_train_step_fails_the_gate(throwaway, tmp_path):
     repo = tmp_path / "slow"
     git(tmp_path, "clone", "--quiet", str(throwaway), str(repo))
-    model = repo / "recmodels" / "torch_model.py"
+    model = repo / "recmodels" / "torch" / "engine.py"
     model.write_text(model.read_text() + SLOWER)
     git(repo, "commit", "--quiet", "-am", "slower train_step")
     md = tmp_path / "gate.md"

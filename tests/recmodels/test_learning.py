@@ -14,6 +14,8 @@ from recmodels import parity
 from recmodels import splits as S
 from recmodels import torch_model as tm
 from recmodels.config import preset
+from recmodels.jax import blocks as jax_blocks
+from recmodels.jax import model as jax_model_mod
 
 ENGINES = {"torch": tm.Engine, "jax": jm.Engine}
 
@@ -170,7 +172,8 @@ def test_jax_dropout_draws_a_new_mask_at_every_site(block, monkeypatch):
             masks.append((np.asarray(out != 0), np.asarray(x != 0)))
         return out
 
-    monkeypatch.setattr(jm, "dropout", recording)
+    for module in (jax_blocks, jax_model_mod):  # every module that calls dropout
+        monkeypatch.setattr(module, "dropout", recording)
     jm.forward(params, cfg, seq, jax.random.key(1))
     per_block = {"sasrec": 2, "hstu": 1, "sasrec-reference": 3}
     sites = 1 + per_block[block] * cfg.n_layer if block != "lstm" else cfg.n_layer

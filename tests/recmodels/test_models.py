@@ -17,6 +17,9 @@ from recmodels import parity, weights
 from recmodels import torch_model as tm
 from recmodels.config import BLOCKS, LOSSES, SASREC_LAYOUTS, preset
 from recmodels.errors import InputError
+from recmodels.jax import engine as jax_engine
+from recmodels.jax import losses as jax_losses
+from recmodels.torch import engine as torch_engine
 
 ENGINES = {"torch": tm.Engine, "jax": jm.Engine}
 # every block, and the sasrec block in its other layout ("sasrec" alone is "prenorm")
@@ -330,7 +333,7 @@ def test_parity_loss_check_fires_on_a_loss_mismatch(monkeypatch):
     (Adam's step does not depend on the gradient's scale)."""
     cfg = preset("tiny", catalog_size=500, seq_len=16)
     orig = tm.loss_fn
-    monkeypatch.setattr(tm, "loss_fn", lambda model, batch: orig(model, batch) * 1.001)
+    monkeypatch.setattr(torch_engine, "loss_fn", lambda model, batch: orig(model, batch) * 1.001)
     r = parity.check(cfg)
     tol = parity.TOLERANCES
     assert not r.ok
@@ -349,7 +352,7 @@ def test_parity_param_check_fires_on_wrong_adam_betas(monkeypatch):
             return optax.adam(lr, b1=0.5, b2=0.999, eps=1e-8)
         return orig(name, lr)
 
-    monkeypatch.setattr(jm, "make_optimizer", wrong_betas)
+    monkeypatch.setattr(jax_engine, "make_optimizer", wrong_betas)
     tol = parity.TOLERANCES
     one = parity.check(cfg, steps=1)
     assert one.params_max_abs <= tol["params_max_abs"], one  # why one step is not enough
@@ -381,7 +384,7 @@ def test_parity_with_a_relu_still_catches_wrong_adam_betas(monkeypatch):
     """The ReLU allowance does not hide an optimizer that differs: wrong betas move most
     elements of the reference layout's parameters apart, far beyond the allowed share."""
     cfg = preset("tiny", sasrec_layout="reference", catalog_size=500, seq_len=16)
-    monkeypatch.setattr(jm, "make_optimizer",
+    monkeypatch.setattr(jax_engine, "make_optimizer",
                         lambda name="adam", lr=1e-3: optax.adam(lr, b1=0.5, b2=0.999, eps=1e-8))
     r = parity.check(cfg)
     assert not r.ok
@@ -458,7 +461,7 @@ def test_mixed_precision_losses_mirror_autocast(loss, monkeypatch):
     with torch.no_grad():
         te.model.item_emb.weight.copy_(torch.from_numpy(table))
     monkeypatch.setattr(tm.GenRec, "forward", lambda self, seq: torch.from_numpy(h))
-    monkeypatch.setattr(jm, "forward", lambda p, cfg, seq, rng=None: jnp.asarray(h))
+    monkeypatch.setattr(jax_losses, "forward", lambda p, cfg, seq, rng=None: jnp.asarray(h))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         lt = float(tm.loss_fn(te.model, te.put(batch)))
     params = {"item_emb.weight": jnp.asarray(table)}

@@ -1,0 +1,156 @@
+"""GenRec in JAX, the layers: attention mask, attention, FFN, the blocks and the LSTM.
+
+Pure functions over a flat params dict.
+
+Mirrors recmodels/torch/blocks.py name for name and in the same order; the params keys equal the
+torch state_dict keys and every matrix keeps torch's [out, in] layout, so one safetensors
+file loads into either framework.
+
+Shapes: B batch, T sequence length, d model width, h heads, C catalog size, R negatives.
+Input sequences are left-padded with item 0, so the most recent item is always at T-1.
+Mixed precision mirrors torch.autocast: matmuls run in compute_dtype, LayerNorm and the
+losses in fp32, and the residual stream stays fp32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from recmodels.config import GenRecConfig
+
+DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
+INIT_STD = 0.02  # GPT-2's initialiser for every matrix and embedding
+Params = dict[str, jax.Array]
+
+
+def attention_mask(seq: jax.Array) -> jax.Array:
+    """[B, T] ids -> [B, 1, T, T] bool, True where query t may attend to key s.
+
+    Causal, and padded keys are hidden. Every position also sees itself, so the rows of
+    padded queries are never empty (their outputs are ignored by the loss).
+    """
+    t = seq.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    eye = jnp.eye(t, dtype=bool)
+    return (causal & (seq != 0)[:, None, None, :]) | eye
+
+
+def linear(p: Params, name: str, x: jax.Array, cfg: GenRecConfig) -> jax.Array:
+    """torch.nn.Linear: x @ W^T + b, in the compute dtype."""
+    cd = DTYPES[cfg.compute_dtype]
+    return x.astype(cd) @ p[f"{name}.weight"].astype(cd).T + p[f"{name}.bias"].astype(cd)
+
+
+def layer_norm(p: Params, name: str, x: jax.Array) -> jax.Array:
+    """torch.nn.LayerNorm (eps 1e-5), computed in fp32 as autocast does."""
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p[f"{name}.weight"] + p[f"{name}.bias"]
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when rng is None (evaluation) or rate is 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def causal_self_attention(p: Params, name: str, x: jax.Array, mask: jax.Array,
+                          cfg: GenRecConfig, kv: jax.Array | None = None,
+                          rng: jax.Array | None = None) -> jax.Array:
+    """Multi-head softmax attention (SASRec, Kang & McAuley 2018), softmax in fp32; in the
+    reference layout q from x, k and v from kv, dropout on the weights, no output projection.
+
+    Written out rather than jax.nn.dot_product_attention, whose fp16 path asks XLA:CPU for
+    an fp16 x fp16 -> fp32 dot it does not support (jax 0.10); XLA fuses this form itself.
+    """
+    b, t, d = x.shape
+    reference = cfg.sasrec_layout == "reference"
+    if reference:
+        q = linear(p, f"{name}.q", x, cfg)
+        k, v = jnp.split(linear(p, f"{name}.kv", kv, cfg), 2, axis=-1)
+    else:
+        q, k, v = jnp.split(linear(p, f"{name}.qkv", x, cfg), 3, axis=-1)
+    q, k, v = (z.reshape(b, t, cfg.n_head, d // cfg.n_head) for z in (q, k, v))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // cfg.n_head)
+    probs = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1).astype(v.dtype)
+    probs = dropout(probs, cfg.dropout if reference else 0.0, rng)
+    y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)  # [B, T, h * d/h]
+    return y if reference else linear(p, f"{name}.proj", y, cfg)
+
+
+def feed_forward(p: Params, name: str, x: jax.Array, cfg: GenRecConfig,
+                 rng: jax.Array | None = None) -> jax.Array:
+    """Point-wise FFN: d -> d_ff -> d with GELU (exact erf form, as torch's default) in the
+    prenorm layout, or ReLU and dropout (reference)."""
+    h = linear(p, f"{name}.fc1", x, cfg)
+    h = (dropout(jax.nn.relu(h), cfg.dropout, rng) if cfg.sasrec_layout == "reference"
+         else jax.nn.gelu(h, approximate=False))
+    return linear(p, f"{name}.fc2", h, cfg)
+
+
+def sasrec_block(p: Params, name: str, x: jax.Array, mask: jax.Array, cfg: GenRecConfig,
+                 rng: jax.Array | None) -> jax.Array:
+    """prenorm: x + attn(LN(x)), then x + FFN(LN(x)). reference (kang205/SASRec model.py):
+    h = LN(x), x = h + attn(q=h, k=v=x), then h = LN(x), h + FFN(h)."""
+    reference = cfg.sasrec_layout == "reference"  # prenorm: the 2 keys it always drew
+    r = list(jax.random.split(rng, 3 if reference else 2)) if rng is not None else [None] * 3
+    if reference:
+        h = layer_norm(p, f"{name}.ln1", x)
+        h = layer_norm(p, f"{name}.ln2", h + causal_self_attention(p, f"{name}.attn", h, mask,
+                                                                     cfg, x, r[0]))
+        return h + dropout(feed_forward(p, f"{name}.ffn", h, cfg, r[2]), cfg.dropout, r[1])
+    x = x + dropout(causal_self_attention(p, f"{name}.attn", layer_norm(p, f"{name}.ln1", x),
+                                          mask, cfg), cfg.dropout, r[0])
+    return x + dropout(feed_forward(p, f"{name}.ffn", layer_norm(p, f"{name}.ln2", x), cfg),
+                       cfg.dropout, r[1])
+
+
+def hstu_block(p: Params, name: str, x: jax.Array, mask: jax.Array, cfg: GenRecConfig,
+               rng: jax.Array | None) -> jax.Array:
+    """HSTU (Zhai et al. 2024, "Actions Speak Louder than Words", eq. 1-3).
+
+    U, V, Q, K = SiLU(LN(x) W_uvqk); A = SiLU(Q K^T + rab) / T on the causal, unpadded
+    pairs; y = x + W_o(U * LN(A V)). rab is a learned bias per relative position.
+    """
+    b, t, d = x.shape
+    u, v, q, k = jnp.split(jax.nn.silu(linear(p, f"{name}.uvqk",
+                                              layer_norm(p, f"{name}.ln_in", x), cfg)), 4, -1)
+    q, k, v = (z.reshape(b, t, cfg.n_head, d // cfg.n_head).transpose(0, 2, 1, 3)
+               for z in (q, k, v))
+    pos = jnp.arange(t)
+    table = p[f"{name}.rel_bias"]
+    rab = table[pos[None, :] - pos[:, None] + table.shape[0] // 2]  # [T, T]
+    a = jax.nn.silu(q @ k.transpose(0, 1, 3, 2) + rab) * mask / t  # [B,h,T,T]
+    av = (a.astype(v.dtype) @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
+    y = linear(p, f"{name}.out", u * layer_norm(p, f"{name}.ln_attn", av), cfg)
+    return x + dropout(y, cfg.dropout, rng)
+
+
+def lstm(p: Params, x: jax.Array, cfg: GenRecConfig, rng: jax.Array | None) -> jax.Array:
+    """torch.nn.LSTM (batch_first, gate order i, f, g, o) as a lax.scan over time."""
+    cd = DTYPES[cfg.compute_dtype]
+    b, _, d = x.shape
+    for layer in range(cfg.n_layer):
+        w_ih, w_hh = (p[f"lstm.weight_{w}_l{layer}"].astype(cd) for w in ("ih", "hh"))
+        bias = (p[f"lstm.bias_ih_l{layer}"] + p[f"lstm.bias_hh_l{layer}"]).astype(cd)
+        x_gates = x.astype(cd) @ w_ih.T + bias  # all input projections at once: [B, T, 4d]
+
+        def cell(carry, xg, w_hh=w_hh):
+            h, c = carry
+            i, f, g, o = jnp.split(xg + h.astype(cd) @ w_hh.T, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        zeros = jnp.zeros((b, d), cd)
+        _, hs = jax.lax.scan(cell, (zeros, zeros), x_gates.swapaxes(0, 1))
+        x = hs.swapaxes(0, 1)
+        if layer < cfg.n_layer - 1:  # torch applies dropout between layers only
+            x = dropout(x, cfg.dropout, None if rng is None else jax.random.fold_in(rng, layer))
+    return x

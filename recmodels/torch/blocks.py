@@ -1,0 +1,128 @@
+"""GenRec in PyTorch, the layers: attention mask, attention, FFN and the blocks.
+
+Mirrors recmodels/jax/blocks.py name for name and in the same order; parameter names are the
+state_dict keys on both sides, so one safetensors file loads into either framework.
+
+Shapes: B batch, T sequence length, d model width, h heads, C catalog size, R negatives.
+Input sequences are left-padded with item 0, so the most recent item is always at T-1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recmodels.config import GenRecConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+INIT_STD = 0.02  # GPT-2's initialiser for every matrix and embedding
+
+
+def attention_mask(seq: torch.Tensor) -> torch.Tensor:
+    """[B, T] ids -> [B, 1, T, T] bool, True where query t may attend to key s.
+
+    Causal, and padded keys are hidden. Every position also sees itself, so the rows of
+    padded queries are never empty (their outputs are ignored by the loss).
+    """
+    t = seq.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=seq.device).tril()
+    eye = torch.eye(t, dtype=torch.bool, device=seq.device)
+    return (causal & (seq != 0)[:, None, None, :]) | eye
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head softmax attention (SASRec, Kang & McAuley 2018) through fused SDPA.
+
+    prenorm: q, k, v from x, then an output projection. reference (the SASRec code's): q from
+    x, k and v from kv, dropout on the attention weights, no output projection.
+    """
+
+    def __init__(self, cfg: GenRecConfig):
+        super().__init__()
+        d, self.n_head = cfg.d_model, cfg.n_head
+        self.reference = cfg.sasrec_layout == "reference"
+        self.p_drop = cfg.dropout if self.reference else 0.0
+        if self.reference:
+            self.q, self.kv = nn.Linear(d, d), nn.Linear(d, 2 * d)
+        else:
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                kv: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        if self.reference:
+            q, (k, v) = self.q(x), self.kv(kv).split(d, dim=-1)
+        else:
+            q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,  # [B, h, T, d/h]
+                                           dropout_p=self.p_drop if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(b, t, d)
+        return y if self.reference else self.proj(y)
+
+
+class FeedForward(nn.Module):
+    """Point-wise FFN: d -> d_ff -> d with GELU (prenorm), or ReLU and dropout (reference)."""
+
+    def __init__(self, cfg: GenRecConfig):
+        super().__init__()
+        reference = cfg.sasrec_layout == "reference"
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.act = F.relu if reference else F.gelu
+        self.drop = nn.Dropout(cfg.dropout if reference else 0.0)
+        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class SASRecBlock(nn.Module):
+    """prenorm: x + attn(LN(x)), then x + FFN(LN(x)). reference (kang205/SASRec model.py):
+    h = LN(x), x = h + attn(q=h, k=v=x), then h = LN(x), h + FFN(h): each residual adds the
+    normalised input, and keys and values come from the un-normalised x."""
+
+    def __init__(self, cfg: GenRecConfig):
+        super().__init__()
+        self.reference = cfg.sasrec_layout == "reference"
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.reference:
+            h = self.ln1(x)
+            h = self.ln2(h + self.attn(h, mask, x))
+            return h + self.drop(self.ffn(h))
+        x = x + self.drop(self.attn(self.ln1(x), mask))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class HSTUBlock(nn.Module):
+    """HSTU (Zhai et al. 2024, "Actions Speak Louder than Words", eq. 1-3).
+
+    U, V, Q, K = SiLU(LN(x) W_uvqk); A = SiLU(Q K^T + rab) / T on the causal, unpadded
+    pairs; y = x + W_o(U * LN(A V)). rab is a learned bias per relative position.
+    """
+
+    def __init__(self, cfg: GenRecConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.ln_in = nn.LayerNorm(cfg.d_model)
+        self.uvqk = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.rel_bias = nn.Parameter(torch.zeros(2 * cfg.seq_len - 1))
+        self.ln_attn = nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        u, v, q, k = F.silu(self.uvqk(self.ln_in(x))).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
+        pos = torch.arange(t, device=x.device)
+        rab = self.rel_bias[pos[None, :] - pos[:, None] + self.rel_bias.shape[0] // 2]  # [T, T]
+        a = F.silu(q @ k.transpose(-1, -2) + rab) * mask / t  # [B, h, T, T]
+        av = (a @ v).transpose(1, 2).reshape(b, t, d)
+        return x + self.drop(self.out(u * self.ln_attn(av)))

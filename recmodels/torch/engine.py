@@ -1,0 +1,150 @@
+"""GenRec in PyTorch, the engine: optimisation and the Engine API.
+
+Mirrors recmodels/jax/engine.py name for name and in the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from recmodels.config import GenRecConfig
+from recmodels.torch.blocks import DTYPES
+from recmodels.torch.losses import loss_fn
+from recmodels.torch.model import GenRec, recommend, score_candidates, score_catalog
+
+# --- optimisation
+
+
+def make_optimizer(model: GenRec, name: str = "adam", lr: float = 1e-3) -> torch.optim.Optimizer:
+    """Adam with SASRec's betas (0.9, 0.98), or plain SGD."""
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def train_step(model: GenRec, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               autocast_dtype: torch.dtype | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """Forward, backward and one optimizer step; returns the (unsynchronised) loss."""
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(batch["seq"].device.type, dtype=autocast_dtype,
+                        enabled=autocast_dtype is not None):
+        loss = loss_fn(model, batch)
+    if scaler is not None:  # fp16 needs loss scaling; bf16 and fp32 do not
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    return loss.detach()
+
+
+def set_matmul_precision(mode: str) -> None:
+    """'highest': fp32 matmuls are fp32; 'tf32': CUDA may use TF32 tensor cores for them.
+    (Process-wide, like the framework settings it wraps; no effect on CPU.)"""
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = mode == "tf32"
+
+
+class Engine:
+    """The small API both frameworks expose: train a step, score, recommend, save/load.
+
+    Takes and returns numpy arrays at its edges; `put` moves a batch to the device once so a
+    benchmark can time the step alone.
+    """
+
+    framework = "torch"
+
+    def __init__(self, cfg: GenRecConfig, *, seed: int = 0, optimizer: str = "adam",
+                 lr: float = 1e-3, device: str = "cpu", matmul_precision: str = "highest"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        set_matmul_precision(matmul_precision)
+        torch.manual_seed(seed)
+        self.model = GenRec(cfg).to(self.device, DTYPES[cfg.param_dtype])
+        self.optimizer, self.lr = optimizer, lr
+        self.opt = make_optimizer(self.model, optimizer, lr)
+        mixed = cfg.compute_dtype != cfg.param_dtype
+        self.autocast_dtype = DTYPES[cfg.compute_dtype] if mixed else None
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if mixed and cfg.compute_dtype == "fp16" else None)
+
+    def put(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.asarray(v, dtype=np.int64)).to(self.device,
+                                                                      non_blocking=True)
+                for k, v in batch.items()}
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        self.model.train()
+        if isinstance(next(iter(batch.values())), np.ndarray):
+            batch = self.put(batch)
+        return train_step(self.model, self.opt, batch, self.autocast_dtype, self.scaler)
+
+    def _eval(self, fn, *args):
+        self.model.eval()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                                    enabled=self.autocast_dtype is not None):
+            return fn(self.model, *args)
+
+    def loss(self, batch: dict[str, np.ndarray]) -> float:
+        return float(self._eval(loss_fn, self.put(batch)))
+
+    def score_candidates(self, seq: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        d = self.put({"seq": seq, "cand": candidates})
+        return self._eval(score_candidates, d["seq"], d["cand"]).cpu().numpy()
+
+    def score_catalog(self, seq: np.ndarray) -> np.ndarray:
+        return self._eval(score_catalog, self.put({"seq": seq})["seq"]).cpu().numpy()
+
+    def infer_step(self, seq: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k over the whole catalog for device-resident histories, left on the device."""
+        return self._eval(recommend, seq, k)
+
+    def recommend(self, seq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.infer_step(self.put({"seq": seq})["seq"], k)
+        return scores.float().cpu().numpy(), ids.cpu().numpy()
+
+    def compile(self) -> None:
+        """torch.compile the model in place (state_dict keys unchanged)."""
+        self.model.compile()
+
+    def quantize_int8(self) -> None:
+        """Dynamic int8 quantisation of the Linear and LSTM weights, for CPU inference
+        (torch.ao.quantization.quantize_dynamic; the tied catalog scoring stays fp32)."""
+        self.model = torch.ao.quantization.quantize_dynamic(
+            self.model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+
+    def planned_memory_bytes(self, batch: dict | None = None, seq: torch.Tensor | None = None,
+                             k: int = 10) -> None:
+        """Eager PyTorch plans no memory ahead of time (the JAX engine's XLA plan has no
+        counterpart here): None."""
+        return None
+
+    def sync(self, value=None):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+        return value
+
+    def all_finite(self) -> bool:
+        """Whether every parameter is finite (one reduction, one read back): a diverged run
+        has non-finite parameters, a step that fp16 loss scaling skipped does not."""
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        # .copy(): on CPU .numpy() shares memory with the live parameters
+        return {k: v.detach().float().cpu().numpy().copy()
+                for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray]) -> None:
+        own = self.model.state_dict()
+        self.model.load_state_dict({k: torch.tensor(np.asarray(v), dtype=own[k].dtype)
+                                    for k, v in tensors.items()})
+        # Fresh optimizer state, as in JAX: a loaded model's next step starts Adam anew.
+        self.opt = make_optimizer(self.model, self.optimizer, self.lr)

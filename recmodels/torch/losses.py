@@ -1,0 +1,54 @@
+"""GenRec in PyTorch, the losses.
+
+Mirrors recmodels/jax/losses.py name for name and in the same order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from recmodels.config import GenRecConfig
+from recmodels.torch.model import GenRec
+
+# --- losses: h [B, T, d], pos [B, T], neg [B, T, R]; positions with pos == 0 are ignored.
+
+
+def bce_loss(h: torch.Tensor, table: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+             cfg: GenRecConfig) -> torch.Tensor:
+    """SASRec's loss: -log sigmoid(s_pos) - sum_r log(1 - sigmoid(s_neg_r)), per position."""
+    s_pos = (h * table[pos]).sum(-1).float()
+    s_neg = torch.einsum("btd,btrd->btr", h, table[neg]).float()
+    return F.softplus(-s_pos) + F.softplus(s_neg).sum(-1)
+
+
+def sampled_softmax_loss(h: torch.Tensor, table: torch.Tensor, pos: torch.Tensor,
+                         neg: torch.Tensor, cfg: GenRecConfig) -> torch.Tensor:
+    """Cross-entropy of the positive against R uniform negatives (uniform sampling makes the
+    logQ correction a constant, so it is omitted)."""
+    s_pos = (h * table[pos]).sum(-1, keepdim=True)
+    s_neg = torch.einsum("btd,btrd->btr", h, table[neg])
+    logits = torch.cat([s_pos, s_neg], dim=-1).float() / cfg.temperature
+    return torch.logsumexp(logits, dim=-1) - logits[..., 0]
+
+
+def full_softmax_loss(h: torch.Tensor, table: torch.Tensor, pos: torch.Tensor,
+                      neg: torch.Tensor, cfg: GenRecConfig) -> torch.Tensor:
+    """Cross-entropy over the whole catalog; the padding column can never be predicted."""
+    logits = (h @ table.T).float()  # [B, T, C+1]
+    logits[..., 0] = float("-inf")
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
+
+
+LOSSES = {"bce": bce_loss, "sampled_softmax": sampled_softmax_loss,
+          "full_softmax": full_softmax_loss}
+
+
+def loss_fn(model: GenRec, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean loss over the positions that have a target."""
+    h = model(batch["seq"])
+    per_pos = LOSSES[model.cfg.loss](h, model.item_emb.weight, batch["pos"], batch["neg"],
+                                     model.cfg)
+    mask = batch["pos"] != 0
+    # where, not a product: full softmax gives inf at padded positions and inf * 0 is nan
+    return torch.where(mask, per_pos, 0.0).sum() / mask.sum().clamp(min=1)

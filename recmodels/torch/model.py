@@ -1,0 +1,89 @@
+"""GenRec in PyTorch, the model: GenRec and scoring.
+
+Mirrors recmodels/jax/model.py name for name and in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from recmodels.config import GenRecConfig
+from recmodels.torch.blocks import INIT_STD, HSTUBlock, SASRecBlock, attention_mask
+
+
+class GenRec(nn.Module):
+    """Item embedding (+ positions) -> blocks (or LSTM) -> final LN; output tied to items."""
+
+    def __init__(self, cfg: GenRecConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.item_emb = nn.Embedding(cfg.catalog_size + 1, d, padding_idx=0)
+        if cfg.block == "lstm":
+            # The pre-transformer baseline: embedding -> LSTM -> softmax over the catalog.
+            self.lstm = nn.LSTM(d, d, num_layers=cfg.n_layer, batch_first=True,
+                                dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        else:
+            self.pos_emb = nn.Embedding(cfg.seq_len, d)
+            block = SASRecBlock if cfg.block == "sasrec" else HSTUBlock
+            self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if name.startswith("lstm."):
+                bound = 1.0 / math.sqrt(self.cfg.d_model)  # torch.nn.LSTM's own init
+                nn.init.uniform_(p, -bound, bound)
+            elif name.endswith("bias") or name.endswith("rel_bias"):
+                nn.init.zeros_(p)
+            elif ".ln" in name or name.startswith("ln_f"):
+                nn.init.ones_(p)
+            else:
+                nn.init.normal_(p, std=INIT_STD)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, T] item ids -> [B, T, d] hidden states."""
+        t = seq.shape[1]
+        valid = (seq != 0).unsqueeze(-1)
+        x = self.item_emb(seq) * math.sqrt(self.cfg.d_model)
+        if self.cfg.block == "lstm":
+            x = self.drop(x) * valid
+            x, _ = self.lstm(x)
+        else:
+            x = self.drop(x + self.pos_emb.weight[self.cfg.seq_len - t:]) * valid
+            mask = attention_mask(seq)
+            for blk in self.blocks:
+                x = blk(x, mask)
+        return self.ln_f(x)
+
+
+# --- scoring
+
+
+def score_candidates(model: GenRec, seq: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """[B, T] histories, [B, K] candidate ids -> [B, K] scores of the last position."""
+    h = model(seq)[:, -1]
+    return torch.einsum("bd,bkd->bk", h, model.item_emb.weight[candidates]).float()
+
+
+def score_catalog(model: GenRec, seq: torch.Tensor) -> torch.Tensor:
+    """[B, T] histories -> [B, C+1] scores of every item; column 0 (padding) is -inf."""
+    scores = (model(seq)[:, -1] @ model.item_emb.weight.T).float()
+    scores[:, 0] = float("-inf")
+    return scores
+
+
+def recommend(model: GenRec, seq: torch.Tensor, k: int,
+              exclude_seen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k items for each user over the whole catalog -> (scores [B, k], ids [B, k])."""
+    scores = score_catalog(model, seq)
+    if exclude_seen:
+        scores = scores.scatter(1, seq, float("-inf"))
+    return torch.topk(scores, k, dim=-1)
