@@ -1,4 +1,4 @@
-"""The result schema, version 1 (DESIGN.md "Result files"): the run header and point records,
+"""The result schema, version 2 (DESIGN.md "Result files"): the run header and point records,
 their validation, and the JSON and id helpers both the reader and the writer use."""
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from typing import Any
 from bench.point import point_id  # the one id rule, shared with Point.id
 from recmodels.errors import InputError
 
-SCHEMA_VERSION = 1
+# Version 2 added serving records (a point with a "scenario", status "sla-missed"); every
+# version-1 file is a valid version-2 file, so both are read.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 STATUSES = (
     "ok",
     "oom",
@@ -26,6 +29,7 @@ STATUSES = (
     "crashed",
     "timeout",
     "error",
+    "sla-missed",  # a serve point whose latency target no rate met (its figures are kept)
 )
 
 _RUN_KEYS = ("kind", "schema_version", "run_id", "suite", "started_at", "env", "roofs")
@@ -174,8 +178,9 @@ def _check_schema(v: Any) -> None:
             f"written by a newer recbench (schema {v}); this version reads schema "
             f"{SCHEMA_VERSION}: upgrade recbench"
         )
-    if v != SCHEMA_VERSION:
-        raise InputError(f"unknown schema_version {v}; this recbench reads schema {SCHEMA_VERSION}")
+    if v not in READABLE_SCHEMA_VERSIONS:
+        raise InputError(f"unknown schema_version {v}; this recbench reads schema "
+                         f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
 
 
 @dataclass
