@@ -381,7 +381,7 @@ def cmd_serve(args) -> int:
                                                 header) as writer:
         log_root = writer.path.with_suffix("") / "loadgen"  # <run-id>/loadgen/<test>/
         outcome = serve(spec, log_root, progress=lambda m: _err(f"recbench serve: {m}"))
-        writer.write(R.PointRecord.for_point(outcome.point, outcome.status, outcome.reason,
+        writer.write(R.ServeRecord.for_point(outcome.point, outcome.status, outcome.reason,
                                              outcome.metrics))
     m = outcome.metrics
     if args.json:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.results.schema import PointRecord, ResultsWarning, RunEnd, RunHeader
+from bench.results.schema import PointRecord, ResultsWarning, RunEnd, RunHeader, ServeRecord
 from recmodels.errors import InputError
 from recmodels.textio import strip_bom, utf8_problem
 
@@ -55,6 +55,7 @@ class ResultsFile:
     records: list[PointRecord]
     warnings: list[str] = field(default_factory=list)
     ends: list[RunEnd] = field(default_factory=list)  # run-end lines, in file order
+    serve: list[ServeRecord] = field(default_factory=list)  # serving records, in file order
 
     @property
     def end(self) -> RunEnd | None:
@@ -123,6 +124,7 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
 
     records: list[PointRecord] = []
     ends: list[RunEnd] = []
+    serve: list[ServeRecord] = []
     notes: list[str] = []
     last_no = numbered[-1][0]
     for no, raw in numbered[1:]:
@@ -148,6 +150,11 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
                 records.append(PointRecord.from_json(obj))
             except InputError as e:
                 raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
+        elif kind == "serve":
+            try:
+                serve.append(ServeRecord.from_json(obj))
+            except InputError as e:
+                raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
         elif kind == "run-end":
             try:
                 ends.append(RunEnd.from_json(obj))
@@ -161,7 +168,7 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
             msg = f"{p}:{no}: skipped a line of unknown kind {kind!r}"
             notes.append(msg)
             warnings.warn(msg, ResultsWarning, stacklevel=2)
-    return ResultsFile(p, header, records, notes, ends)
+    return ResultsFile(p, header, records, notes, ends, serve)
 
 
 def load_many(paths_or_dirs: Iterable[str | os.PathLike[str]]) -> list[ResultsFile]:

@@ -1,4 +1,4 @@
-"""The result schema, version 2 (DESIGN.md "Result files"): the run header and point records,
+"""The result schema, version 1 (DESIGN.md "Result files"): the run header and point records,
 their validation, and the JSON and id helpers both the reader and the writer use."""
 
 from __future__ import annotations
@@ -11,15 +11,12 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.point import point_id  # the one id rule, shared with Point.id
 from recmodels.errors import InputError
 
-# Version 2 added serving records (a point with a "scenario", status "sla-missed"); every
-# version-1 file is a valid version-2 file, so both are read.
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 1
 STATUSES = (
     "ok",
     "oom",
@@ -29,7 +26,6 @@ STATUSES = (
     "crashed",
     "timeout",
     "error",
-    "sla-missed",  # a serve point whose latency target no rate met (its figures are kept)
 )
 
 _RUN_KEYS = ("kind", "schema_version", "run_id", "suite", "started_at", "env", "roofs")
@@ -178,9 +174,8 @@ def _check_schema(v: Any) -> None:
             f"written by a newer recbench (schema {v}); this version reads schema "
             f"{SCHEMA_VERSION}: upgrade recbench"
         )
-    if v not in READABLE_SCHEMA_VERSIONS:
-        raise InputError(f"unknown schema_version {v}; this recbench reads schema "
-                         f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
+    if v != SCHEMA_VERSION:
+        raise InputError(f"unknown schema_version {v}; this recbench reads schema {SCHEMA_VERSION}")
 
 
 @dataclass
@@ -197,10 +192,12 @@ class PointRecord:
     # stays ok, but readers show the flag and comparisons do not trust it.
     flags: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, kept for round trips
+    kind: ClassVar[str] = "point"
+    statuses: ClassVar[tuple[str, ...]] = STATUSES
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
+        if self.status not in self.statuses:
+            raise ValueError(f"unknown status {self.status!r}; expected one of {self.statuses}")
         if self.status != "ok" and not (isinstance(self.reason, str) and self.reason.strip()):
             raise ValueError(f"status {self.status!r} needs a reason (why it is not ok)")
         clash = set(self.extra) & set(_POINT_KEYS)
@@ -241,7 +238,7 @@ class PointRecord:
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (``kind`` first, extras last)."""
         d: dict[str, Any] = {
-            "kind": "point",
+            "kind": self.kind,
             "id": self.id,
             "point": self.point,
             "status": self.status,
@@ -256,8 +253,8 @@ class PointRecord:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PointRecord:
         """Parse a point dict; raises InputError (without file context) when it is invalid."""
-        if not isinstance(d, Mapping) or d.get("kind") != "point":
-            raise InputError('not a point record ({"kind": "point", ...})')
+        if not isinstance(d, Mapping) or d.get("kind") != cls.kind:
+            raise InputError(f'not a {cls.kind} record ({{"kind": "{cls.kind}", ...}})')
         reason = d.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise InputError(f"point record field 'reason' must be a string, got {reason!r}")
@@ -292,6 +289,21 @@ class PointRecord:
         except ValueError as e:  # bad status or a missing reason, from __post_init__
             raise InputError(f"invalid point record: {e}") from e
 
+
+
+# Serving records (`recbench serve`, [[serve]] suite tables): a point record of another kind,
+# so that every reader of step points (tables, plots, compare, gate) never meets one, and a
+# recbench from before them skips the line with a warning (an unknown kind) and reads the rest.
+SERVE_STATUSES = (*STATUSES, "sla-missed")  # sla-missed: no rate met the latency target
+
+
+@dataclass
+class ServeRecord(PointRecord):
+    """One LoadGen measurement (``{"kind": "serve", ...}``): ``point`` has a ``scenario``,
+    ``metrics`` the serving figures (bench/scenarios/serve.py); ``samples_ms`` is empty."""
+
+    kind: ClassVar[str] = "serve"
+    statuses: ClassVar[tuple[str, ...]] = SERVE_STATUSES
 
 
 @dataclass

@@ -16,6 +16,7 @@ from bench.results.schema import (
     ResultsWarning,
     RunEnd,
     RunHeader,
+    ServeRecord,
     dumps,
     safe_name,
 )
@@ -52,6 +53,7 @@ class ResultsWriter:
         self.path = path
         self.header = header
         self.records: list[PointRecord] = records or []  # those already in the file on open
+        self.serve: list[ServeRecord] = []  # serving records, likewise (never in .records)
         self._fh: IO[str] | None = fh
 
     @classmethod
@@ -123,14 +125,16 @@ class ResultsWriter:
             fh = open(p, "a", encoding="utf-8", newline="\n")  # noqa: SIM115 (kept open)
         except OSError as e:
             raise InputError(f"cannot append to results file {p}: {e.strerror or e}") from e
-        return cls(p, fh, loaded.header, loaded.records)
+        writer = cls(p, fh, loaded.header, loaded.records)
+        writer.serve = list(loaded.serve)
+        return writer
 
     def write(self, record: PointRecord) -> None:
         """Append one record; it is on disk (flushed and fsync'ed) when this returns."""
         if not isinstance(record, PointRecord):
             raise TypeError(f"write() takes a PointRecord, not {type(record).__name__}")
         self._write_line(record.to_json())
-        self.records.append(record)
+        (self.serve if isinstance(record, ServeRecord) else self.records).append(record)
 
     def write_end(self, end: RunEnd) -> None:
         """Append the run-end line (the run's conditions and roofs at its end); on disk when

@@ -89,7 +89,7 @@ def test_header_and_records_round_trip(tmp_path: Path) -> None:
     assert loaded.machine_id == "amd-epyc-2c-23g-123abc"
     lines = path.read_text().splitlines()
     assert [json.loads(x)["kind"] for x in lines] == ["run", "point", "point", "point"]
-    assert json.loads(lines[0])["schema_version"] == SCHEMA_VERSION == 2
+    assert json.loads(lines[0])["schema_version"] == SCHEMA_VERSION == 1
 
 
 def test_unknown_fields_survive_a_round_trip(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_flags_round_trip_and_older_files_have_none(tmp_path: Path) -> None:
 
 
 def test_status_is_validated_and_non_ok_needs_a_reason() -> None:
-    assert "skipped-after-oom" in STATUSES and len(STATUSES) == 9
+    assert "skipped-after-oom" in STATUSES and len(STATUSES) == 8
     with pytest.raises(ValueError, match="unknown status"):
         PointRecord.for_point(POINT, "slow")
     for status in STATUSES[1:]:
@@ -305,18 +305,9 @@ def test_invalid_record_in_the_middle_names_the_line(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.jsonl"
-    path.write_text(json.dumps({**header().to_json(), "schema_version": 3}) + "\n")
-    with pytest.raises(InputError, match=r"newer recbench \(schema 3\).*reads schema 2.*upgrade"):
+    path.write_text(json.dumps({**header().to_json(), "schema_version": 2}) + "\n")
+    with pytest.raises(InputError, match=r"newer recbench \(schema 2\).*reads schema 1.*upgrade"):
         load(path)
-
-
-def test_a_version_1_file_is_still_read(tmp_path: Path) -> None:
-    path = tmp_path / "old.jsonl"
-    rec = PointRecord.for_point(POINT, "ok", metrics={"samples_per_s": 1.0})
-    path.write_text(json.dumps({**header().to_json(), "schema_version": 1}) + "\n"
-                    + json.dumps(rec.to_json()) + "\n")
-    loaded = load(path)
-    assert loaded.header.schema_version == 1 and [r.status for r in loaded.records] == ["ok"]
 
 
 @pytest.mark.parametrize(
