@@ -28,6 +28,7 @@ ok) and every measured point keeps its window as ``conditions``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import sys
 import tempfile
@@ -99,10 +100,11 @@ class RunOutcome:
     interrupted: bool = False
     exit_code: int = 0  # when interrupted: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)
     end: R.RunEnd | None = None  # the run-end line written (None when interrupted)
+    serve: list[R.ServeRecord] = field(default_factory=list)  # [[serve]] records, this run
 
     @property
     def counts(self) -> Counter:
-        return Counter(r.status for r in [*self.previous, *self.records])
+        return Counter(r.status for r in [*self.previous, *self.records, *self.serve])
 
 
 def measure_roofs_in_worker(points: Iterable[Point], *, timeout_s: float = 600.0,
@@ -304,7 +306,9 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
             if worker is not None:
                 worker.close()
                 worker = None
-        if outcome.records or resume is None:  # a resume that ran nothing adds no end
+        run_serve_specs(suite, writer, outcome, memcap, log)
+        # a resume that ran nothing adds no end
+        if outcome.records or outcome.serve or resume is None:
             outcome.end = finish_run(writer, suite, header, remeasure, log)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (bench/launch/signals.py)
         outcome.interrupted = True
@@ -316,6 +320,51 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
         progress.close()
     return outcome
 
+
+
+def serve_timeout_s(spec: Any) -> float:
+    """Generous: every search run at its duration, draining a backlog, plus start-up."""
+    return spec.search_runs * (spec.duration_s * 4 + 30) + 300
+
+
+def run_serve_specs(suite: Suite, writer: R.ResultsWriter, outcome: RunOutcome,
+                    memcap: MemoryCap | None, log: Callable[[str], None]) -> None:
+    """The suite's [[serve]] specs with no record yet, each in a fresh worker (LoadGen runs
+    there, its logs beside the results file), recorded as ``serve`` lines of the same file."""
+    from bench.scenarios.serve import sut_delay_ms
+
+    done = {r.id for r in writer.serve}
+    for spec in suite.serve:
+        point = spec.point(sut_delay_ms())
+        if R.point_id(point) in done:
+            continue
+        log(f"serve: {spec.scenario} {spec.workload} {spec.framework} {spec.preset} on "
+            f"{spec.device} ...")
+        log_root = writer.path.with_suffix("") / "loadgen" / R.point_id(point)
+        worker, reply = None, None
+        try:
+            worker = Worker(spec.framework, cap=memcap)
+            reply = worker.request({"cmd": "serve", "spec": dataclasses.asdict(spec),
+                                    "log_root": str(log_root)}, serve_timeout_s(spec))
+        except WorkerTimeout:
+            reply = {"status": "timeout", "reason": f"no result within {serve_timeout_s(spec):g}"
+                     " s; worker killed", "point": point, "metrics": {}}
+        except WorkerDied as e:
+            tail = e.stderr_tail[-STDERR_TAIL_CHARS:]
+            reply = {"status": "crashed", "reason": f"worker {e}" + (f"; stderr: {tail}"
+                                                                    if tail else ""),
+                     "point": point, "metrics": {}}
+        finally:
+            if worker is not None:  # a hung or dead worker is killed, a healthy one told to exit
+                failed = reply is None or reply["status"] in ("timeout", "crashed")
+                worker.kill() if failed else worker.close()
+        rec = R.ServeRecord.for_point(reply.get("point") or point, reply["status"],
+                                      reply.get("reason"), reply.get("metrics") or {})
+        writer.write(rec)
+        outcome.serve.append(rec)
+        rate = rec.metrics.get("max_rate_per_s")
+        log(f"serve: {rec.status}" + (f", max {rate:,.1f} requests/s" if rate else "")
+            + (f" ({rec.reason})" if rec.reason else ""))
 
 
 def device_cannot(point: Point, reply: dict[str, Any], cap: MemoryCap | None,

@@ -8,6 +8,7 @@ keeps resident, reaches this point's memory figures) or once per (framework, dev
   -> {"cmd": "roofs", "devices": [...], "dtypes": [...], "frameworks": [...]}
                                                          <- {"roofs": {...}}
   -> {"cmd": "probe", "point": {...}}                    <- {"reason": str | None}
+  -> {"cmd": "serve", "spec": {...}, "log_root": str}    <- {"status", "reason", "point", "metrics"}
   -> {"cmd": "exit"}
 Replies go to the original stdout; anything else the process prints (framework logs, stray
 prints, C libraries) is sent to stderr, which the runner keeps for crash reports. A device
@@ -261,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             from bench.scenarios.step import probe
 
             reply = {"reason": probe(Point.from_dict(msg["point"]))}
+            process.fresh = False
+        elif msg["cmd"] == "serve":  # {"spec", "log_root"} -> {"status", "point", "metrics"}
+            from bench.scenarios.serve import serve_in_worker
+
+            reply = serve_in_worker(msg["spec"], msg["log_root"])
             process.fresh = False
         elif msg["cmd"] == "roofs":
             from bench.machine.roofs import measure_roofs

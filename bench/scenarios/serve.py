@@ -385,6 +385,25 @@ class ServeOutcome:
     metrics: dict[str, Any]
 
 
+def serve_in_worker(spec: dict[str, Any], log_root: str) -> dict[str, Any]:
+    """The worker's ``serve`` command: a reply that is always a record, never a raise (a
+    spec this machine cannot serve is ``unsupported``, a failure ``error``)."""
+    try:
+        s = ServeSpec(**spec)
+        point = s.point(sut_delay_ms())
+    except (TypeError, InputError) as e:
+        return {"status": "error", "reason": f"bad serve spec: {e}", "point": spec, "metrics": {}}
+    try:
+        out = serve(s, Path(log_root))
+    except InputError as e:
+        return {"status": "unsupported", "reason": str(e), "point": point, "metrics": {}}
+    except Exception as e:  # the record says what failed; the sweep goes on
+        return {"status": "error", "reason": f"{type(e).__name__}: {e}", "point": point,
+                "metrics": {}}
+    return {"status": out.status, "reason": out.reason, "point": out.point,
+            "metrics": out.metrics}
+
+
 def _latencies(run: LoadgenRun) -> dict[str, float | None]:
     n = run.queries
     out: dict[str, float | None] = {}

@@ -35,6 +35,8 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
     compile = [false]                 # optional; torch.compile (jax always jits)
     optimizer = ["adam"]              # optional, default ["adam"]     (adam | sgd)
 
+    [[serve]]               # optional; LoadGen serving points (bench/suites/serve_grid.py)
+
     [[exclude]]             # optional; drops a point that matches ALL keys of the table;
     preset = "small"        # a value may be a scalar or a list (matches any element);
     batch_size = [512]      # keys are grid axes, matched against the resolved point
@@ -134,6 +136,7 @@ class Suite:
     # included points -> the suite they came from and the [measure] of its file
     origin: dict[Point, str] = field(default_factory=dict)
     point_measures: dict[Point, Measure] = field(default_factory=dict)
+    serve: list[Any] = field(default_factory=list)  # ServeSpecs of [[serve]] (serve_grid.py)
 
     def measure_for(self, point: Point) -> Measure:
         """How `point` is timed: its own file's [measure] (see Includes above)."""
@@ -160,7 +163,8 @@ class Suite:
                 "path": str(self.path) if self.path else None, "n_points": len(self.points),
                 "devices": self.devices, "measure": dataclasses.asdict(self.measure),
                 "skip_after_oom": self.skip_after_oom, "isolation": self.isolation,
-                "mem_cap": self.mem_cap, "included": self.included()}
+                "mem_cap": self.mem_cap, "included": self.included(),
+                "n_serve": len(self.serve)}
 
 
 # --- hardware and suite lookup ------------------------------------------------------------
@@ -217,7 +221,7 @@ def parse_cap(value: object) -> int | str:
     return n
 
 
-_TABLES = ("suite", "measure", "runner", "grid", "exclude")
+_TABLES = ("suite", "measure", "runner", "grid", "exclude", "serve")  # [[serve]]: serve_grid.py
 _SECTION_KEYS = {
     "measure": tuple(f.name for f in dataclasses.fields(Measure)),
     "runner": ("skip_after_oom", "isolation", "mem_cap"),
@@ -352,8 +356,10 @@ def _exclude_rules(src: _Source, raw: Mapping[str, Any]) -> list[dict[str, list[
 
 def _includes(src: _Source, head: Mapping[str, Any], path: Path | None,
               overrides: Sequence[str], device_resolver: Callable[[str], str] | None,
-              stack: tuple[Path, ...]) -> tuple[dict[Point, str], dict[Point, Measure]]:
-    """The points of the suites named in [suite] include, with their origin and measure."""
+              stack: tuple[Path, ...],
+              serve: list[Any] | None = None) -> tuple[dict[Point, str], dict[Point, Measure]]:
+    """The points of the suites named in [suite] include, with their origin and measure;
+    their serve specs are appended to ``serve``."""
     names = head.get("include", [])
     if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
         raise src.error("suite.include", f"expected a list of suite names or .toml paths, got "
@@ -381,6 +387,8 @@ def _includes(src: _Source, head: Mapping[str, Any], path: Path | None,
         for p in sub.points:  # the first include that has a point names its origin
             origin.setdefault(p, sub.origin.get(p, sub.name))
             measures.setdefault(p, sub.measure_for(p))
+        if serve is not None:
+            serve += [sp for sp in sub.serve if sp not in serve]
     return origin, measures
 
 
@@ -421,12 +429,16 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
     except InputError as e:
         raise src.error("runner.mem_cap", str(e).partition(": ")[2], "runner.mem_cap") from None
 
-    origin, measures = _includes(src, head, path, overrides, device_resolver, _stack)
+    from bench.suites.serve_grid import serve_specs
+
+    serve: list[Any] = []
+    origin, measures = _includes(src, head, path, overrides, device_resolver, _stack, serve)
+    resolve = device_resolver or (lambda framework: "cpu")
+    serve += [sp for sp in serve_specs(raw, src.error, resolve) if sp not in serve]
     grids = src.tables(raw, "grid")
-    if not grids and not origin:
+    if not grids and not origin and not serve:
         raise src.error("grid", "no [[grid]] table; add at least one, or include a suite "
                         "(see bench/suites/suite.py)")
-    resolve = device_resolver or (lambda framework: "cpu")
     points: dict[Point, None] = {}  # insertion-ordered set: the union, de-duplicated
     for i, grid in enumerate(grids):
         axes = [_grid_axis(src, grid, i, a) for a in GRID_AXES]
@@ -460,7 +472,7 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
     return Suite(name=name, description=head.get("description", ""), path=path,
                  points=order_points([*origin, *kept]), measure=measure,
                  skip_after_oom=skip, isolation=isolation, mem_cap=mem_cap, origin=origin,
-                 point_measures=measures)
+                 point_measures=measures, serve=serve)
 
 
 def _display(path: Path) -> str:
