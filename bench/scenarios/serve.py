@@ -182,7 +182,10 @@ def build_sut(spec: ServeSpec, *, warmup_reps: int = 3) -> Sut:
         raise InputError("workload rank needs Engine.rank_step, which this recmodels lacks; "
                          "use --workload retrieve")
     rng = np.random.default_rng(spec.seed)
-    seqs = rng.integers(1, cfg.catalog_size + 1, (spec.samples, cfg.seq_len), dtype=np.int32)
+    # rank scores each candidate at the position after the history, so a ranked history
+    # leaves that one position free (T - 1 items); retrieve reads a full-length history
+    hist = cfg.seq_len - 1 if spec.workload == "rank" else cfg.seq_len
+    seqs = rng.integers(1, cfg.catalog_size + 1, (spec.samples, hist), dtype=np.int32)
     cands = (rng.integers(1, cfg.catalog_size + 1, (spec.samples, spec.n_candidates),
                           dtype=np.int32) if spec.workload == "rank" else None)
     shapes = buckets(spec.max_batch)
@@ -425,7 +428,14 @@ def serve(spec: ServeSpec, log_root: Path, *, energy_sources: Sequence[Any] | No
     spec.validate()
     if energy_sources is None:
         energy_sources = default_energy_sources(device_kind(spec.device))
-    sut = build_sut(spec)
+    try:
+        sut = build_sut(spec)
+    except InputError:
+        raise
+    except Exception as e:  # the SUT cannot even start: a result with the reason
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
+        return ServeOutcome("error", f"the SUT failed to start: {type(e).__name__}: "
+                            f"{first[:300]}", spec.point(sut_delay_ms()), {})
     point = spec.point(sut.sut_delay_ms)
     cap = sut.capacity_per_s(spec.max_batch)
     progress(f"SUT ready: compile {sut.compile_s:.2f} s, batch {spec.max_batch} in "

@@ -197,3 +197,25 @@ def test_bad_values_are_one_line_exit_2(tmp_path, capsys, args, message) -> None
     assert main(["serve", "--out", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_rank_serves_histories_against_candidates(tmp_path: Path, framework: str) -> None:
+    pytest.importorskip(framework)
+    spec = ServeSpec(**{**FAST, "framework": framework, "workload": "rank"}, n_candidates=16,
+                     scenario="singlestream")
+    out = serve(spec, tmp_path)
+    assert out.status == "ok", out.reason
+    assert out.point["n_candidates"] == 16 and out.metrics["latency_ms"]["p99"] > 0
+    _answered_once(out.metrics)
+
+
+def test_an_sut_that_cannot_start_is_an_error_record(tmp_path: Path, monkeypatch) -> None:
+    import recmodels.train
+
+    def broken(*a, **k):
+        raise RuntimeError("no such device\nsecond line")
+
+    monkeypatch.setattr(recmodels.train, "make_engine", broken)
+    out = serve(ServeSpec(**FAST, scenario="offline"), tmp_path)
+    assert out.status == "error" and out.reason.endswith("RuntimeError: no such device")
