@@ -19,6 +19,7 @@ from recmodels.errors import InputError
 
 BLOCKS = ("sasrec", "hstu", "lstm")
 SASREC_LAYOUTS = ("prenorm", "reference")
+POSITIONS = ("right", "left")
 LOSSES = ("bce", "sampled_softmax", "full_softmax")
 DTYPES = ("fp32", "bf16", "fp16")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -43,6 +44,11 @@ class GenRecConfig:
     # "prenorm" is the default here so that weight files written before the field existed
     # (which lack it) load as what they are.
     sasrec_layout: str = "prenorm"
+    # Which row of the position table each item takes. "right": the newest item at seq_len-1
+    # (every append moves all positions). "left": the oldest at 0, counting forward, so an
+    # appended item leaves the others in place: what a KV cache needs (generation, updates).
+    # HSTU then divides its attention by seq_len, not by the padded length.
+    positions: str = "right"
     loss: str = "bce"  # "bce" | "sampled_softmax" | "full_softmax"
     n_neg: int = 1  # sampled negatives per position (bce: SASRec uses 1)
     temperature: float = 1.0  # logit divisor for sampled_softmax
@@ -60,6 +66,9 @@ class GenRecConfig:
         if self.sasrec_layout not in SASREC_LAYOUTS:
             raise ConfigError(f"unknown sasrec_layout {self.sasrec_layout!r}: choose one of "
                               f"{', '.join(SASREC_LAYOUTS)}")
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"unknown positions {self.positions!r}: choose one of "
+                              f"{', '.join(POSITIONS)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         for name in ("param_dtype", "compute_dtype"):

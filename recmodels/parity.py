@@ -151,3 +151,46 @@ def check_preset(name: str, *, blocks=BLOCKS, losses=LOSSES, layouts=SASREC_LAYO
                 if on_result:
                     on_result(r)
     return results
+
+
+# The serving paths (recmodels/*/kv_cache.py), same weights, fp32: rank's scores in the
+# config's own positions and from the oldest item, the catalog scores after one cached
+# decode step (an incremental history update), and beam search's items and log-probabilities.
+SERVING_TOLERANCES = {
+    "rank_max_abs": 1e-5,  # candidate scores (logits), both position modes
+    "decode_max_abs": 1e-5,  # catalog scores after appending one item through the cache
+    "generate_logp_max_abs": 1e-5,  # beam log-probabilities (summed over the steps)
+}
+
+
+def check_serving(cfg: GenRecConfig, *, batch_size: int = 4, n_candidates: int = 24,
+                  chunk: int = 10, steps: int = 3, beam: int = 4, seed: int = 0) -> dict:
+    """torch against JAX on rank, decode and generate; ok: within SERVING_TOLERANCES and
+    beam search picked the same items."""
+    from recmodels import jax_model, torch_model
+
+    cfg = cfg.replace(dropout=0.0, param_dtype="fp32", compute_dtype="fp32")
+    seq = parity_batch(cfg, batch_size, seed)["seq"][:, 1:]  # room for the candidate
+    rng = np.random.default_rng(seed)
+    cand = rng.integers(1, cfg.catalog_size + 1, (batch_size, n_candidates))
+    out = {"rank_max_abs": 0.0}
+    for positions in ("right", "left"):
+        c = cfg.replace(positions=positions)
+        te, je = torch_model.Engine(c, seed=seed), jax_model.Engine(c, seed=seed)
+        je.load_state_dict(te.state_dict())
+        t_in, j_in = te.put({"seq": seq, "candidates": cand}), je.put({"seq": seq,
+                                                                      "candidates": cand})
+        s_t = te.rank_step(t_in["seq"], t_in["candidates"], chunk).numpy()
+        s_j = np.asarray(je.rank_step(j_in["seq"], j_in["candidates"], chunk))
+        out["rank_max_abs"] = max(out["rank_max_abs"], float(np.abs(s_t - s_j).max()))
+    items = {"t": t_in["candidates"][:, 0], "j": j_in["candidates"][:, 0]}
+    d_t = te.decode(te.prefill(t_in["seq"], room=1), items["t"])[0].numpy()[:, 1:]
+    d_j = np.asarray(je.decode(je.prefill(j_in["seq"], room=1), items["j"])[0])[:, 1:]
+    g_t, lp_t = te.generate(t_in["seq"], steps, beam)
+    g_j, lp_j = je.generate(j_in["seq"], steps, beam)
+    out |= {"decode_max_abs": float(np.abs(d_t - d_j).max()),
+            "generate_logp_max_abs": float(np.abs(lp_t.numpy() - np.asarray(lp_j)).max()),
+            "generate_items_equal": bool((g_t.numpy() == np.asarray(g_j)).all())}
+    out["ok"] = out["generate_items_equal"] and all(
+        out[k] <= tol for k, tol in SERVING_TOLERANCES.items())
+    return out

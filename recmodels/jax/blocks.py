@@ -10,6 +10,11 @@ Shapes: B batch, T sequence length, d model width, h heads, C catalog size, R ne
 Input sequences are left-padded with item 0, so the most recent item is always at T-1.
 Mixed precision mirrors torch.autocast: matmuls run in compute_dtype, LayerNorm and the
 losses in fp32, and the residual stream stays fp32.
+
+Every block takes (x, mask, rel, norm, ctx) and returns (y, (k, v)): rel [B|1, 1, T, L+T] is
+the relative position of each key to each query (HSTU's bias), norm HSTU's divisor, ctx the
+keys and values [B, L, h, d/h] of earlier positions (a KV cache; None: the keys are x's own)
+and (k, v) those of x's own positions, for the cache.
 """
 
 from __future__ import annotations
@@ -60,9 +65,18 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def with_context(k: jax.Array, v: jax.Array,
+                 ctx: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, ...]:
+    """Keys and values [B, T, h, d/h] of x's own positions after those of the cache, if any."""
+    if ctx is None:
+        return k, v
+    return jnp.concatenate([ctx[0], k], axis=1), jnp.concatenate([ctx[1], v], axis=1)
+
+
 def causal_self_attention(p: Params, name: str, x: jax.Array, mask: jax.Array,
                           cfg: GenRecConfig, kv: jax.Array | None = None,
-                          rng: jax.Array | None = None) -> jax.Array:
+                          rng: jax.Array | None = None,
+                          ctx: tuple[jax.Array, jax.Array] | None = None):
     """Multi-head softmax attention (SASRec, Kang & McAuley 2018), softmax in fp32; in the
     reference layout q from x, k and v from kv, dropout on the weights, no output projection.
 
@@ -77,11 +91,13 @@ def causal_self_attention(p: Params, name: str, x: jax.Array, mask: jax.Array,
     else:
         q, k, v = jnp.split(linear(p, f"{name}.qkv", x, cfg), 3, axis=-1)
     q, k, v = (z.reshape(b, t, cfg.n_head, d // cfg.n_head) for z in (q, k, v))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // cfg.n_head)
+    keys, values = with_context(k, v, ctx)
+    scores = (jnp.einsum("bqhd,bkhd->bhqk", q, keys).astype(jnp.float32)
+              / math.sqrt(d // cfg.n_head))
     probs = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1).astype(v.dtype)
     probs = dropout(probs, cfg.dropout if reference else 0.0, rng)
-    y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)  # [B, T, h * d/h]
-    return y if reference else linear(p, f"{name}.proj", y, cfg)
+    y = jnp.einsum("bhqk,bkhd->bqhd", probs, values).reshape(b, t, d)  # [B, T, h * d/h]
+    return (y if reference else linear(p, f"{name}.proj", y, cfg)), (k, v)
 
 
 def feed_forward(p: Params, name: str, x: jax.Array, cfg: GenRecConfig,
@@ -94,42 +110,46 @@ def feed_forward(p: Params, name: str, x: jax.Array, cfg: GenRecConfig,
     return linear(p, f"{name}.fc2", h, cfg)
 
 
-def sasrec_block(p: Params, name: str, x: jax.Array, mask: jax.Array, cfg: GenRecConfig,
-                 rng: jax.Array | None) -> jax.Array:
+def sasrec_block(p: Params, name: str, x: jax.Array, mask: jax.Array, rel: jax.Array,
+                 norm: int, cfg: GenRecConfig, rng: jax.Array | None,
+                 ctx: tuple[jax.Array, jax.Array] | None = None):
     """prenorm: x + attn(LN(x)), then x + FFN(LN(x)). reference (kang205/SASRec model.py):
     h = LN(x), x = h + attn(q=h, k=v=x), then h = LN(x), h + FFN(h)."""
     reference = cfg.sasrec_layout == "reference"  # prenorm: the 2 keys it always drew
     r = list(jax.random.split(rng, 3 if reference else 2)) if rng is not None else [None] * 3
     if reference:
         h = layer_norm(p, f"{name}.ln1", x)
-        h = layer_norm(p, f"{name}.ln2", h + causal_self_attention(p, f"{name}.attn", h, mask,
-                                                                     cfg, x, r[0]))
-        return h + dropout(feed_forward(p, f"{name}.ffn", h, cfg, r[2]), cfg.dropout, r[1])
-    x = x + dropout(causal_self_attention(p, f"{name}.attn", layer_norm(p, f"{name}.ln1", x),
-                                          mask, cfg), cfg.dropout, r[0])
+        a, kv = causal_self_attention(p, f"{name}.attn", h, mask, cfg, x, r[0], ctx)
+        h = layer_norm(p, f"{name}.ln2", h + a)
+        return h + dropout(feed_forward(p, f"{name}.ffn", h, cfg, r[2]), cfg.dropout, r[1]), kv
+    a, kv = causal_self_attention(p, f"{name}.attn", layer_norm(p, f"{name}.ln1", x), mask, cfg,
+                                  ctx=ctx)
+    x = x + dropout(a, cfg.dropout, r[0])
     return x + dropout(feed_forward(p, f"{name}.ffn", layer_norm(p, f"{name}.ln2", x), cfg),
-                       cfg.dropout, r[1])
+                       cfg.dropout, r[1]), kv
 
 
-def hstu_block(p: Params, name: str, x: jax.Array, mask: jax.Array, cfg: GenRecConfig,
-               rng: jax.Array | None) -> jax.Array:
+def hstu_block(p: Params, name: str, x: jax.Array, mask: jax.Array, rel: jax.Array,
+               norm: int, cfg: GenRecConfig, rng: jax.Array | None,
+               ctx: tuple[jax.Array, jax.Array] | None = None):
     """HSTU (Zhai et al. 2024, "Actions Speak Louder than Words", eq. 1-3).
 
-    U, V, Q, K = SiLU(LN(x) W_uvqk); A = SiLU(Q K^T + rab) / T on the causal, unpadded
-    pairs; y = x + W_o(U * LN(A V)). rab is a learned bias per relative position.
+    U, V, Q, K = SiLU(LN(x) W_uvqk); A = SiLU(Q K^T + rab) / n on the causal, unpadded
+    pairs; y = x + W_o(U * LN(A V)). rab is a learned bias per relative position; n is the
+    padded length T with right-aligned positions, the table's length seq_len with positions
+    from the oldest item (then a position's output does not depend on later ones).
     """
     b, t, d = x.shape
     u, v, q, k = jnp.split(jax.nn.silu(linear(p, f"{name}.uvqk",
                                               layer_norm(p, f"{name}.ln_in", x), cfg)), 4, -1)
-    q, k, v = (z.reshape(b, t, cfg.n_head, d // cfg.n_head).transpose(0, 2, 1, 3)
-               for z in (q, k, v))
-    pos = jnp.arange(t)
+    q, k, v = (z.reshape(b, t, cfg.n_head, d // cfg.n_head) for z in (q, k, v))
+    q, keys, values = (z.transpose(0, 2, 1, 3) for z in (q, *with_context(k, v, ctx)))
     table = p[f"{name}.rel_bias"]
-    rab = table[pos[None, :] - pos[:, None] + table.shape[0] // 2]  # [T, T]
-    a = jax.nn.silu(q @ k.transpose(0, 1, 3, 2) + rab) * mask / t  # [B,h,T,T]
-    av = (a.astype(v.dtype) @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
+    rab = table[rel + table.shape[0] // 2]  # [B|1, 1, T, L+T]
+    a = jax.nn.silu(q @ keys.transpose(0, 1, 3, 2) + rab) * mask / norm  # [B, h, T, L+T]
+    av = (a.astype(v.dtype) @ values).transpose(0, 2, 1, 3).reshape(b, t, d)
     y = linear(p, f"{name}.out", u * layer_norm(p, f"{name}.ln_attn", av), cfg)
-    return x + dropout(y, cfg.dropout, rng)
+    return x + dropout(y, cfg.dropout, rng), (k, v)
 
 
 def lstm(p: Params, x: jax.Array, cfg: GenRecConfig, rng: jax.Array | None) -> jax.Array:

@@ -15,6 +15,15 @@ import optax
 
 from recmodels.config import GenRecConfig
 from recmodels.jax.blocks import Params
+from recmodels.jax.kv_cache import (
+    RANK_CHUNK,
+    KVCache,
+    check_cacheable,
+    decode,
+    generate,
+    prefill,
+    rank,
+)
 from recmodels.jax.losses import loss_fn
 from recmodels.jax.model import init_params, recommend, score_candidates, score_catalog
 
@@ -113,6 +122,11 @@ class Engine:
         self._score_candidates = jax.jit(partial(score_candidates, cfg=cfg))
         self._score_catalog = jax.jit(partial(score_catalog, cfg=cfg))
         self._recommend = jax.jit(partial(recommend, cfg=cfg), static_argnames="k")
+        self._rank = jax.jit(partial(rank, cfg=cfg), static_argnames="chunk")
+        self._prefill = jax.jit(lambda p, seq, room: prefill(p, cfg, seq, seq.shape[1] + room)[1],
+                                static_argnames="room")
+        self._decode = jax.jit(partial(decode, cfg=cfg))
+        self._generate = jax.jit(partial(generate, cfg=cfg), static_argnames=("steps", "beam"))
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         n = len(self.devices)
@@ -146,6 +160,27 @@ class Engine:
     def recommend(self, seq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = self.infer_step(self.put({"seq": seq})["seq"], k)
         return np.asarray(scores, dtype=np.float32), np.asarray(ids)
+
+    # The serving API (recbench serve): device arrays in, device arrays out, no host sync.
+
+    def rank_step(self, seq: jax.Array, candidates: jax.Array,
+                  chunk: int = RANK_CHUNK) -> jax.Array:
+        """[B, T] histories, [B, K] candidate ids -> [B, K] float32 scores (M-FALCON)."""
+        return self._rank(self.state.params, seq=seq, candidates=candidates, chunk=chunk)
+
+    def prefill(self, seq: jax.Array, room: int = 16) -> KVCache:
+        """Encode [B, T] histories once into a KV cache with `room` columns to append to."""
+        check_cacheable(self.cfg, append=True)
+        return self._prefill(self.state.params, seq, room=room)
+
+    def decode(self, cache: KVCache, items: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Append one item per row [B] -> (scores over the catalog [B, C+1], the cache)."""
+        return self._decode(self.state.params, cache=cache, items=items)
+
+    def generate(self, seq: jax.Array, steps: int = 4,
+                 beam: int = 16) -> tuple[jax.Array, jax.Array]:
+        """Beam search with the KV cache -> (items [B, W, S], log-probabilities [B, W])."""
+        return self._generate(self.state.params, seq=seq, steps=steps, beam=beam)
 
     def planned_memory_bytes(self, batch: dict[str, jax.Array] | None = None,
                              seq: jax.Array | None = None, k: int = 10) -> int:

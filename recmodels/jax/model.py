@@ -24,23 +24,53 @@ from recmodels.jax.blocks import (
 )
 
 
+def positions(seq: jax.Array, cfg: GenRecConfig, extra: int = 0) -> jax.Array:
+    """[B, T] ids -> [B|1, T] rows of the position table. right: the newest item at
+    seq_len-1-extra (extra: positions reserved after it); left: the oldest real item at 0,
+    padding at 0, capped at seq_len-1."""
+    t = seq.shape[1]
+    if cfg.positions == "right":
+        if t + extra > cfg.seq_len:
+            raise ValueError(f"{t} + {extra} positions do not fit in seq_len {cfg.seq_len}")
+        return jnp.arange(cfg.seq_len - t - extra, cfg.seq_len - extra)[None]
+    n_pad = (seq == 0).sum(1, keepdims=True)
+    return jnp.clip(jnp.arange(t)[None] - n_pad, 0, cfg.seq_len - 1)
+
+
+def relative(pos_q: jax.Array, pos_k: jax.Array) -> jax.Array:
+    """[B|1, T] query and [B|1, L] key positions -> [B|1, 1, T, L] key minus query."""
+    return pos_k[:, None, None, :] - pos_q[:, None, :, None]
+
+
+def attention_norm(cfg: GenRecConfig, t: int) -> int:
+    """HSTU's divisor for a sequence of t positions: t (right), seq_len (left)."""
+    return t if cfg.positions == "right" else cfg.seq_len
+
+
+def embed(p: Params, cfg: GenRecConfig, seq: jax.Array, pos: jax.Array | None = None,
+          rng: jax.Array | None = None) -> jax.Array:
+    """[B, T] item ids (and [B|1, T] position rows) -> [B, T, d] block input."""
+    valid = (seq != 0)[..., None]
+    x = p["item_emb.weight"][seq] * math.sqrt(cfg.d_model)
+    if pos is None:
+        return dropout(x, cfg.dropout, rng) * valid
+    return dropout(x + p["pos_emb.weight"][pos], cfg.dropout, rng) * valid
+
+
 def forward(p: Params, cfg: GenRecConfig, seq: jax.Array,
             rng: jax.Array | None = None) -> jax.Array:
     """[B, T] item ids -> [B, T, d] hidden states. rng given = training mode (dropout)."""
-    t = seq.shape[1]
     rngs = list(jax.random.split(rng, cfg.n_layer + 2)) if rng is not None else [None] * (
         cfg.n_layer + 2)
-    valid = (seq != 0)[..., None]
-    x = p["item_emb.weight"][seq] * math.sqrt(cfg.d_model)
     if cfg.block == "lstm":
-        x = dropout(x, cfg.dropout, rngs[0]) * valid
-        x = lstm(p, x, cfg, rngs[1])
+        x = lstm(p, embed(p, cfg, seq, rng=rngs[0]), cfg, rngs[1])
     else:
-        x = dropout(x + p["pos_emb.weight"][cfg.seq_len - t:], cfg.dropout, rngs[0]) * valid
-        mask = attention_mask(seq)
+        pos = positions(seq, cfg)
+        x, mask, rel = embed(p, cfg, seq, pos, rngs[0]), attention_mask(seq), relative(pos, pos)
+        norm = attention_norm(cfg, seq.shape[1])
         block = sasrec_block if cfg.block == "sasrec" else hstu_block
         for i in range(cfg.n_layer):
-            x = block(p, f"blocks.{i}", x, mask, cfg, rngs[i + 2])
+            x, _ = block(p, f"blocks.{i}", x, mask, rel, norm, cfg, rngs[i + 2])
     return layer_norm(p, "ln_f", x)
 
 

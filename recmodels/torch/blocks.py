@@ -5,6 +5,11 @@ state_dict keys on both sides, so one safetensors file loads into either framewo
 
 Shapes: B batch, T sequence length, d model width, h heads, C catalog size, R negatives.
 Input sequences are left-padded with item 0, so the most recent item is always at T-1.
+
+Every block takes (x, mask, rel, norm, ctx) and returns (y, (k, v)): rel [B|1, 1, T, L+T] is
+the relative position of each key to each query (HSTU's bias), norm HSTU's divisor, ctx the
+keys and values [B, h, L, d/h] of earlier positions (a KV cache; None: the keys are x's own)
+and (k, v) those of x's own positions, for the cache.
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ def attention_mask(seq: torch.Tensor) -> torch.Tensor:
     return (causal & (seq != 0)[:, None, None, :]) | eye
 
 
+def with_context(k: torch.Tensor, v: torch.Tensor,
+                 ctx: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+    """Keys and values [B, h, T, d/h] of x's own positions after those of the cache, if any."""
+    if ctx is None:
+        return k, v
+    return torch.cat([ctx[0], k], dim=2), torch.cat([ctx[1], v], dim=2)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head softmax attention (SASRec, Kang & McAuley 2018) through fused SDPA.
 
@@ -48,18 +61,19 @@ class CausalSelfAttention(nn.Module):
         else:
             self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor,
-                kv: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor | None = None,
+                ctx: tuple[torch.Tensor, torch.Tensor] | None = None):
         b, t, d = x.shape
         if self.reference:
             q, (k, v) = self.q(x), self.kv(kv).split(d, dim=-1)
         else:
             q, k, v = self.qkv(x).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,  # [B, h, T, d/h]
+        keys, values = with_context(k, v, ctx)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,  # [B, h, T, d/h]
                                            dropout_p=self.p_drop if self.training else 0.0)
         y = y.transpose(1, 2).reshape(b, t, d)
-        return y if self.reference else self.proj(y)
+        return (y if self.reference else self.proj(y)), (k, v)
 
 
 class FeedForward(nn.Module):
@@ -91,20 +105,25 @@ class SASRecBlock(nn.Module):
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rel: torch.Tensor, norm: int,
+                ctx: tuple[torch.Tensor, torch.Tensor] | None = None):
         if self.reference:
             h = self.ln1(x)
-            h = self.ln2(h + self.attn(h, mask, x))
-            return h + self.drop(self.ffn(h))
-        x = x + self.drop(self.attn(self.ln1(x), mask))
-        return x + self.drop(self.ffn(self.ln2(x)))
+            a, kv = self.attn(h, mask, x, ctx)
+            h = self.ln2(h + a)
+            return h + self.drop(self.ffn(h)), kv
+        a, kv = self.attn(self.ln1(x), mask, ctx=ctx)
+        x = x + self.drop(a)
+        return x + self.drop(self.ffn(self.ln2(x))), kv
 
 
 class HSTUBlock(nn.Module):
     """HSTU (Zhai et al. 2024, "Actions Speak Louder than Words", eq. 1-3).
 
-    U, V, Q, K = SiLU(LN(x) W_uvqk); A = SiLU(Q K^T + rab) / T on the causal, unpadded
-    pairs; y = x + W_o(U * LN(A V)). rab is a learned bias per relative position.
+    U, V, Q, K = SiLU(LN(x) W_uvqk); A = SiLU(Q K^T + rab) / n on the causal, unpadded
+    pairs; y = x + W_o(U * LN(A V)). rab is a learned bias per relative position; n is the
+    padded length T with right-aligned positions, the table's length seq_len with positions
+    from the oldest item (then a position's output does not depend on later ones).
     """
 
     def __init__(self, cfg: GenRecConfig):
@@ -117,12 +136,13 @@ class HSTUBlock(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rel: torch.Tensor, norm: int,
+                ctx: tuple[torch.Tensor, torch.Tensor] | None = None):
         b, t, d = x.shape
         u, v, q, k = F.silu(self.uvqk(self.ln_in(x))).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        pos = torch.arange(t, device=x.device)
-        rab = self.rel_bias[pos[None, :] - pos[:, None] + self.rel_bias.shape[0] // 2]  # [T, T]
-        a = F.silu(q @ k.transpose(-1, -2) + rab) * mask / t  # [B, h, T, T]
-        av = (a @ v).transpose(1, 2).reshape(b, t, d)
-        return x + self.drop(self.out(u * self.ln_attn(av)))
+        keys, values = with_context(k, v, ctx)
+        rab = self.rel_bias[rel + self.rel_bias.shape[0] // 2]  # [B|1, 1, T, L+T]
+        a = F.silu(q @ keys.transpose(-1, -2) + rab) * mask / norm  # [B, h, T, L+T]
+        av = (a @ values).transpose(1, 2).reshape(b, t, d)
+        return x + self.drop(self.out(u * self.ln_attn(av))), (k, v)

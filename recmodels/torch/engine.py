@@ -11,6 +11,15 @@ import torch.nn as nn
 
 from recmodels.config import GenRecConfig
 from recmodels.torch.blocks import DTYPES
+from recmodels.torch.kv_cache import (
+    RANK_CHUNK,
+    KVCache,
+    check_cacheable,
+    decode,
+    generate,
+    prefill,
+    rank,
+)
 from recmodels.torch.losses import loss_fn
 from recmodels.torch.model import GenRec, recommend, score_candidates, score_catalog
 
@@ -108,6 +117,27 @@ class Engine:
     def recommend(self, seq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = self.infer_step(self.put({"seq": seq})["seq"], k)
         return scores.float().cpu().numpy(), ids.cpu().numpy()
+
+    # The serving API (recbench serve): device arrays in, device arrays out, no host sync.
+
+    def rank_step(self, seq: torch.Tensor, candidates: torch.Tensor,
+                  chunk: int = RANK_CHUNK) -> torch.Tensor:
+        """[B, T] histories, [B, K] candidate ids -> [B, K] float32 scores (M-FALCON)."""
+        return self._eval(rank, seq, candidates, chunk)
+
+    def prefill(self, seq: torch.Tensor, room: int = 16) -> KVCache:
+        """Encode [B, T] histories once into a KV cache with `room` columns to append to."""
+        check_cacheable(self.cfg, append=True)
+        return self._eval(lambda m, s: prefill(m, s, s.shape[1] + room)[1], seq)
+
+    def decode(self, cache: KVCache, items: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """Append one item per row [B] -> (scores over the catalog [B, C+1], the cache)."""
+        return self._eval(decode, cache, items)
+
+    def generate(self, seq: torch.Tensor, steps: int = 4,
+                 beam: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beam search with the KV cache -> (items [B, W, S], log-probabilities [B, W])."""
+        return self._eval(generate, seq, steps, beam)
 
     def compile(self) -> None:
         """torch.compile the model in place (state_dict keys unchanged)."""

@@ -14,6 +14,29 @@ from recmodels.config import GenRecConfig
 from recmodels.torch.blocks import INIT_STD, HSTUBlock, SASRecBlock, attention_mask
 
 
+def positions(seq: torch.Tensor, cfg: GenRecConfig, extra: int = 0) -> torch.Tensor:
+    """[B, T] ids -> [B|1, T] rows of the position table. right: the newest item at
+    seq_len-1-extra (extra: positions reserved after it); left: the oldest real item at 0,
+    padding at 0, capped at seq_len-1."""
+    t = seq.shape[1]
+    if cfg.positions == "right":
+        if t + extra > cfg.seq_len:
+            raise ValueError(f"{t} + {extra} positions do not fit in seq_len {cfg.seq_len}")
+        return torch.arange(cfg.seq_len - t - extra, cfg.seq_len - extra, device=seq.device)[None]
+    n_pad = (seq == 0).sum(1, keepdim=True)
+    return (torch.arange(t, device=seq.device)[None] - n_pad).clamp(0, cfg.seq_len - 1)
+
+
+def relative(pos_q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
+    """[B|1, T] query and [B|1, L] key positions -> [B|1, 1, T, L] key minus query."""
+    return pos_k[:, None, None, :] - pos_q[:, None, :, None]
+
+
+def attention_norm(cfg: GenRecConfig, t: int) -> int:
+    """HSTU's divisor for a sequence of t positions: t (right), seq_len (left)."""
+    return t if cfg.positions == "right" else cfg.seq_len
+
+
 class GenRec(nn.Module):
     """Item embedding (+ positions) -> blocks (or LSTM) -> final LN; output tied to items."""
 
@@ -48,19 +71,24 @@ class GenRec(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """[B, T] item ids -> [B, T, d] hidden states."""
-        t = seq.shape[1]
+    def embed(self, seq: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] item ids (and [B|1, T] position rows) -> [B, T, d] block input."""
         valid = (seq != 0).unsqueeze(-1)
         x = self.item_emb(seq) * math.sqrt(self.cfg.d_model)
+        if pos is None:
+            return self.drop(x) * valid
+        return self.drop(x + self.pos_emb(pos)) * valid
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, T] item ids -> [B, T, d] hidden states."""
         if self.cfg.block == "lstm":
-            x = self.drop(x) * valid
-            x, _ = self.lstm(x)
+            x, _ = self.lstm(self.embed(seq))
         else:
-            x = self.drop(x + self.pos_emb.weight[self.cfg.seq_len - t:]) * valid
-            mask = attention_mask(seq)
+            pos = positions(seq, self.cfg)
+            x, mask, rel = self.embed(seq, pos), attention_mask(seq), relative(pos, pos)
+            norm = attention_norm(self.cfg, seq.shape[1])
             for blk in self.blocks:
-                x = blk(x, mask)
+                x, _ = blk(x, mask, rel, norm)
         return self.ln_f(x)
 
 
