@@ -283,7 +283,7 @@ def status_counts(file: ResultsFile) -> dict[str, int]:
 
 def require_ok(files: Sequence[ResultsFile]) -> None:
     """InputError naming the statuses when no file has a single ok record."""
-    if not any(r.ok for f in files for r in f.records):
+    if not any(r.ok for f in files for r in (*f.records, *f.serve)):
         counts: dict[str, int] = {}
         for r in (r for f in files for r in f.records):
             counts[r.status] = counts.get(r.status, 0) + 1

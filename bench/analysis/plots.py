@@ -26,6 +26,8 @@ Figures (file stem ``<device>-<framework>-<workload>-<kind>``):
                measured or estimated (provenance in the legend, estimates dotted)
   precision    speed-up of each precision over fp32 at the same point
   frameworks   torch / JAX throughput at the same point (``<device>-<workload>-frameworks``)
+  serve-*      latency against offered rate, throughput against max batch, prefill/decode:
+               bench/analysis/plots_serve.py (from ``serve`` records)
 Records that are not ok appear only on the memory figure (oom, infeasible); the report
 counts every status. Points flagged ``unstable`` are hollow markers (plotstyle). Bytes are
 binary everywhere (GiB, GiB/s).
@@ -58,6 +60,7 @@ from bench.analysis.plotdata import (
     per_1k_text,
     require_ok,
 )
+from bench.analysis.plots_serve import iter_serve_figures
 from bench.analysis.plotstyle import (
     DPI,
     SERIES_DROP,
@@ -400,6 +403,8 @@ def iter_figures(files: Sequence[ResultsFile]) -> Iterator[NamedFigure]:
             if fig is not None:
                 yield NamedFigure(safe_name("-".join([*panel, kind]), "figure name"), kind,
                                   panel_text(members, per_framework), fig)
+    for name, kind, panel, fig in iter_serve_figures(files):
+        yield NamedFigure(safe_name(name, "figure name"), f"serve {kind}", panel, fig)
 
 
 def plot_all(files: Sequence[Any], out_dir: str | Path, svg: bool = False) -> list[Path]:

@@ -13,6 +13,8 @@ and against the datasheet peak, energy per 1,000 training samples (train) or rec
 (infer) with its provenance and error bound (``metrics.energy_rel_error`` where the meter
 records one), and throughput per watt (throughput / mean power). Train and infer are separate
 tables, since their units differ. A point flagged ``unstable`` says so in its throughput cell.
+The reference suite's ``[[serve]]`` points (LoadGen Server) get a table of their own: the
+maximum requests/s within the p99 target and J per 1,000 requests, per machine.
 """
 
 from __future__ import annotations
@@ -130,6 +132,64 @@ def coverage(ref: Reference, files: Sequence[ResultsFile], names: Sequence[str])
     return lines
 
 
+SERVE_COLUMNS = ("max requests/s within p99 target", "p99 ms at that rate",
+                 "J per 1,000 requests", "energy provenance")
+
+
+def _serve_key(point: dict[str, Any]) -> tuple:
+    """A serve point without its device (resolved per machine), as a hashable key."""
+    def norm(v: Any) -> Any:  # 80 in a suite file is 80.0 in a record
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+    return tuple(sorted((k, norm(v)) for k, v in point.items() if k != "device"))
+
+
+def serve_cells(rec: Any) -> list[Any]:
+    if rec is None:
+        return ["not run", "-", "-", "-"]
+    m = rec.metrics
+    if rec.status != "ok":
+        p99 = m.get("achieved_latency_ms")
+        return [Cell(rec.status, "flag", rec.reason or ""), fmt(p99), "-", "-"]
+    return [fmt(m.get("max_rate_per_s") or m.get("samples_per_s")),
+            fmt(m.get("achieved_latency_ms")), fmt(m.get("energy_j_per_1k_requests")),
+            m.get("energy_provenance") or "not recorded"]
+
+
+def serve_html(files: Sequence[ResultsFile], names: Sequence[str], suite: str = SUITE) -> str:
+    """The reference serve points (one LoadGen Server point per framework), machines side by
+    side; empty when the suite has none or no file holds one."""
+    from bench.point import device_kind
+    from bench.suites.suite import load_suite
+
+    try:
+        specs = [s.point() for s in load_suite(suite).serve]
+    except InputError:
+        return ""
+    keys = {_serve_key(p): p for p in specs}
+    found: dict[tuple[str, str], dict[tuple, Any]] = {}
+    for name, f in zip(names, files):
+        for rec in f.serve:
+            key = _serve_key(rec.point)
+            if key in keys:
+                dev = device_kind(str(rec.point.get("device", "")))
+                found.setdefault((name, dev), {})[key] = rec
+    if not found:
+        return ""
+    groups = list(found)
+    head = ["point"] + [c for _ in groups for c in SERVE_COLUMNS]
+    rows = []
+    for key, p in keys.items():
+        label = (f"{p['framework']} {p['workload']} {p['preset']} K {p.get('n_candidates')}, "
+                 f"p{p.get('percentile', 99):g} <= {p.get('target_latency_ms'):g} ms")
+        rows.append([label] + [c for g in groups for c in serve_cells(found[g].get(key))])
+    numeric = [1 + i * 4 + j for i in range(len(groups)) for j in (0, 1, 2)]
+    return ("<h3>serve: LoadGen Server, max requests/s within the p99 target, energy per "
+            "1,000 requests</h3>" + '<div class="wide">' + table(
+                head, rows, numeric, groups=[("", 1)] + [(f"{s} [{d}]", 4) for s, d in groups])
+            + "</div>")
+
+
 def headline_html(files: Sequence[ResultsFile], items: Sequence[Entry],
                   names: Sequence[str], ref: Reference | None = None) -> str:
     """The headline section's body: shape, coverage per machine, train and infer tables."""
@@ -143,7 +203,7 @@ def headline_html(files: Sequence[ResultsFile], items: Sequence[Entry],
              + "</ul>"]
     groups = list(ref.matched)
     if not groups:
-        return "".join(parts)
+        return "".join(parts) + serve_html(files, names)
     present = [k for k in ref.keys if any(k in m for m in ref.matched.values())]
     for workload in ("train", "infer"):
         keys = [k for k in present if ref.keys[k].get("workload") == workload]
@@ -168,6 +228,7 @@ def headline_html(files: Sequence[ResultsFile], items: Sequence[Entry],
         parts.append("<p>[unstable]: the run flagged the point as disturbed (its spread or the "
                      "machine's conditions); do not compare it as a clean measurement:</p><ul>"
                      + "".join(f"<li>{esc(x)}</li>" for x in flagged) + "</ul>")
+    parts.append(serve_html(files, names))
     parts.append('<p class="muted">% of measured roof: analytic FLOPs per second over the GEMM '
                  "roof measured in the same run for that precision; % of datasheet peak: over "
                  "the vendor's peak where bench/machine/datasheet.py lists the device (none for "

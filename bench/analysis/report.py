@@ -80,7 +80,10 @@ def missing_notes(files: Sequence[ResultsFile]) -> list[str]:
     for name, f in zip(source_names(files), files):
         ok = [r for r in f.records if r.ok]
         counts = ", ".join(f"{k} {v}" for k, v in sorted(status_counts(f).items()))
-        if not f.records:
+        if not f.records and f.serve:
+            notes.append(f"{name}: serving records only ({len(f.serve)}; recbench serve): "
+                         "no step points")
+        elif not f.records:
             notes.append(f"{name}: the file has no point records (the run wrote only its header)")
         elif not ok:
             notes.append(f"{name}: no ok records ({counts}): nothing was measured, so no "
