@@ -93,8 +93,9 @@ def catalog_scores(model: GenRec, h: torch.Tensor) -> torch.Tensor:
 
 def decode(model: GenRec, cache: KVCache, items: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
     """Append one item per row [B] -> (scores over the catalog after it [B, C+1], the cache
-    one column longer). Writes column `length` of the cache's tensors in place: the cache
-    passed in stays valid (that column is beyond its length)."""
+    one column longer). Writes column `length` of the keys, values and positions in place
+    and copies only `valid`: the cache passed in stays valid (it never reads that column), but
+    decoding from it again overwrites what the returned cache holds there."""
     check_cacheable(model.cfg, append=True)
     h, ks, vs, pos = extend(model, cache, items[:, None])
     col = cache.length
@@ -102,8 +103,9 @@ def decode(model: GenRec, cache: KVCache, items: torch.Tensor) -> tuple[torch.Te
         cache.k[i][:, :, col] = ks[i][:, :, 0]
         cache.v[i][:, :, col] = vs[i][:, :, 0]
     cache.pos[:, col] = pos[:, 0]
-    cache.valid[:, col] = True
-    return catalog_scores(model, h[:, 0]), cache._replace(length=col + 1)
+    valid = cache.valid.clone()
+    valid[:, col] = True
+    return catalog_scores(model, h[:, 0]), cache._replace(valid=valid, length=col + 1)
 
 
 def reorder(cache: KVCache, rows: torch.Tensor) -> KVCache:

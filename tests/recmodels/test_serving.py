@@ -139,6 +139,10 @@ def test_update_through_the_cache_equals_reencoding(framework, arch):
         if i == 0:
             broken = cache._replace(v=[v * 0 for v in cache.v])
     assert int(cache.length) == 10
+    # the cache passed in stays valid: the same append again gives the same scores
+    first = eng.prefill(d["seq"], room=1)
+    once, twice = (to_np(eng.decode(first, d["new"][:, 0])[0]) for _ in range(2))
+    np.testing.assert_array_equal(once, twice)
     scores, _ = eng.decode(broken, d["new"][:, 1])
     assert np.abs(to_np(scores)[:, 1:] - ref).max() > 1e-4
 
