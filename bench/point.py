@@ -21,7 +21,10 @@ from recmodels.config import BLOCKS, LOSSES, PRESETS, GenRecConfig, human, param
 from recmodels.errors import InputError
 
 FRAMEWORKS = ("torch", "jax")
-WORKLOADS = ("train", "infer")
+# infer is the serving workload `retrieve` (its name in points predates the others);
+# rank, generate and update are the other serving paths (README, "Serving").
+WORKLOADS = ("train", "infer", "rank", "generate", "update")
+SERVING_WORKLOADS = ("rank", "generate", "update")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "int8")
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_N_NEG = {"bce": 1, "sampled_softmax": 128, "full_softmax": 1}
@@ -32,14 +35,17 @@ _CHOICES: dict[str, Sequence[str]] = {
     "framework": FRAMEWORKS, "workload": WORKLOADS, "preset": tuple(PRESETS), "block": BLOCKS,
     "loss": LOSSES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
 }
-POSITIVE_INT_FIELDS = ("n_neg", "catalog_size", "seq_len", "batch_size")
+POSITIVE_INT_FIELDS = ("n_neg", "catalog_size", "seq_len", "batch_size", "n_candidates",
+                       "gen_steps", "beam_width")
 # Point ids (Point.id): the fields below existed when ids were first written and are always
 # hashed, so no id in a file changes; a field added later goes into ID_DEFAULTS with its
 # default and is hashed only where it differs. point_id is the one rule: Point.id and the
 # results files (bench.results.point_id) both use it.
 ID_FIELDS_V1 = ("framework", "workload", "preset", "block", "loss", "n_neg", "catalog_size",
                 "seq_len", "batch_size", "precision", "device", "compile", "optimizer")
-ID_DEFAULTS: dict[str, Any] = {}  # e.g. "world_size": 1 once that axis exists
+ID_DEFAULTS: dict[str, Any] = {  # e.g. "world_size": 1 once that axis exists
+    "n_candidates": 2048, "gen_steps": 4, "beam_width": 16,
+}
 
 
 def _canonical(value: Any) -> str:
@@ -111,7 +117,7 @@ class Point:
     """One benchmark measurement: a model config, a workload and where/how to run it."""
 
     framework: str  # "torch" | "jax"
-    workload: str  # "train" (forward+backward+update) | "infer" (score the full catalog)
+    workload: str  # train | infer (serving's retrieve) | rank | generate | update
     preset: str  # a key of recmodels.config.PRESETS
     block: str = "sasrec"  # "sasrec" | "hstu" | "lstm"
     loss: str = "bce"  # train loss; infer keeps it but always scores the whole catalog
@@ -123,6 +129,9 @@ class Point:
     device: str  # "cpu" | "cuda" | "cuda:N" | "tpu" | "mps" ("auto" is resolved before this)
     compile: bool = False  # torch.compile; jax always jits, so jax points carry False
     optimizer: str = "adam"  # "adam" | "sgd"
+    n_candidates: int = 2048  # K: candidates ranked per user (workload "rank")
+    gen_steps: int = 4  # S: items generated per user (workload "generate")
+    beam_width: int = 16  # W: beams kept at each step (workload "generate")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:  # checked first: the defaults below read the preset
@@ -161,9 +170,12 @@ class Point:
         return point_id(self.to_dict())
 
     def model_config(self) -> GenRecConfig:
+        """The serving workloads that append (generate, update) count positions from the
+        oldest item, as a KV cache needs; rank keeps the preset's right-aligned ones."""
+        positions = "left" if self.workload in ("generate", "update") else "right"
         return preset(self.preset, block=self.block, loss=self.loss, n_neg=self.n_neg,
                       catalog_size=self.catalog_size, seq_len=self.seq_len,
-                      compute_dtype=COMPUTE_DTYPE[self.precision])
+                      compute_dtype=COMPUTE_DTYPE[self.precision], positions=positions)
 
     @property
     def params_total(self) -> int:
@@ -191,6 +203,10 @@ class Point:
             parts.append("compiled")
         if self.optimizer != "adam":
             parts.append(self.optimizer)
+        if self.workload == "rank":
+            parts.append(f"K={self.n_candidates}")
+        if self.workload == "generate":
+            parts.append(f"S={self.gen_steps} W={self.beam_width}")
         return " ".join(parts)
 
 

@@ -23,6 +23,8 @@ POSITIONS = ("right", "left")
 LOSSES = ("bce", "sampled_softmax", "full_softmax")
 DTYPES = ("fp32", "bf16", "fp16")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+WORKLOADS = ("train", "infer", "rank", "generate", "update")
+RANK_CHUNK = 2048  # rank's candidates per micro-batch (recmodels/*/kv_cache.py)
 
 
 class ConfigError(InputError):
@@ -191,9 +193,10 @@ def params_total(cfg: GenRecConfig) -> int:
     return params_dense(cfg) + params_embedding(cfg)
 
 
-def _trunk_flops_per_token(cfg: GenRecConfig) -> int:
-    """Forward FLOPs of all blocks for one position of a length-T sequence."""
-    d, f, t = cfg.d_model, cfg.d_ff, cfg.seq_len
+def _trunk_flops_per_token(cfg: GenRecConfig, keys: int | None = None) -> int:
+    """Forward FLOPs of all blocks for one position attending to `keys` keys (default: a
+    length-T sequence's T)."""
+    d, f, t = cfg.d_model, cfg.d_ff, cfg.seq_len if keys is None else keys
     if cfg.block == "sasrec":
         # qkv 6d^2 + proj 2d^2 + FFN 4df; QK^T and AV over all T keys: 2*2*T*d. The causal
         # mask halves the useful work, but dense kernels (and torch's flop counter) do all T.
@@ -232,10 +235,63 @@ def flops_forward(cfg: GenRecConfig, batch_size: int, workload: str = "train") -
     raise ConfigError(f"unknown workload {workload!r}: choose train or infer")
 
 
-def flops_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train") -> int:
-    """FLOPs of one benchmark step: forward + backward (2x) for train, forward for infer."""
+def serving_history(cfg: GenRecConfig, workload: str, gen_steps: int = 4) -> int:
+    """Items of history in a serving step: the history and what follows it fill the seq_len
+    positions (rank's candidate and update's new item take one, generate's later items
+    gen_steps - 1)."""
+    return cfg.seq_len - (gen_steps - 1 if workload == "generate" else 1)
+
+
+def flops_serving(cfg: GenRecConfig, batch_size: int, workload: str, *,
+                  n_candidates: int = 2048, gen_steps: int = 4, beam_width: int = 16,
+                  chunk: int = RANK_CHUNK) -> dict[str, int]:
+    """FLOPs of the serving steps, as recmodels/*/kv_cache.py executes them, in parts:
+    prefill (the history's positions, attending causally; for generate also its first
+    catalog scoring), decode (all cached steps) and score (rank's candidate dot products).
+    A position appended to a cache of L columns attends to L + m keys (the whole capacity,
+    masked where empty, and the m positions of its own pass).
+
+    rank: history of T-1, then K candidates in micro-batches of m = chunk, each attending to
+      the history and its own micro-batch (masked to itself); 2dK to score them.
+    generate: history of T-S+1 (capacity T), then S-1 decode steps over B x W beams, each
+      scoring the catalog (C+1 columns).
+    update: one decode step over a cached history of T-1 (capacity T), scoring the catalog.
+    """
+    if cfg.block == "lstm":
+        raise ConfigError("the serving workloads need an attention block, not lstm")
+    d, c1, t = cfg.d_model, cfg.catalog_size + 1, cfg.seq_len
+    hist = serving_history(cfg, workload, gen_steps)
+    prefill = hist * _trunk_flops_per_token(cfg, hist)
+    if workload == "rank":
+        k, parts = n_candidates, []
+        while k > 0:
+            parts.append(min(chunk, k))
+            k -= parts[-1]
+        cands = sum(m * _trunk_flops_per_token(cfg, hist + m) for m in parts)
+        return {"prefill": batch_size * prefill, "decode": batch_size * cands,
+                "score": batch_size * 2 * d * n_candidates}
+    step = _trunk_flops_per_token(cfg, t + 1) + 2 * d * c1  # capacity T, plus itself
+    if workload == "generate":
+        return {"prefill": batch_size * (prefill + 2 * d * c1),
+                "decode": batch_size * beam_width * (gen_steps - 1) * step, "score": 0}
+    if workload == "update":
+        return {"prefill": 0, "decode": batch_size * step, "score": 0}
+    raise ConfigError(f"unknown workload {workload!r}: choose one of {', '.join(WORKLOADS)}")
+
+
+def flops_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train",
+                   **serving) -> int:
+    """FLOPs of one benchmark step: forward + backward (2x) for train, forward for infer,
+    the serving step's parts summed (keyword arguments: flops_serving's)."""
+    if workload in ("rank", "generate", "update"):
+        return sum(flops_serving(cfg, batch_size, workload, **serving).values())
     fwd = flops_forward(cfg, batch_size, workload)
     return 3 * fwd if workload == "train" else fwd
+
+
+def kv_cache_bytes(cfg: GenRecConfig, rows: int, columns: int) -> int:
+    """Keys and values of every block for `rows` sequences of `columns` positions."""
+    return 2 * cfg.n_layer * rows * columns * cfg.d_model * DTYPE_BYTES[cfg.compute_dtype]
 
 
 def _traffic_elems_per_token(cfg: GenRecConfig) -> int:
@@ -253,8 +309,30 @@ def _traffic_elems_per_token(cfg: GenRecConfig) -> int:
     return 10 * d  # per step: input, 4 gates pre/post nonlinearity, c, h
 
 
+def _serving_bytes(cfg: GenRecConfig, b: int, workload: str, weights: int, *,
+                   n_candidates: int = 2048, gen_steps: int = 4, beam_width: int = 16,
+                   chunk: int = RANK_CHUNK) -> int:
+    """Each pass reads the weights once and the KV cache it attends to once, writes the
+    cache it fills, and writes and reads its activations; catalog scores are fp32."""
+    a_bytes, c1, t = DTYPE_BYTES[cfg.compute_dtype], cfg.catalog_size + 1, cfg.seq_len
+    hist = serving_history(cfg, workload, gen_steps)
+    act = _traffic_elems_per_token(cfg) * cfg.n_layer * a_bytes
+    if workload == "rank":
+        passes = -(-n_candidates // chunk)
+        return (weights * (1 + passes) + kv_cache_bytes(cfg, b, hist) * (1 + passes)
+                + 2 * act * b * (hist + n_candidates)
+                + b * n_candidates * (cfg.d_model * a_bytes + 4))  # candidate rows, scores
+    step_rows = b * (beam_width if workload == "generate" else 1)
+    step = (weights + kv_cache_bytes(cfg, step_rows, t) + 2 * act * step_rows
+            + 2 * step_rows * c1 * 4)
+    if workload == "update":
+        return step
+    prefill = weights + kv_cache_bytes(cfg, b, hist) + 2 * act * b * hist + 2 * b * c1 * 4
+    return prefill + (gen_steps - 1) * step
+
+
 def bytes_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train",
-                   optimizer: str = "adam") -> int:
+                   optimizer: str = "adam", **serving) -> int:
     """Minimum DRAM traffic of one step, in bytes: an estimate for roofline plots.
 
     Each weight is read once per forward (and once more in backward); training also writes
@@ -266,6 +344,8 @@ def bytes_per_step(cfg: GenRecConfig, batch_size: int, workload: str = "train",
     p_bytes, a_bytes = DTYPE_BYTES[cfg.param_dtype], DTYPE_BYTES[cfg.compute_dtype]
     tokens = batch_size * cfg.seq_len
     weights = n * p_bytes + (n * a_bytes if cfg.compute_dtype != cfg.param_dtype else 0)
+    if workload in ("rank", "generate", "update"):
+        return _serving_bytes(cfg, batch_size, workload, weights, **serving)
     if workload == "infer":
         acts = tokens * _traffic_elems_per_token(cfg) * a_bytes
         return weights + 2 * (acts + batch_size * (cfg.catalog_size + 1) * 4)

@@ -29,13 +29,16 @@ from dataclasses import dataclass
 
 from recmodels.config import (
     DTYPE_BYTES,
+    RANK_CHUNK,
     ConfigError,
     GenRecConfig,
     flops_forward,
     flops_per_step,
+    kv_cache_bytes,
     params_dense,
     params_embedding,
     params_total,
+    serving_history,
 )
 
 MEMORY_ESTIMATE_REL_ERROR = 0.25  # |estimate - measured| <= 25% of the measured peak ...
@@ -276,12 +279,48 @@ def _jax(cfg: GenRecConfig, b: int, workload: str, optimizer: str,
     return max(backward, update, key=lambda m: m.total_bytes)
 
 
+def _serving(cfg: GenRecConfig, b: int, workload: str, framework: str, device: str, *,
+             n_candidates: int = 2048, gen_steps: int = 4, beam_width: int = 16,
+             chunk: int = RANK_CHUNK) -> MemoryEstimate:
+    """The serving steps (recmodels/*/kv_cache.py), both frameworks alike: the weights, the
+    KV cache, and the largest working set of one pass. Not yet checked against measured
+    peaks, unlike train and infer (tests/recmodels/test_memory_estimate.py)."""
+    pb, cb = DTYPE_BYTES[cfg.param_dtype], DTYPE_BYTES[cfg.compute_dtype]
+    d, f, h, t, c1 = cfg.d_model, cfg.d_ff, cfg.n_head, cfg.seq_len, cfg.catalog_size + 1
+    weights = params_total(cfg) * pb + (params_dense(cfg) * cb if cb != pb else 0)
+    ws = CUBLAS_WORKSPACE_BYTES if framework == "torch" and device == "cuda" else 0
+    hist = serving_history(cfg, workload, gen_steps)
+
+    def pass_bytes(rows: int, queries: int, keys: int) -> int:
+        """One pass of `queries` positions per row over `keys` keys: the residual stream,
+        q k v, the FFN's hidden units, fp32 attention scores and their mask."""
+        return rows * queries * ((6 * d + f) * cb + h * keys * 4 + keys)
+
+    if workload == "rank":
+        m = min(chunk, n_candidates)
+        cache = kv_cache_bytes(cfg, b, hist)
+        # a pass's keys and values: the cache concatenated with its own (one block's)
+        acts = max(pass_bytes(b, hist, hist), pass_bytes(b, m, hist + m)
+                   + 2 * b * (hist + m) * d * cb) + b * n_candidates * (4 + 8)
+        return MemoryEstimate(weights, 0, 0, cache + acts, ws)
+    rows = b * (beam_width if workload == "generate" else 1)
+    # the cache, and beam search's reordered copy of it; catalog scores, log-softmax, sums
+    cache = kv_cache_bytes(cfg, rows, t) * (2 if workload == "generate" else 1)
+    acts = max(pass_bytes(b, hist, hist), pass_bytes(rows, 1, t + 1) + 3 * rows * c1 * 4)
+    return MemoryEstimate(weights, 0, 0, cache + acts, ws)
+
+
 def memory_estimate(cfg: GenRecConfig, batch_size: int, workload: str = "train",
                     optimizer: str = "adam", framework: str = "torch",
-                    device: str = "cuda") -> MemoryEstimate:
+                    device: str = "cuda", **serving) -> MemoryEstimate:
     """Peak device memory of one benchmark step (train: forward, backward, optimizer update;
-    infer: forward, catalog scores, top-k), for `framework` on a `device` kind
+    infer: forward, catalog scores, top-k; rank, generate, update: see _serving, whose
+    keyword arguments `serving` are), for `framework` on a `device` kind
     (cpu | cuda | tpu | mps; JAX on tpu is taken as XLA:GPU's fusion)."""
+    if workload in ("rank", "generate", "update"):
+        if framework not in ("torch", "jax"):
+            raise ConfigError(f"unknown framework {framework!r}: choose torch or jax")
+        return _serving(cfg, batch_size, workload, framework, device, **serving)
     if framework == "torch":
         return _torch(cfg, batch_size, workload, optimizer, device)
     if framework == "jax":

@@ -170,6 +170,7 @@ def measure_point(point: Point, measure: Measure,
                 energy = meters.measure_energy_window(
                     step, workload.sync, meters.default_energy_sources(kind, index))
             planned = workload.planned_mem_bytes()
+            extra = workload.extra_metrics()  # e.g. generate's prefill_ms, decode_step_ms
             workload.check()  # a diverged train step (NaN loss) raises: status error
     except Unsupported as e:
         return {"status": "unsupported", "reason": str(e)}
@@ -206,6 +207,7 @@ def measure_point(point: Point, measure: Measure,
         **meters.window_energy_metrics(energy, workload.samples_per_step),
         "stop_reason": sampled.stop_reason,
         **thread_settings(point.framework),
+        **extra,
     }
     return {"status": "ok", "reason": None, "metrics": metrics, "samples_ms": sampled.samples_ms}
 

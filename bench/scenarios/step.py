@@ -4,7 +4,14 @@ Nothing here knows a model's internals: a workload is an `Engine` (recmodels.tor
 recmodels.jax_model) plus a fixed, device-resident batch, and one step is
   train: Engine.train_step(batch)   forward, backward, optimizer step
   infer: Engine.infer_step(seq, k)  forward over the histories, score the last position
-                                    against the whole catalog, top-k
+                                    against the whole catalog, top-k (serving's `retrieve`)
+  rank: Engine.rank_step(seq, cand) a history of T-1 and K candidates after it (M-FALCON)
+  generate: Engine.generate(seq, S, W)  beam search, KV cache: prefill of a T-S+1 history,
+                                    then S-1 decode steps; prefill_ms and decode_step_ms are
+                                    timed apart as extra metrics (TTFT and TPOT)
+  update: Engine.decode(cache, item)  one interaction appended to a cached history of T-1;
+                                    reencode_ms times the uncached answer (the history and
+                                    the item encoded again) as an extra metric
 The inputs are full-length random sequences (no padding): the worst case of a length-T
 history, with a uniform gather pattern over the item table. A train step that diverges times
 arithmetic on NaN: `Workload.check`, run once after the timed loop, raises Diverged for it.
@@ -14,13 +21,14 @@ from __future__ import annotations
 
 import gc
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from bench.point import Point, device_kind
+from bench.point import SERVING_WORKLOADS, Point, device_kind
 from recmodels import config as C
 from recmodels.memory import memory_estimate
 
@@ -66,6 +74,10 @@ def support_reason(point: Point, caps: DeviceCaps) -> str | None:
         return "TPUs have no fp16 matrix units: use bf16"
     if point.compile and kind == "tpu":
         return "torch.compile does not apply on TPU"
+    if point.workload in SERVING_WORKLOADS and point.block == "lstm":
+        return f"{point.workload} needs an attention block (its KV cache); lstm has none"
+    if point.workload in SERVING_WORKLOADS and point.device.endswith(":all"):
+        return f"{point.workload} runs on one device here (no data-parallel serving path)"
     if point.device.endswith(":all"):
         if fw == "torch":
             return "data parallel over all devices is JAX-only here (torch would need DDP)"
@@ -74,16 +86,24 @@ def support_reason(point: Point, caps: DeviceCaps) -> str | None:
     return None
 
 
+def serving_args(point: Point) -> dict[str, int]:
+    """The serving axes the analytic cost of a serving workload takes."""
+    if point.workload not in SERVING_WORKLOADS:
+        return {}
+    return {"n_candidates": point.n_candidates, "gen_steps": point.gen_steps,
+            "beam_width": point.beam_width}
+
+
 def analytic_cost(point: Point) -> dict[str, int]:
     """The analytic numbers every record carries next to the measured ones."""
-    cfg, b, w = point.model_config(), point.batch_size, point.workload
+    cfg, b, w, extra = point.model_config(), point.batch_size, point.workload, serving_args(point)
     return {
         "params_dense": C.params_dense(cfg),
         "params_embedding": C.params_embedding(cfg),
-        "flops_per_step": C.flops_per_step(cfg, b, w),
-        "bytes_per_step": C.bytes_per_step(cfg, b, w, point.optimizer),
+        "flops_per_step": C.flops_per_step(cfg, b, w, **extra),
+        "bytes_per_step": C.bytes_per_step(cfg, b, w, point.optimizer, **extra),
         "est_mem_bytes": memory_estimate(cfg, b, w, point.optimizer, point.framework,
-                                           device_kind(point.device)).total_bytes,
+                                           device_kind(point.device), **extra).total_bytes,
     }
 
 
@@ -113,10 +133,14 @@ class Workload:
     # parameters (train); a no-op for inference. Syncs: call it outside the timed region.
     check: Callable[[], None] = lambda: None
     engine: Any = field(default=None, repr=False)
+    # Metrics beyond the step's own time, measured once after the timed loop (synced, so
+    # outside it): generate's prefill_ms and decode_step_ms, update's reencode_ms.
+    extra_metrics: Callable[[], dict[str, float]] = lambda: {}
 
     def close(self) -> None:
         """Drop every device buffer this workload holds."""
         self.step = self.sync = None  # type: ignore[assignment]
+        self.extra_metrics = lambda: {}  # its closure holds the engine
         self.planned_mem_bytes = lambda: None  # its closure holds the engine and the batch
         self.check = lambda: None  # so does this one
         self.engine = None
@@ -178,6 +202,8 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
             raise Diverged(f"train step diverged: loss {loss}, "
                            f"{'finite' if params_finite else 'non-finite'} parameters after "
                            "the timed steps; step times over NaN are not recorded")
+    elif point.workload in SERVING_WORKLOADS:
+        step, planned, check, extra_metrics = _serving_step(point, cfg, engine, batch)
     else:
         dev_seq = engine.put({"seq": batch["seq"]})["seq"]
 
@@ -195,9 +221,83 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
         peak = jax_peak_fns(engine.device)
     return Workload(point=point, step=step, sync=engine.sync,
                     samples_per_step=point.batch_size,
-                    tokens_per_step=point.batch_size * cfg.seq_len,
+                    tokens_per_step=point.batch_size * tokens_per_user(point, cfg),
                     cost=analytic_cost(point), peak_fns=peak, planned_mem_bytes=planned,
-                    check=check, engine=engine)
+                    check=check, engine=engine,
+                    extra_metrics=extra_metrics if point.workload in SERVING_WORKLOADS
+                    else (lambda: {}))
+
+
+def tokens_per_user(point: Point, cfg: C.GenRecConfig) -> int:
+    """Positions one user's step encodes: T (train, infer), the history and its K candidates
+    (rank), the history and one position per generated item and beam (generate), the
+    appended item (update)."""
+    hist = C.serving_history(cfg, point.workload, point.gen_steps)
+    return {"rank": hist + point.n_candidates,
+            "generate": hist + point.beam_width * (point.gen_steps - 1),
+            "update": 1}.get(point.workload, cfg.seq_len)
+
+
+EXTRA_REPEATS = 5  # runs behind each extra metric (its median)
+
+
+def _median_ms(fn: Callable[[], Any], sync: Callable[[Any], Any]) -> float:
+    times = []
+    for _ in range(EXTRA_REPEATS):
+        t0 = time.perf_counter_ns()
+        sync(fn())
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return sorted(times)[len(times) // 2]
+
+
+def _serving_step(point: Point, cfg: C.GenRecConfig, engine: Any, batch: dict[str, np.ndarray]):
+    """(step, planned, check, extra_metrics) of a serving workload: histories from the random
+    batch cut to the serving length, candidates and appended items uniform over the catalog."""
+    hist = C.serving_history(cfg, point.workload, point.gen_steps)
+    rng = np.random.default_rng(1)
+    c, b = cfg.catalog_size, point.batch_size
+    dev = engine.put({"seq": batch["seq"][:, -hist:],
+                      "candidates": rng.integers(1, c + 1, (b, point.n_candidates)),
+                      "new": rng.integers(1, c + 1, (b, 1)),
+                      "longer": np.concatenate([batch["seq"][:, -hist:],
+                                                rng.integers(1, c + 1, (b, 1))], 1)})
+    extra: Callable[[], dict[str, float]] = lambda: {}  # noqa: E731
+    if point.workload == "rank":
+        def step():
+            return engine.rank_step(dev["seq"], dev["candidates"])
+    elif point.workload == "generate":
+        def step():
+            return engine.generate(dev["seq"], point.gen_steps, point.beam_width)
+
+        def extra():
+            """TTFT and TPOT: the prefill alone, and one decode step over B x W beams."""
+            beams = engine.put({"seq": np.repeat(batch["seq"][:, -hist:], point.beam_width, 0),
+                                "items": rng.integers(1, c + 1, b * point.beam_width)})
+            cache = engine.sync(engine.prefill(beams["seq"], room=point.gen_steps - 1))
+            return {"prefill_ms": _median_ms(lambda: engine.prefill(dev["seq"],
+                                                                    room=point.gen_steps - 1),
+                                             engine.sync),
+                    "decode_step_ms": _median_ms(lambda: engine.decode(cache, beams["items"])[0],
+                                                 engine.sync)}
+    else:
+        cache = engine.sync(engine.prefill(dev["seq"], room=1))
+        items = dev["new"][:, 0]
+
+        def step():
+            return engine.decode(cache, items)[0]
+
+        def extra():
+            """The same answer without the cache: history and item encoded again, top-k."""
+            return {"reencode_ms": _median_ms(lambda: engine.infer_step(dev["longer"], TOP_K),
+                                              engine.sync)}
+
+    def planned():
+        return None  # XLA's plan is read for train and infer only
+
+    def check():
+        return None  # serving updates nothing that could diverge
+
+    return step, planned, check, extra
 
 
 # --- what the device can run: a probe ---------------------------------------------------------

@@ -108,6 +108,7 @@ _REQUIRED_AXES = ("framework", "workload", "preset", "batch_size", "precision")
 _AXIS_DEFAULTS: dict[str, list[Any]] = {
     "block": ["sasrec"], "loss": ["bce"], "n_neg": [None], "catalog_size": [None],
     "seq_len": [None], "device": ["auto"], "compile": [False], "optimizer": ["adam"],
+    "n_candidates": [2048], "gen_steps": [4], "beam_width": [16],
 }
 
 

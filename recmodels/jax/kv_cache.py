@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from recmodels.config import GenRecConfig
+from recmodels.config import RANK_CHUNK, GenRecConfig  # RANK_CHUNK: candidates per micro-batch
 from recmodels.jax.blocks import (
     DTYPES,
     Params,
@@ -28,8 +28,6 @@ from recmodels.jax.blocks import (
     sasrec_block,
 )
 from recmodels.jax.model import attention_norm, embed, positions, relative, score_catalog
-
-RANK_CHUNK = 2048  # candidates per micro-batch: the attention of one is [B, h, m, T + m]
 
 
 class KVCache(NamedTuple):

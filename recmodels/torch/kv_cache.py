@@ -16,11 +16,9 @@ from typing import NamedTuple
 
 import torch
 
-from recmodels.config import GenRecConfig
+from recmodels.config import RANK_CHUNK, GenRecConfig  # RANK_CHUNK: candidates per micro-batch
 from recmodels.torch.blocks import attention_mask
 from recmodels.torch.model import GenRec, attention_norm, positions, relative, score_catalog
-
-RANK_CHUNK = 2048  # candidates per micro-batch: the attention of one is [B, h, m, T + m]
 
 
 class KVCache(NamedTuple):

@@ -163,3 +163,53 @@ def test_human_bytes_is_binary():
     assert C.human_bytes(3.87 * 2**40, per_s=True) == "3.87 TiB/s"
     assert C.human_bytes(216e9) == "201 GiB"  # the runner's infeasible reasons: never "216GB"
     assert C.human_bytes(512) == "512 B"
+
+
+def _torch_serving_flops(cfg, workload, b, k, s, w, chunk):
+    """FLOPs of one serving step counted by FlopCounterMode (SDPA on its math backend)."""
+    from recmodels.torch import kv_cache as tk
+
+    torch.manual_seed(0)
+    model = tm.GenRec(cfg).eval()
+    hist = C.serving_history(cfg, workload, s)
+    seq = torch.randint(1, cfg.catalog_size, (b, hist))
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        if workload == "update":
+            cache = tk.prefill(model, seq, cfg.seq_len)[1]
+        with FlopCounterMode(display=False) as counter:
+            if workload == "rank":
+                tk.rank(model, seq, torch.randint(1, cfg.catalog_size, (b, k)), chunk)
+            elif workload == "generate":
+                tk.generate(model, seq, s, w)
+            else:
+                tk.decode(model, cache, seq[:, 0])
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("block", ["sasrec", "hstu"])
+@pytest.mark.parametrize("workload", ["rank", "generate", "update"])
+def test_serving_flops_match_torch_flop_counter(block, workload):
+    """The serving steps as kv_cache.py runs them: rank with 3 micro-batches (the last one
+    short), generate's prefill and S-1 decode steps over B x W beams, update's one step."""
+    cfg = C.preset("small", block=block, catalog_size=3000, seq_len=32, positions="left")
+    kw = dict(n_candidates=40, gen_steps=4, beam_width=3, chunk=16)
+    counted = _torch_serving_flops(cfg, workload, 2, 40, 4, 3, 16)
+    analytic = C.flops_per_step(cfg, 2, workload, **kw)
+    assert analytic == pytest.approx(counted, rel=0.02)
+    parts = C.flops_serving(cfg, 2, workload, **kw)
+    assert sum(parts.values()) == analytic and parts["decode"] > 0
+
+
+def test_serving_cost_grows_with_its_axes_and_counts_the_cache():
+    cfg = C.preset("small", positions="left")
+    f = C.flops_per_step
+    assert f(cfg, 4, "rank", n_candidates=4096) > 1.9 * f(cfg, 4, "rank", n_candidates=2048)
+    wide, narrow = (C.flops_serving(cfg, 4, "generate", beam_width=w) for w in (32, 16))
+    assert wide["decode"] == 2 * narrow["decode"] and wide["prefill"] == narrow["prefill"]
+    # the KV cache's gain: one decode step against re-encoding the history (infer)
+    assert f(cfg, 4, "infer") > 50 * f(cfg, 4, "update") / 4
+    cache = C.kv_cache_bytes(cfg, 4, cfg.seq_len)
+    assert cache == 2 * 4 * 4 * 200 * 256 * 4
+    assert C.bytes_per_step(cfg, 4, "update") > cache
+    with pytest.raises(InputError, match="attention block"):
+        f(cfg.replace(block="lstm"), 4, "rank")
