@@ -6,9 +6,9 @@ One panel per (device kind, framework, workload); one colour per machine (or run
                   met it ringed; a run that missed is a cross
   batch           throughput against the batcher's max batch size: Offline requests/s and,
                   where searched, the Server maximum rate within the target
-  prefill-decode  prefill and per-token decode time against history length, from any record
-                  (step or serve) whose metrics carry ``prefill_ms`` and ``decode_ms`` (the
-                  generate workload's); nothing is drawn until such records exist
+  prefill-decode  prefill and one decode step against history length, from any record (step
+                  or serve) whose metrics carry ``prefill_ms`` and ``decode_step_ms`` (the
+                  ``generate`` step workload records both: TTFT and TPOT)
 File stems: ``<device>-<framework>-<workload>-serve-<kind>``.
 """
 
@@ -119,7 +119,8 @@ def _ms(value: Any) -> float | None:
 def prefill_decode_figure(records: Sequence[tuple[str, Any]], panel: str) -> Figure | None:
     pts = []
     for name, rec in records:
-        pre, dec = _ms(rec.metrics.get("prefill_ms")), _ms(rec.metrics.get("decode_ms"))
+        m = rec.metrics
+        pre, dec = _ms(m.get("prefill_ms")), _ms(m.get("decode_step_ms", m.get("decode_ms")))
         t = rec.point.get("seq_len")
         if rec.status == "ok" and pre is not None and dec is not None and t:
             pts.append((name, int(t), pre, dec))

@@ -58,3 +58,22 @@ def test_no_serve_records_no_serve_figures(tmp_path: Path) -> None:
     rec = ServeRecord.for_point(ServeSpec(workload="retrieve").point(), "error", "boom", {})
     f = load(_file(tmp_path, "m", [rec]))
     assert list(iter_serve_figures([f])) == [] and serve_html([f], ["m"]) == ""
+
+
+def test_prefill_and_decode_against_history_length(tmp_path: Path) -> None:
+    from bench.results import PointRecord
+
+    recs = [PointRecord.for_point({"framework": "torch", "workload": "generate", "preset": "tiny",
+                                   "seq_len": t, "batch_size": 8, "device": "cpu"}, "ok",
+                                  metrics={"prefill_ms": t / 10, "decode_step_ms": 2.0})
+            for t in (50, 200)]
+    head = RunHeader(run_id="r", suite="s", started_at="2026-12-05T00:00:00Z",
+                     env={"machine_id": "m"}, roofs={})
+    with ResultsWriter.create(tmp_path, "m", "r", head) as w:
+        for r in recs:
+            w.write(r)
+    [(name, _, _, fig)] = list(iter_serve_figures([load(w.path)]))
+    assert name == "cpu-torch-generate-serve-prefill-decode"
+    prefill, decode = fig.axes[0].lines
+    assert list(prefill.get_xdata()) == [50, 200] and list(prefill.get_ydata()) == [5.0, 20.0]
+    assert list(decode.get_ydata()) == [2.0, 2.0]
