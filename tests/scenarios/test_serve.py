@@ -219,3 +219,22 @@ def test_an_sut_that_cannot_start_is_an_error_record(tmp_path: Path, monkeypatch
     monkeypatch.setattr(recmodels.train, "make_engine", broken)
     out = serve(ServeSpec(**FAST, scenario="offline"), tmp_path)
     assert out.status == "error" and out.reason.endswith("RuntimeError: no such device")
+
+
+def test_offline_reruns_when_the_warm_up_underrated_the_sut(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """A busy neighbour during the warm-up makes LoadGen issue too few Offline samples to
+    fill the duration: the run is repeated at the rate it measured."""
+    import bench.scenarios.serve as S
+
+    real = S.build_sut
+
+    def underrated(spec, **kw):
+        sut = real(spec, **kw)
+        sut.step_s = {b: t * 50 for b, t in sut.step_s.items()}
+        return sut
+
+    monkeypatch.setattr(S, "build_sut", underrated)
+    out = serve(ServeSpec(**FAST, scenario="offline"), tmp_path)
+    assert out.status == "ok" and out.metrics["loadgen_validity"] == "VALID"
+    assert Path(out.metrics["loadgen_log_dir"]).name == "02-offline"
