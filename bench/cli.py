@@ -243,12 +243,16 @@ def cmd_env(args) -> int:
 
     env = fingerprint()
     roofs = {}
-    if not args.no_roofs:  # every dtype the suites use on that device
-        roofs = measure_roofs(["cpu"], ("fp32", "bf16"))
-        if env.get("gpus"):
-            roofs |= measure_roofs(["cuda"], ("fp32", "tf32", "bf16", "fp16"))
-        if env.get("tpu"):
-            roofs |= measure_roofs(["tpu"], ("fp32", "bf16"), frameworks=("jax",))
+    if not args.no_roofs:  # every dtype the suites use on that device, best of both frameworks
+        from bench.launch.locks import machine_lock
+
+        both = ("torch", "jax")
+        with machine_lock():  # measuring: no other benchmark may share the machine meanwhile
+            roofs = measure_roofs(["cpu"], ("fp32", "bf16"), frameworks=both)
+            if env.get("gpus"):
+                roofs |= measure_roofs(["cuda"], ("fp32", "tf32", "bf16", "fp16"), frameworks=both)
+            if env.get("tpu"):
+                roofs |= measure_roofs(["tpu"], ("fp32", "bf16"), frameworks=("jax",))
     if args.json:
         _print_json({"env": env, "roofs": roofs})
         return EXIT_OK
@@ -439,12 +443,18 @@ def _add_serve_parser(sub) -> None:
 
 
 def resume_command(args, path) -> str:
-    """The `recbench run` line that continues an interrupted run, shell-quoted to paste."""
-    argv = ["recbench", "run", "--suite", args.suite]
+    """The `recbench run` line that continues an interrupted run, shell-quoted to paste, with
+    absolute paths so it works from any directory."""
+    from pathlib import Path
+
+    suite = args.suite
+    if suite.endswith(".toml") or os.sep in suite:  # a path, not a shipped suite's name
+        suite = str(Path(suite).resolve())
+    argv = ["recbench", "run", "--suite", suite]
     for s in args.set or []:
         argv += ["--set", s]
     argv += ["--device", args.device] if args.device else []
-    return shlex.join([*argv, "--resume", str(path)])
+    return shlex.join([*argv, "--resume", str(Path(path).resolve())])
 
 
 def _check_devices(suite, hardware, device: str | None) -> None:
@@ -473,12 +483,19 @@ def _dry_run(suite, as_json: bool) -> int:
     if not as_json:
         for p in suite.points:
             print(f"{p.id}  {p.label()}")
+        from bench.results import point_id
+
+        for spec in suite.serve:  # [[serve]] points: LoadGen, after the step points
+            print(f"{point_id(spec.point())}  serve {spec.scenario} {spec.workload} "
+                  f"{spec.framework} {spec.preset} on {spec.device}, max batch {spec.max_batch}")
         extra = "".join(f"; {v['n_points']} from {k}" for k, v in suite.included().items())
-        print(f"{len(suite.points)} points in suite {suite.name!r}{extra}")
+        serve = f" and {len(suite.serve)} serve points" if suite.serve else ""
+        print(f"{len(suite.points)} points{serve} in suite {suite.name!r}{extra}")
         return EXIT_OK
     from bench.machine.envinfo import probe_gpus, probe_tpu, ram_bytes
     from bench.machine.hardware import device_capacity_bytes, roofline_floor_ms
     from bench.point import device_kind
+    from bench.results import point_id
     from bench.scenarios.step import analytic_cost
     from recmodels.memory import exceeds_capacity
 
@@ -498,7 +515,10 @@ def _dry_run(suite, as_json: bool) -> int:
                      "predicted_infeasible": exceeds_capacity(cost["est_mem_bytes"], cap)
                      if cap else None,
                      "est_step_ms": est, "est_step_basis": basis})
-    _print_json({"suite": suite.to_dict(), "note": _ESTIMATE_NOTE, "points": rows})
+    serve = [{"id": point_id(spec.point()), "point": spec.point(), "spec": dataclasses.asdict(spec)}
+             for spec in suite.serve]
+    _print_json({"suite": suite.to_dict(), "note": _ESTIMATE_NOTE, "points": rows,
+                 "serve": serve})
     return EXIT_OK
 
 

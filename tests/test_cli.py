@@ -203,8 +203,8 @@ def test_dry_run_json_estimates_a_known_gpu_from_its_datasheet(capsys, monkeypat
 def test_dry_run_text_lists_points_and_the_reference_share(capsys):
     assert main(["run", "--suite", "quick", "--dry-run", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 113
-    assert lines[-1] == "112 points in suite 'quick'; 72 from reference"
+    assert len(lines) == 115  # and the reference's two [[serve]] points
+    assert lines[-1] == "112 points and 2 serve points in suite 'quick'; 72 from reference"
 
 
 def test_run_reference_suite_end_to_end(tmp_path, capsys):
@@ -212,7 +212,8 @@ def test_run_reference_suite_end_to_end(tmp_path, capsys):
     rc = main(["run", "--suite", "reference", "--out", str(tmp_path), "--no-roofs", "--json",
                "--device", "cpu", "--set", "framework=torch", "--set", "workload=infer",
                "--set", "preset=tiny", "--set", "batch_size=4", "--set", "precision=fp32",
-               "--set", "measure.min_time_s=0.05", "--set", "measure.max_time_s=1"])
+               "--set", "measure.min_time_s=0.05", "--set", "measure.max_time_s=1",
+               "--set", "runner.serve=false"])
     assert rc == 0
     out = _json(capsys)
     assert out["counts"] == {"ok": 1}

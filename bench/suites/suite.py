@@ -17,6 +17,8 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
                             # (framework, device), faster, memory figures order-dependent
     mem_cap = "auto"        # host-memory cap of the workers (a cgroup, where writable):
                             # "auto" (available memory less a reserve), "off", or "8GiB"
+    serve = true            # run the [[serve]] points (its own and included ones'); --set
+                            # framework/preset/precision/device/... reach them too
 
     [[grid]]                # one or more; each is a cartesian product of its axes;
     framework = ["torch", "jax"]      # the suite is the union of all grids, de-duplicated
@@ -198,6 +200,7 @@ def suite_path(name_or_path: str | os.PathLike[str], hardware: Hardware | None =
 # --- loading ------------------------------------------------------------------------------
 
 ISOLATIONS = ("point", "group")
+MIN_MEM_CAP_BYTES = 512 << 20  # a framework's import alone is ~160 (JAX) to ~250 MiB (torch)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30,
                "gib": 2**30, "t": 2**40, "tib": 2**40}
 
@@ -216,18 +219,20 @@ def parse_cap(value: object) -> int | str:
             raise InputError(f"runner.mem_cap: {value!r} is not a size; write auto, off, or a "
                              "size such as 8GiB or 512MiB")
         n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    if n < 64 << 20:
-        raise InputError(f"runner.mem_cap: {value!r} is below 64 MiB, too small for a worker "
-                         "to import its framework; raise it or write off")
+    if n < MIN_MEM_CAP_BYTES:
+        raise InputError(f"runner.mem_cap: {value!r} is below 512 MiB: a worker holds ~160-250 "
+                         "MiB once JAX or torch is imported, before any point; raise it or "
+                         "write off")
     return n
 
 
 _TABLES = ("suite", "measure", "runner", "grid", "exclude", "serve")  # [[serve]]: serve_grid.py
 _SECTION_KEYS = {
     "measure": tuple(f.name for f in dataclasses.fields(Measure)),
-    "runner": ("skip_after_oom", "isolation", "mem_cap"),
+    "runner": ("skip_after_oom", "isolation", "mem_cap", "serve"),
     "suite": ("name", "description", "include"),
 }
+SHARED_SERVE_AXES = ("framework", "preset", "precision", "device", "catalog_size", "seq_len")
 SET_KEYS = (*(f"{s}.{k}" for s, keys in _SECTION_KEYS.items() for k in keys
               if k != "include"), *(f"grid.{a}" for a in GRID_AXES))
 
@@ -268,6 +273,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             for grid in grids if isinstance(grids, list) else []:
                 if isinstance(grid, dict):
                     grid[name] = value
+            # axes that mean the same for a [[serve]] table reach it too (--device cuda)
+            serves = raw.get("serve") if name in SHARED_SERVE_AXES else None
+            for table in serves if isinstance(serves, list) else []:
+                if isinstance(table, dict):
+                    table[name] = value
         else:
             table = raw.setdefault(section, {})
             if isinstance(table, dict):
@@ -411,8 +421,9 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
         if not isinstance(head[k], str) or (k == "name" and not head[k].strip()):
             raise src.error(f"suite.{k}", f"expected a non-empty string, got {head[k]!r}",
                             f"suite.{k}")
+    measure_table = src.table(raw, "measure", _SECTION_KEYS["measure"])  # names the file
     try:
-        measure = Measure(**src.table(raw, "measure", _SECTION_KEYS["measure"]))
+        measure = Measure(**measure_table)
     except InputError as e:  # Measure says "measure.<field>: <problem>"
         where, _, problem = str(e).partition(": ")
         raise src.error(where, problem, where) from None
@@ -436,6 +447,12 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
     origin, measures = _includes(src, head, path, overrides, device_resolver, _stack, serve)
     resolve = device_resolver or (lambda framework: "cpu")
     serve += [sp for sp in serve_specs(raw, src.error, resolve) if sp not in serve]
+    run_serve = runner.get("serve", True)
+    if not isinstance(run_serve, bool):
+        raise src.error("runner.serve", f"expected true or false, got {run_serve!r}",
+                        "runner.serve")
+    if not run_serve:  # this file's [runner] (or --set runner.serve=false) drops them all
+        serve = []
     grids = src.tables(raw, "grid")
     if not grids and not origin and not serve:
         raise src.error("grid", "no [[grid]] table; add at least one, or include a suite "

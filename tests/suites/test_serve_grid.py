@@ -88,3 +88,11 @@ def test_run_records_serve_specs_in_the_results_file(tmp_path: Path, capsys) -> 
     assert loaded.records == [] and rec.point["scenario"] == "offline"
     assert rec.metrics["samples_per_s"] > 0 and rec.metrics["answered"]["missing"] == 0
     assert Path(rec.metrics["loadgen_log_dir"]).is_relative_to(Path(out["results"]).parent)
+
+
+def test_set_reaches_serve_tables_and_runner_serve_false_drops_them(tmp_path: Path) -> None:
+    path = _write(tmp_path, SERVE)
+    suite = load_suite(str(path), overrides=["framework=jax", "device=cuda"])
+    assert {(s.framework, s.device) for s in suite.serve} == {("jax", "cuda")}
+    ref = load_suite("reference", overrides=["runner.serve=false"])
+    assert ref.serve == [] and len(ref.points) == 72
