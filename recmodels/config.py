@@ -155,7 +155,9 @@ def parse_overrides(items: list[str]) -> dict:
         try:
             out[key] = kind(text.strip())
         except ValueError:
-            raise ConfigError(f"bad config override {item!r}: {key} takes a {kind.__name__}, "
+            what = {"int": "an integer", "float": "a number", "str": "a string"}.get(
+                kind.__name__, f"a {kind.__name__}")
+            raise ConfigError(f"bad config override {item!r}: {key} takes {what}, "
                               f"got {text!r}") from None
     return out
 

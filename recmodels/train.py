@@ -209,7 +209,8 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
     st = data.stats()
     log(f"{opts.framework} {opts.preset} ({cfg.block}, {cfg.loss}, {opts.precision}) on "
         f"{data.name}: {st['users']} users, {st['items']} items, {st['actions']} actions; "
-        f"{epochs} epochs x {n_batches} batches of {opts.batch_size} on {device}")
+        f"{epochs} epoch{'s' if epochs != 1 else ''} x {n_batches} batches of "
+        f"{opts.batch_size} on {device}")
     use_bar = sys.stderr.isatty() if progress is None else progress
 
     epoch_s, history, n_seqs, streak, reason = [], [], 0, 0, None

@@ -2,9 +2,10 @@
 
 Two benchmarks on one machine measure each other (two resumed runs of one file read 443 and
 490 ms a step where one alone reads 272 ms), and two writers of one results file record the
-same point twice. ``run`` and ``gate`` (and any command that measures) hold the machine lock
-for as long as they measure, and a writer holds its results file's lock; a second command
-exits 2 naming the holder: ``... is in use by pid N (recbench run --suite quick) since ...``.
+same point twice. ``run``, ``gate``, ``serve`` and ``env`` (while it measures roofs) hold the
+machine lock for as long as they measure, and a writer holds its results file's lock; a second
+command exits 2 naming the holder: ``... in use for measuring by pid N (recbench run --suite
+quick) since ...``.
 
 The locks are ``filelock.FileLock`` (flock(2) on Unix): the kernel drops a lock when its
 holder dies, so the lock of a killed run is simply taken over. Who holds a lock is written to
@@ -35,10 +36,11 @@ class InUse(InputError):
 
 
 def machine_lock_path() -> Path:
-    """The machine-wide lock: in ``$RECBENCH_LOCK_DIR`` or the system's temp directory, so
-    every checkout and virtualenv on the machine meets the same one."""
-    base = Path(os.environ.get(MACHINE_LOCK_ENV) or tempfile.gettempdir())
-    return base / "recbench-measure.lock"
+    """The machine-wide lock: in ``$RECBENCH_LOCK_DIR``, else ``/tmp`` itself (not
+    ``$TMPDIR``: two jobs with their own temp directories must still meet one lock), so every
+    checkout, virtualenv and user of the machine meets the same one."""
+    default = "/tmp" if os.name == "posix" and Path("/tmp").is_dir() else tempfile.gettempdir()
+    return Path(os.environ.get(MACHINE_LOCK_ENV) or default) / "recbench-measure.lock"
 
 
 def results_lock_path(results_file: Path) -> Path:
@@ -59,8 +61,8 @@ def _owner_text(path: Path) -> str:
 def exclusive(path: Path, what: str, command: str | None = None) -> Iterator[None]:
     """Hold the lock at ``path`` for the ``with`` body; raise InUse at once if it is held.
 
-    ``what`` names the resource in the message ("this machine's measurements", "results file
-    X"); ``command`` is what the holder is doing (default: this process's command line).
+    ``what`` starts the message ("this machine is in use for measuring", "results file X is
+    in use"); ``command`` is what the holder is doing (default: this process's command line).
     """
     command = command or " ".join(["recbench", *sys.argv[1:]])
     try:
@@ -68,8 +70,8 @@ def exclusive(path: Path, what: str, command: str | None = None) -> Iterator[Non
         lock = FileLock(str(path), mode=0o666)  # any user of the machine may take it after us
         lock.acquire(timeout=0)
     except Timeout:
-        raise InUse(f"{what} is in use by {_owner_text(path)}; wait for it to end or stop "
-                    "it, then run again") from None
+        raise InUse(f"{what} by {_owner_text(path)}; wait for it to end or stop it, then "
+                    "run again") from None
     except OSError as e:
         raise InputError(f"cannot take the lock {path} ({e.strerror or e}); set "
                          f"{MACHINE_LOCK_ENV} to a writable directory") from None
@@ -87,10 +89,11 @@ def exclusive(path: Path, what: str, command: str | None = None) -> Iterator[Non
 
 def machine_lock(command: str | None = None) -> contextlib.AbstractContextManager[None]:
     """The machine-wide lock of measuring commands."""
-    return exclusive(machine_lock_path(), "this machine's measurements", command)
+    return exclusive(machine_lock_path(), "this machine is in use for measuring", command)
 
 
 def results_lock(results_file: Path, command: str | None = None
                  ) -> contextlib.AbstractContextManager[None]:
     """The lock of one results file (held by whoever appends to it)."""
-    return exclusive(results_lock_path(results_file), f"results file {results_file}", command)
+    return exclusive(results_lock_path(results_file), f"results file {results_file} is in use",
+                     command)

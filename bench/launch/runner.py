@@ -199,7 +199,8 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
                              env=env, roofs=roofs,
                              extra={"measure": suite.measure.__dict__,
                                     "included": suite.included(),
-                                    "suite_path": str(suite.path or ""),
+                                    "suite_path": str(suite.path.resolve() if suite.path
+                                                      else ""),
                                     "n_points": len(suite.points),
                                     "isolation": suite.isolation,
                                     "mem_cap": memcap_info,
@@ -254,6 +255,8 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
                 n = devices_spanned(device, env)  # KIND:all: each device holds B / n
                 one = point if n == 1 else replace(point, batch_size=max(1, point.batch_size // n))
                 est, cap = analytic_cost(one)["est_mem_bytes"], device_capacity_bytes(device, env)
+                if memcap is not None and device_kind(device) == "cpu":  # the workers' RAM
+                    cap = min(cap, memcap.limit_bytes) if cap else memcap.limit_bytes
                 from recmodels.memory import error_band, exceeds_capacity
 
                 # Infeasible only when even the low end of the estimate's stated error band is
@@ -267,10 +270,11 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
                            f"error) {where} (an estimate; not run)")
                     continue
                 measure = suite.measure_for(point)  # an included point: its own file's
+                # before the worker starts: the cap can end it while it imports its framework
+                kills_before = memcap.oom_kills() if memcap else None
                 try:
                     if worker is None:
                         worker = Worker(framework, cap=memcap)
-                    kills_before = memcap.oom_kills() if memcap else None
                     proc = getattr(worker, "proc", None)  # (test doubles have none)
                     window = C.PointWindow(exclude=[proc.pid if proc else None])
                     reply = worker.request({"cmd": "run", "point": point.to_dict(),
@@ -435,8 +439,11 @@ def resumable_by(suite: Suite, env: dict[str, Any]) -> Callable[[R.ResultsFile],
     def check(f: R.ResultsFile) -> None:
         h = f.header
         if h.suite != suite.name:
+            # a suite file is named by its path (the header keeps it), a shipped one by name
+            again = h.extra.get("suite_path") or h.suite
             raise InputError(f"{f.path} holds a run of suite {h.suite!r}, not {suite.name!r}: "
-                             f"resume it with --suite {shlex.quote(h.suite)} or start a new run")
+                             f"resume it with --suite {shlex.quote(str(again))} or start a new "
+                             "run")
         then = (h.machine_id, *fingerprint_key(h.env))
         now = (env.get("machine_id"), *fingerprint_key(env))
         diff = [f"{name} {a!r} vs {b!r} now" for name, a, b in zip(_ENV_FIELDS, then, now)

@@ -103,15 +103,16 @@ def _psutil() -> Any:
     return psutil
 
 
-def process_times(exclude: Iterable[int] = ()) -> dict[int, tuple[str, float]] | None:
-    """pid -> (process name, CPU seconds used so far) of every other process; None without
-    psutil. Names only: command lines are never read."""
+def process_times(exclude: Iterable[int] = ()) -> dict[int, tuple[str, float, float]] | None:
+    """pid -> (process name, CPU seconds used so far, start time) of every other process;
+    None without psutil. Names only: command lines are never read. The start time tells a
+    reused pid from the same process (names change: a kworker's name follows its work)."""
     psutil = _psutil()
     if psutil is None:
         return None
     skip = set(exclude)
     out: dict[int, tuple[str, float]] = {}
-    for proc in psutil.process_iter(["name", "cpu_times", "ppid"]):
+    for proc in psutil.process_iter(["name", "cpu_times", "ppid", "create_time"]):
         info = proc.info
         times = info.get("cpu_times")
         if proc.pid in skip or times is None:
@@ -119,12 +120,13 @@ def process_times(exclude: Iterable[int] = ()) -> dict[int, tuple[str, float]] |
         name = str(info.get("name") or "?")
         if proc.pid == 2 or info.get("ppid") == 2:  # a Linux kernel thread (kthreadd's child)
             name = f"[{name}]"  # named as ps names them
-        out[proc.pid] = (name, float(times.user + times.system))
+        out[proc.pid] = (name, float(times.user + times.system),
+                         float(info.get("create_time") or 0.0))
     return out
 
 
-def busiest(before: Mapping[int, tuple[str, float]] | None,
-            after: Mapping[int, tuple[str, float]] | None, wall_s: float,
+def busiest(before: Mapping[int, tuple[Any, ...]] | None,
+            after: Mapping[int, tuple[Any, ...]] | None, wall_s: float,
             top: int = TOP_PROCESSES) -> tuple[float | None, list[dict[str, Any]]]:
     """CPU that other processes used between two :func:`process_times` snapshots.
 
@@ -139,9 +141,14 @@ def busiest(before: Mapping[int, tuple[str, float]] | None,
     if before is None or after is None or wall_s <= 0:
         return None, []
     used = []
-    for pid, (name, cpu_s) in after.items():
+    for pid, now in after.items():
+        name, cpu_s = now[0], now[1]
         start = before.get(pid)
-        delta = cpu_s - (start[1] if start and start[0] == name else 0.0)
+        if start is not None and len(start) > 2 and len(now) > 2:
+            same = start[2] == now[2]  # one process, even if it renamed itself
+        else:
+            same = start is not None and start[0] == name
+        delta = cpu_s - (start[1] if same else 0.0)
         if delta > 0:
             used.append((delta / wall_s, name))
     used.sort(reverse=True)

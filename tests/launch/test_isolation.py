@@ -85,7 +85,7 @@ def test_runner_settings_parse_and_bad_values_are_one_line(tmp_path):
     suite = load_suite(suite_file(tmp_path, "s", P_GRID), overrides=["runner.mem_cap=1.5GiB"])
     assert suite.mem_cap == int(1.5 * (1 << 30)) and suite.isolation == "point"
     for runner, message in [('mem_cap = "lots"', "not a size"),
-                            ("mem_cap = 1000", "below 64 MiB"),
+                            ("mem_cap = 1000", "below 512 MiB"),
                             ('isolation = "thread"', "expected one of point, group")]:
         with pytest.raises(InputError, match=message) as e:
             load_suite(suite_file(tmp_path, "bad", P_GRID, runner))
@@ -176,3 +176,30 @@ def test_a_point_past_the_host_cap_is_an_oom_record_and_the_sweep_goes_on(tmp_pa
     assert header.extra["isolation"] == "point"
     cgroup = Path(header.extra["mem_cap"]["cgroup"])
     assert not cgroup.exists()  # removed when the run ended
+
+
+def test_a_cap_that_ends_the_worker_while_it_starts_is_an_oom_record(tmp_path, monkeypatch):
+    """The kernel can end a worker at the cap while it imports its framework, before the
+    runner has asked for any point: still an oom record with the cap's reason."""
+    from bench.launch import runner
+    from bench.launch.channel import WorkerDied
+
+    class FakeCap(MemoryCap):
+        kills = 0
+
+        def oom_kills(self):
+            return FakeCap.kills
+
+        def close(self):
+            pass
+
+    class DiesAtStart:
+        def __init__(self, framework, env=None, cap=None):
+            FakeCap.kills += 1  # the cgroup's OOM killer ended it during the import
+            raise WorkerDied(-9, "")
+
+    cap = FakeCap(tmp_path, 1, 512 * MiB)
+    monkeypatch.setattr(runner, "make_memory_cap", lambda setting, log: (cap, cap.describe()))
+    monkeypatch.setattr(runner, "Worker", DiesAtStart)
+    recs = run(tmp_path, "starved", P_GRID)
+    assert recs["tiny"].status == "oom" and "host memory cap of 512 MiB" in recs["tiny"].reason

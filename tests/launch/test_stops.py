@@ -115,11 +115,11 @@ def test_a_second_measuring_command_is_refused_naming_the_holder(tmp_path, capsy
                    "--no-roofs"])
         err = capsys.readouterr().err
         assert rc == 2
-        assert f"in use by pid {holder.pid} (recbench run --suite holder)" in err
+        assert f"in use for measuring by pid {holder.pid} (recbench run --suite holder)" in err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
         assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.jsonl"))
         assert main(["gate", "--base", "HEAD", "--rounds", "2"]) == 2
-        assert "in use by pid" in capsys.readouterr().err
+        assert "in use for measuring by pid" in capsys.readouterr().err
     finally:
         holder.kill()
         holder.wait()

@@ -103,7 +103,8 @@ def test_busiest_other_processes_from_planted_snapshots():
 def test_process_snapshot_holds_names_and_never_command_lines():
     snap = C.process_times(exclude=C.own_pids())
     assert snap is not None and all(isinstance(n, str) and isinstance(t, float)
-                                    for n, t in snap.values())
+                                    and isinstance(started, float)
+                                    for n, t, started in snap.values())
     assert os.getpid() not in snap
     cond = C.sample_conditions(window_s=0.05)
     assert set(cond) == {"at", "load_avg", "steal", "others_cpu_cores", "busiest", "governors"}
@@ -148,3 +149,17 @@ def test_roof_drift_beyond_ten_percent_is_flagged():
     assert drift["cpu/bf16"] == {"gemm_flops_per_s": pytest.approx(0.025)}
     assert flagged == ["cpu/fp32 GEMM -15% since the run started (> 10%)"]
     assert C.roof_drift(start, {}) == ({}, [])
+
+
+def test_a_renamed_process_counts_only_its_cpu_in_the_window():
+    """A kworker's name follows its work: matched by pid and start time, a rename is the
+    same process (its lifetime CPU is not charged to a 0.5 s window); a reused pid is not."""
+    from bench.machine.conditions import busiest
+
+    before = {10: ("[kworker/1:1-events]", 5.00, 100.0), 11: ("python", 1.0, 100.0)}
+    after = {10: ("[kworker/1:1-mm_percpu_wq]", 5.01, 100.0), 11: ("python", 1.25, 200.0)}
+    total, top = busiest(before, after, 0.5)
+    cores = {t["name"]: t["cpu_cores"] for t in top}
+    assert cores["[kworker/1:1-mm_percpu_wq]"] == pytest.approx(0.02)
+    assert cores["python"] == pytest.approx(2.5)  # a new process behind a reused pid: all of it
+    assert total == pytest.approx(2.5)  # kernel threads are listed, not counted

@@ -82,7 +82,7 @@ def test_sgd_and_bf16_run(tmp_path, capsys):
     (["train", "--preset", "huge"], "invalid choice: 'huge'"),
     (["train", "--precision", "fp8"], "invalid choice: 'fp8'"),
     (["train", "--set", "n_head=3"], "not divisible by n_head"),
-    (["train", "--set", "d_model=abc"], "takes a int"),
+    (["train", "--set", "d_model=abc"], "takes an integer"),
     (["train", "--dataset", "nosuch"], "nosuch"),
     (["train", "--device", "cuda"], "not available"),
     (["train", "--epochs", "0"], "positive integer"),
