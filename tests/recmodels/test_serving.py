@@ -165,3 +165,10 @@ def test_serving_parity_torch_and_jax(arch):
     r = parity.check_serving(tiny(arch, catalog_size=500, seq_len=16))
     assert r["ok"], r
     assert r["generate_items_equal"]
+
+
+@pytest.mark.parametrize("arch", ("sasrec", "hstu"))
+def test_training_parity_with_left_positions(arch):
+    """The standard parity check (scores, loss, three Adam steps) in the other position mode."""
+    r = parity.check(tiny(arch, positions="left", catalog_size=500, seq_len=16))
+    assert r.ok, r
