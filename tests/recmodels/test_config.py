@@ -213,3 +213,26 @@ def test_serving_cost_grows_with_its_axes_and_counts_the_cache():
     assert C.bytes_per_step(cfg, 4, "update") > cache
     with pytest.raises(InputError, match="attention block"):
         f(cfg.replace(block="lstm"), 4, "rank")
+
+
+@pytest.mark.parametrize("block", ["sasrec", "hstu"])
+@pytest.mark.parametrize("workload", ["rank", "update"])
+def test_serving_flops_match_xla_cost_analysis(block, workload):
+    from recmodels.jax import kv_cache as jk
+
+    cfg = C.preset("small", block=block, catalog_size=3000, seq_len=32, positions="left")
+    params = jm.init_params(cfg, jax.random.key(0))
+    hist = C.serving_history(cfg, workload)
+    seq = jnp.asarray(np.random.default_rng(0).integers(1, 3000, (2, hist)), jnp.int32)
+    if workload == "rank":
+        cand = jnp.asarray(np.random.default_rng(1).integers(1, 3000, (2, 40)), jnp.int32)
+        lowered = jax.jit(partial(jk.rank, cfg=cfg, chunk=16)).lower(params, seq=seq,
+                                                                   candidates=cand)
+    else:
+        cache = jk.prefill(params, cfg, seq, cfg.seq_len)[1]
+        lowered = jax.jit(partial(jk.decode, cfg=cfg)).lower(params, cache=cache,
+                                                             items=seq[:, 0])
+    analysis = lowered.compile().cost_analysis()
+    counted = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    analytic = C.flops_per_step(cfg, 2, workload, n_candidates=40, chunk=16)
+    assert analytic == pytest.approx(counted, rel=0.10)  # XLA adds element-wise work
