@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.meters import EnergyCounter
 from bench.results import load
 from bench.scenarios.batcher import DynamicBatcher
 from bench.scenarios.serve import DELAY_ENV, ServeSpec, search_max_rate, serve
@@ -238,3 +239,24 @@ def test_offline_reruns_when_the_warm_up_underrated_the_sut(tmp_path: Path,
     out = serve(ServeSpec(**FAST, scenario="offline"), tmp_path)
     assert out.status == "ok" and out.metrics["loadgen_validity"] == "VALID"
     assert Path(out.metrics["loadgen_log_dir"]).name != "01-offline"
+
+
+class _Watts(EnergyCounter):
+    """A counter at a constant 50 W: joules = 50 x seconds."""
+
+    name = "fake:50W"
+    period_s = 0.001
+
+    def read_j(self) -> float:
+        return 50.0 * time.perf_counter()
+
+
+def test_energy_per_1000_requests_over_the_whole_run(tmp_path: Path) -> None:
+    out = serve(ServeSpec(**FAST, scenario="server", rate_per_s=200), tmp_path,
+                energy_sources=[_Watts()])
+    m = out.metrics
+    assert m["energy_provenance"] == "measured-counter" and m["energy_source"] == "fake:50W"
+    assert m["mean_power_w"] == pytest.approx(50, rel=0.01)
+    # the window is the whole LoadGen run: at least its 0.5 s, so at least 25 J
+    assert m["energy_j"] >= 25
+    assert m["energy_j_per_1k_requests"] == pytest.approx(m["energy_j"] * 1000 / m["requests"])
