@@ -375,6 +375,12 @@ def cmd_serve(args) -> int:
                      duration_s=args.duration, min_queries=args.min_queries,
                      search_runs=args.search_runs)
     spec.validate()
+    from bench.machine.hardware import detect_hardware, missing_device
+
+    why = missing_device(spec.device, detect_hardware())
+    if why:
+        raise InputError(f"--device {spec.device}: not available on this machine ({why}); "
+                         "use --device cpu")
     env = fingerprint()
     out = Path(args.out)
     check_writable(out / R.safe_name(env["machine_id"]))

@@ -193,6 +193,8 @@ def test_serve_writes_a_results_file_and_loadgen_logs(tmp_path, capsys) -> None:
     (["--scenario", "multistream"], "invalid choice: 'multistream'"),
     (["--percentile", "98"], "invalid choice"),
     (["--duration", "0"], "expected a positive number"),
+    (["--device", "cuda:7"], "--device cuda:7: not available on this machine"),
+    (["--device", "gpu"], "expected a device"),
 ])
 def test_bad_values_are_one_line_exit_2(tmp_path, capsys, args, message) -> None:
     assert main(["serve", "--out", str(tmp_path), *args]) == 2
