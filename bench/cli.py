@@ -299,6 +299,13 @@ def cmd_run(args) -> int:
         raise InputError(f"{e}; free space or lift the limit, then continue with: "
                          f"{resume_command(args, e.path)}") from None
     table = summary_table([*outcome.previous, *outcome.records], end=outcome.end)
+    for rec in outcome.serve:  # [[serve]] points: one line each under the step table
+        p, m = rec.point, rec.metrics
+        rate = m.get("max_rate_per_s") or m.get("samples_per_s")
+        table += (f"\nserve {rec.status}: {p.get('scenario')} {p.get('workload')} "
+                  f"{p.get('framework')} {p.get('preset')} on {p.get('device')}"
+                  + (f": {rate:,.1f} requests/s" if rate else "")
+                  + (f" ({rec.reason})" if rec.reason else ""))
     report = None
     if args.report and not outcome.interrupted and outcome.counts.get("ok"):
         from bench.analysis.plots import plot_all

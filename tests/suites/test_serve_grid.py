@@ -81,8 +81,10 @@ def test_run_records_serve_specs_in_the_results_file(tmp_path: Path, capsys) -> 
     path = _write(tmp_path, SERVE.replace('"torch", "jax"', '"torch"').replace("[4, 8]", "[4]"))
     rc = main(["run", "--suite", str(path), "--out", str(tmp_path / "out"), "--no-roofs",
                "--json"])
-    out = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
     assert rc == 0 and out["counts"] == {"ok": 1}
+    assert "serve ok: offline retrieve torch tiny on cpu: " in cap.err  # the summary's line
     loaded = load(out["results"])
     [rec] = loaded.serve
     assert loaded.records == [] and rec.point["scenario"] == "offline"
