@@ -282,19 +282,22 @@ def _jax(cfg: GenRecConfig, b: int, workload: str, optimizer: str,
 def _serving(cfg: GenRecConfig, b: int, workload: str, framework: str, device: str, *,
              n_candidates: int = 2048, gen_steps: int = 4, beam_width: int = 16,
              chunk: int = RANK_CHUNK) -> MemoryEstimate:
-    """The serving steps (recmodels/*/kv_cache.py), both frameworks alike: the weights, the
-    KV cache, and the largest working set of one pass. Not yet checked against measured
-    peaks, unlike train and infer (tests/recmodels/test_memory_estimate.py)."""
+    """The serving steps (recmodels/*/kv_cache.py): the weights, the KV cache, and the largest
+    working set of one pass. JAX's checked against XLA:CPU plans (within 25%,
+    tests/recmodels/test_memory_estimate.py); torch's not yet measured."""
     pb, cb = DTYPE_BYTES[cfg.param_dtype], DTYPE_BYTES[cfg.compute_dtype]
     d, f, h, t, c1 = cfg.d_model, cfg.d_ff, cfg.n_head, cfg.seq_len, cfg.catalog_size + 1
     weights = params_total(cfg) * pb + (params_dense(cfg) * cb if cb != pb else 0)
     ws = CUBLAS_WORKSPACE_BYTES if framework == "torch" and device == "cuda" else 0
     hist = serving_history(cfg, workload, gen_steps)
+    jax = framework == "jax"
 
     def pass_bytes(rows: int, queries: int, keys: int) -> int:
         """One pass of `queries` positions per row over `keys` keys: the residual stream,
-        q k v, the FFN's hidden units, fp32 attention scores and their mask."""
-        return rows * queries * ((6 * d + f) * cb + h * keys * 4 + keys)
+        q k v, the FFN's hidden units, fp32 attention scores and their mask (HSTU: and the
+        relative bias gathered per query and key)."""
+        attn = h * keys * 4 + keys + (keys * 4 if cfg.block == "hstu" else 0)
+        return rows * queries * ((6 * d + f) * cb + attn)
 
     if workload == "rank":
         m = min(chunk, n_candidates)
@@ -303,10 +306,16 @@ def _serving(cfg: GenRecConfig, b: int, workload: str, framework: str, device: s
         acts = max(pass_bytes(b, hist, hist), pass_bytes(b, m, hist + m)
                    + 2 * b * (hist + m) * d * cb) + b * n_candidates * (4 + 8)
         return MemoryEstimate(weights, 0, 0, cache + acts, ws)
-    rows = b * (beam_width if workload == "generate" else 1)
-    # the cache, and beam search's reordered copy of it; catalog scores, log-softmax, sums
-    cache = kv_cache_bytes(cfg, rows, t) * (2 if workload == "generate" else 1)
-    acts = max(pass_bytes(b, hist, hist), pass_bytes(rows, 1, t + 1) + 3 * rows * c1 * 4)
+    step = pass_bytes(b * (beam_width if workload == "generate" else 1), 1, t + 1)
+    if workload == "update":
+        # the cache (JAX: and the new one decode returns), one position, the catalog scores
+        acts = kv_cache_bytes(cfg, b, t) * (2 if jax else 1) + step + b * c1 * 4
+        return MemoryEstimate(weights, 0, 0, acts, ws)
+    rows = b * beam_width
+    # the beams' cache (torch: and beam search's reordered copy; XLA reorders in place), and
+    # the catalog scores with their log-softmax (torch: and the running sums)
+    cache = kv_cache_bytes(cfg, rows, t) * (1 if jax else 2)
+    acts = max(pass_bytes(b, hist, hist), step + (2 if jax else 3) * rows * c1 * 4)
     return MemoryEstimate(weights, 0, 0, cache + acts, ws)
 
 

@@ -174,3 +174,43 @@ def test_estimate_parts_and_framework_differences() -> None:
     assert M.memory_estimate(cfg, 8, device="cpu").workspace_bytes == 0
     with pytest.raises(C.ConfigError, match="unknown framework"):
         M.memory_estimate(cfg, 8, framework="mxnet")
+
+
+_SERVING = dict(d_model=128, n_layer=2, n_head=4, d_ff=512, seq_len=128, catalog_size=20000,
+                positions="left")
+
+
+@pytest.mark.parametrize("overrides, batch, workload, axes", [
+    ({}, 64, "rank", {"n_candidates": 2048}),
+    ({"block": "hstu"}, 64, "rank", {"n_candidates": 2048}),
+    ({"catalog_size": 100_000}, 64, "generate", {"gen_steps": 4, "beam_width": 16}),
+    ({}, 2048, "update", {}),
+])
+def test_serving_estimate_matches_xla_cpu_plans(overrides, batch, workload, axes) -> None:
+    """The serving steps as the JAX engine jits them (recmodels/jax/kv_cache.py), > 800 MiB."""
+    from recmodels.jax import kv_cache as jk
+
+    cfg = C.GenRecConfig(**{**_SERVING, **overrides})
+    params = jm.init_params(cfg, jax.random.key(0))
+    seq = jnp.ones((batch, C.serving_history(cfg, workload, axes.get("gen_steps", 4))),
+                   jnp.int32)
+    if workload == "rank":
+        lowered = jax.jit(partial(jk.rank, cfg=cfg)).lower(
+            params, seq=seq, candidates=jnp.ones((batch, axes["n_candidates"]), jnp.int32))
+    elif workload == "generate":
+        lowered = jax.jit(partial(jk.generate, cfg=cfg), static_argnames=("steps", "beam")
+                          ).lower(params, seq=seq, steps=axes["gen_steps"],
+                                  beam=axes["beam_width"])
+    else:
+        cache = jax.eval_shape(partial(jk.prefill, cfg=cfg, capacity=cfg.seq_len),
+                               params, seq=seq)[1]
+        lowered = jax.jit(partial(jk.decode, cfg=cfg)).lower(params, cache=cache,
+                                                             items=seq[:, 0])
+    m = lowered.compile().memory_analysis()
+    plan = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+    est = M.memory_estimate(cfg, batch, workload, "adam", "jax", "cpu", **axes).total_bytes
+    print(f"{workload} {overrides} B={batch}: XLA:CPU plan {plan / MiB:.0f} MiB, estimate "
+          f"{est / MiB:.0f} MiB ({(est - plan) / plan:+.1%})")
+    assert plan > 800 * MiB
+    assert abs(est - plan) <= M.MEMORY_ESTIMATE_REL_ERROR * plan
