@@ -9,34 +9,43 @@ one.
 import jax  # noqa: F401  (tests reach jax.lax through this module)
 
 from recmodels.jax.blocks import (
-                                  DTYPES,
-                                  INIT_STD,
-                                  Params,
-                                  attention_mask,
-                                  causal_self_attention,
-                                  dropout,
-                                  feed_forward,
-                                  hstu_block,
-                                  layer_norm,
-                                  linear,
-                                  lstm,
-                                  sasrec_block,
+    DTYPES,
+    INIT_STD,
+    Params,
+    attention_mask,
+    causal_self_attention,
+    dropout,
+    feed_forward,
+    hstu_block,
+    layer_norm,
+    linear,
+    lstm,
+    sasrec_block,
 )
 from recmodels.jax.engine import (
-                                  FP16_LOSS_SCALE,
-                                  Engine,
-                                  TrainState,
-                                  make_optimizer,
-                                  resolve_devices,
-                                  set_matmul_precision,
-                                  train_step,
+    FP16_LOSS_SCALE,
+    Engine,
+    TrainState,
+    make_optimizer,
+    resolve_devices,
+    set_matmul_precision,
+    train_step,
 )
+from recmodels.jax.kv_cache import KVCache, decode, generate, prefill, rank
 from recmodels.jax.losses import LOSSES, bce_loss, full_softmax_loss, loss_fn, sampled_softmax_loss
-from recmodels.jax.model import forward, init_params, recommend, score_candidates, score_catalog
+from recmodels.jax.model import (
+    forward,
+    init_params,
+    positions,
+    recommend,
+    score_candidates,
+    score_catalog,
+)
 
-__all__ = ["DTYPES", "FP16_LOSS_SCALE", "INIT_STD", "LOSSES", "Engine", "Params", "TrainState",
-           "attention_mask", "bce_loss", "causal_self_attention", "dropout", "feed_forward",
-           "forward", "full_softmax_loss", "hstu_block", "init_params", "layer_norm", "linear",
-           "loss_fn", "lstm", "make_optimizer", "recommend", "resolve_devices",
+__all__ = ["DTYPES", "FP16_LOSS_SCALE", "INIT_STD", "LOSSES", "Engine", "KVCache", "Params",
+           "TrainState", "attention_mask", "bce_loss", "causal_self_attention", "decode",
+           "dropout", "feed_forward", "forward", "full_softmax_loss", "generate", "hstu_block",
+           "init_params", "layer_norm", "linear", "loss_fn", "lstm", "make_optimizer",
+           "positions", "prefill", "rank", "recommend", "resolve_devices",
            "sampled_softmax_loss", "sasrec_block", "score_candidates", "score_catalog",
            "set_matmul_precision", "train_step"]

@@ -6,26 +6,27 @@ must target the module that uses a name (e.g. recmodels.torch.engine.loss_fn), n
 """
 
 from recmodels.torch.blocks import (
-                                    DTYPES,
-                                    INIT_STD,
-                                    CausalSelfAttention,
-                                    FeedForward,
-                                    HSTUBlock,
-                                    SASRecBlock,
-                                    attention_mask,
+    DTYPES,
+    INIT_STD,
+    CausalSelfAttention,
+    FeedForward,
+    HSTUBlock,
+    SASRecBlock,
+    attention_mask,
 )
 from recmodels.torch.engine import Engine, make_optimizer, set_matmul_precision, train_step
+from recmodels.torch.kv_cache import KVCache, decode, generate, prefill, rank
 from recmodels.torch.losses import (
-                                    LOSSES,
-                                    bce_loss,
-                                    full_softmax_loss,
-                                    loss_fn,
-                                    sampled_softmax_loss,
+    LOSSES,
+    bce_loss,
+    full_softmax_loss,
+    loss_fn,
+    sampled_softmax_loss,
 )
-from recmodels.torch.model import GenRec, recommend, score_candidates, score_catalog
+from recmodels.torch.model import GenRec, positions, recommend, score_candidates, score_catalog
 
 __all__ = ["DTYPES", "INIT_STD", "LOSSES", "CausalSelfAttention", "Engine", "FeedForward",
-           "GenRec", "HSTUBlock", "SASRecBlock", "attention_mask", "bce_loss",
-           "full_softmax_loss", "loss_fn", "make_optimizer", "recommend",
-           "sampled_softmax_loss", "score_candidates", "score_catalog", "set_matmul_precision",
-           "train_step"]
+           "GenRec", "HSTUBlock", "KVCache", "SASRecBlock", "attention_mask", "bce_loss",
+           "decode", "full_softmax_loss", "generate", "loss_fn", "make_optimizer", "positions",
+           "prefill", "rank", "recommend", "sampled_softmax_loss", "score_candidates",
+           "score_catalog", "set_matmul_precision", "train_step"]
