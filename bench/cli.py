@@ -497,8 +497,9 @@ def _dry_run(suite, as_json: bool) -> int:
         for p in suite.points:
             print(f"{p.id}  {p.label()}")
         from bench.results import point_id
+        from bench.scenarios.serve import ServeSpec
 
-        for spec in suite.serve:  # [[serve]] points: LoadGen, after the step points
+        for spec in map(lambda d: ServeSpec(**d), suite.serve):  # LoadGen, after the steps
             print(f"{point_id(spec.point())}  serve {spec.scenario} {spec.workload} "
                   f"{spec.framework} {spec.preset} on {spec.device}, max batch {spec.max_batch}")
         extra = "".join(f"; {v['n_points']} from {k}" for k, v in suite.included().items())
@@ -528,8 +529,10 @@ def _dry_run(suite, as_json: bool) -> int:
                      "predicted_infeasible": exceeds_capacity(cost["est_mem_bytes"], cap)
                      if cap else None,
                      "est_step_ms": est, "est_step_basis": basis})
-    serve = [{"id": point_id(spec.point()), "point": spec.point(), "spec": dataclasses.asdict(spec)}
-             for spec in suite.serve]
+    from bench.scenarios.serve import ServeSpec
+
+    serve = [{"id": point_id(s.point()), "point": s.point(), "spec": dataclasses.asdict(s)}
+             for s in (ServeSpec(**d) for d in suite.serve)]
     _print_json({"suite": suite.to_dict(), "note": _ESTIMATE_NOTE, "points": rows,
                  "serve": serve})
     return EXIT_OK

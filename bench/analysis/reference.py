@@ -136,12 +136,22 @@ SERVE_COLUMNS = ("max requests/s within p99 target", "p99 ms at that rate",
                  "J per 1,000 requests", "energy provenance")
 
 
-def _serve_key(point: dict[str, Any]) -> tuple:
-    """A serve point without its device (resolved per machine), as a hashable key."""
-    def norm(v: Any) -> Any:  # 80 in a suite file is 80.0 in a record
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+def _norm(v: Any) -> Any:  # 80 in a suite file is 80.0 in a record
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
-    return tuple(sorted((k, norm(v)) for k, v in point.items() if k != "device"))
+
+# the fields of a [[serve]] spec that are fields of its records' point (not run settings)
+_SERVE_POINT_FIELDS = ("framework", "workload", "preset", "catalog_size", "seq_len",
+                       "n_candidates", "precision", "scenario", "max_batch", "max_delay_ms",
+                       "target_latency_ms", "percentile")
+
+
+def serve_matches(spec: dict[str, Any], point: dict[str, Any]) -> bool:
+    """Whether a serve record's point is the suite's spec: every point field the spec names
+    is equal (numbers as numbers), the device aside (resolved per machine), and the SUT was
+    not slowed on purpose."""
+    return "sut_delay_ms" not in point and "rate_per_s" not in point and all(
+        _norm(point.get(k)) == _norm(v) for k, v in spec.items() if k in _SERVE_POINT_FIELDS)
 
 
 def serve_cells(rec: Any) -> list[Any]:
@@ -163,26 +173,27 @@ def serve_html(files: Sequence[ResultsFile], names: Sequence[str], suite: str = 
     from bench.suites.suite import load_suite
 
     try:
-        specs = [s.point() for s in load_suite(suite).serve]
+        specs = load_suite(suite).serve
     except InputError:
         return ""
-    keys = {_serve_key(p): p for p in specs}
-    found: dict[tuple[str, str], dict[tuple, Any]] = {}
+    found: dict[tuple[str, str], dict[int, Any]] = {}
     for name, f in zip(names, files):
         for rec in f.serve:
-            key = _serve_key(rec.point)
-            if key in keys:
-                dev = device_kind(str(rec.point.get("device", "")))
-                found.setdefault((name, dev), {})[key] = rec
+            for i, spec in enumerate(specs):
+                if serve_matches(spec, rec.point):
+                    dev = device_kind(str(rec.point.get("device", "")))
+                    found.setdefault((name, dev), {})[i] = rec
     if not found:
         return ""
     groups = list(found)
     head = ["point"] + [c for _ in groups for c in SERVE_COLUMNS]
     rows = []
-    for key, p in keys.items():
-        label = (f"{p['framework']} {p['workload']} {p['preset']} K {p.get('n_candidates')}, "
-                 f"p{p.get('percentile', 99):g} <= {p.get('target_latency_ms'):g} ms")
-        rows.append([label] + [c for g in groups for c in serve_cells(found[g].get(key))])
+    for i, p in enumerate(specs):
+        label = " ".join(str(p[k]) for k in ("scenario", "framework", "workload", "preset")
+                         if k in p) + (f" K {p['n_candidates']}" if "n_candidates" in p else "")
+        if "target_latency_ms" in p:
+            label += f", p{p.get('percentile', 99):g} <= {p['target_latency_ms']:g} ms"
+        rows.append([label] + [c for g in groups for c in serve_cells(found[g].get(i))])
     numeric = [1 + i * 4 + j for i in range(len(groups)) for j in (0, 1, 2)]
     return ("<h3>serve: LoadGen Server, max requests/s within the p99 target, energy per "
             "1,000 requests</h3>" + '<div class="wide">' + table(

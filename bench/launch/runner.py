@@ -335,10 +335,11 @@ def run_serve_specs(suite: Suite, writer: R.ResultsWriter, outcome: RunOutcome,
                     memcap: MemoryCap | None, log: Callable[[str], None]) -> None:
     """The suite's [[serve]] specs with no record yet, each in a fresh worker (LoadGen runs
     there, its logs beside the results file), recorded as ``serve`` lines of the same file."""
-    from bench.scenarios.serve import sut_delay_ms
+    from bench.scenarios.serve import ServeSpec, sut_delay_ms
 
     done = {r.id for r in writer.serve}
-    for spec in suite.serve:
+    for fields in suite.serve:
+        spec = ServeSpec(**fields)  # the suite checked every field
         point = spec.point(sut_delay_ms())
         if R.point_id(point) in done:
             continue

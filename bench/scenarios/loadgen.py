@@ -8,12 +8,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench.scenarios.batcher import DynamicBatcher
-
-if TYPE_CHECKING:
-    from bench.scenarios.serve import ServeSpec, Sut
 
 
 @dataclass
@@ -77,10 +74,11 @@ def read_loadgen_detail(path: Path) -> dict[str, Any]:
     return out
 
 
-def run_loadgen(sut: Sut, spec: ServeSpec, log_dir: Path, *, rate_per_s: float | None = None,
+def run_loadgen(sut: Any, spec: Any, log_dir: Path, *, rate_per_s: float | None = None,
                 energy_sources: Sequence[Any] = (),
                 offline_qps: float | None = None) -> LoadgenRun:
-    """One LoadGen PerformanceOnly test of ``sut``; its logs go to ``log_dir``."""
+    """One LoadGen PerformanceOnly test of ``sut`` (a serve.Sut) as ``spec`` (a serve.ServeSpec)
+    says; its logs go to ``log_dir``. (Typed Any: serve imports this module, not the reverse.)"""
     import mlperf_loadgen as lg
 
     from bench.meters import EnergyMeter

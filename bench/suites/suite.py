@@ -139,7 +139,7 @@ class Suite:
     # included points -> the suite they came from and the [measure] of its file
     origin: dict[Point, str] = field(default_factory=dict)
     point_measures: dict[Point, Measure] = field(default_factory=dict)
-    serve: list[Any] = field(default_factory=list)  # ServeSpecs of [[serve]] (serve_grid.py)
+    serve: list[dict[str, Any]] = field(default_factory=list)  # [[serve]] specs (serve_grid.py)
 
     def measure_for(self, point: Point) -> Measure:
         """How `point` is timed: its own file's [measure] (see Includes above)."""

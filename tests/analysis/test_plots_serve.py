@@ -30,7 +30,7 @@ def _file(tmp_path: Path, machine: str, records: list[ServeRecord]) -> Path:
 
 
 def test_serve_figures_and_the_reference_serve_table(tmp_path: Path) -> None:
-    [ref] = [s for s in load_suite("reference").serve if s.framework == "torch"]
+    [ref] = [ServeSpec(**s) for s in load_suite("reference").serve if s["framework"] == "torch"]
     server = ServeRecord.for_point(ref.point(), "ok", metrics=_server_metrics(200.0, 30.0))
     offline = [ServeRecord.for_point({**ref.point(), "scenario": "offline", "max_batch": b},
                                      "ok", metrics={"samples_per_s": 100.0 * b})

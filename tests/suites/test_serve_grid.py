@@ -11,6 +11,9 @@ import pytest
 
 from bench.cli import main
 from bench.results import load
+from bench.scenarios import serve as S
+from bench.scenarios.serve import ServeSpec
+from bench.suites import serve_grid
 from bench.suites.suite import load_suite
 from recmodels.errors import InputError
 
@@ -40,10 +43,11 @@ def _write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
 def test_a_serve_grid_is_a_product_of_its_axes(tmp_path: Path) -> None:
     suite = load_suite(str(_write(tmp_path, SERVE)))
     assert suite.points == []
-    assert [(s.framework, s.max_batch) for s in suite.serve] == [
+    assert [(s["framework"], s["max_batch"]) for s in suite.serve] == [
         ("torch", 4), ("torch", 8), ("jax", 4), ("jax", 8)]
-    assert {s.device for s in suite.serve} == {"cpu"}  # auto resolved
-    assert {(s.duration_s, s.min_queries) for s in suite.serve} == {(0.3, 100)}
+    assert {s["device"] for s in suite.serve} == {"cpu"}  # auto resolved
+    assert {(s["duration_s"], s["min_queries"]) for s in suite.serve} == {(0.3, 100)}
+    ServeSpec(**suite.serve[0]).validate()  # what the runner builds from a spec
 
 
 def test_serve_specs_come_with_an_included_suite(tmp_path: Path) -> None:
@@ -63,7 +67,10 @@ def test_serve_specs_come_with_an_included_suite(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("table", "message"), [
-    ('scenario = ["multistream"]', "serve[0]: unknown scenario 'multistream'"),
+    ('scenario = ["multistream"]', "serve[0].scenario[0]: unknown scenario 'multistream'"),
+    ("percentile = [98]", "serve[0].percentile[0]: unknown percentile 98"),
+    ('device = ["gpu"]', "serve[0].device[0]: expected a device"),
+    ("max_batch = [0]", "serve[0].max_batch[0]: expected a positive number"),
     ("max_batch = 8", "serve[0].max_batch: expected a non-empty list"),
     ("duration_s = [1, 2]", "serve[0].duration_s: a run setting is one value"),
     ('max_bach = [8]', "did you mean 'max_batch'"),
@@ -95,6 +102,14 @@ def test_run_records_serve_specs_in_the_results_file(tmp_path: Path, capsys) -> 
 def test_set_reaches_serve_tables_and_runner_serve_false_drops_them(tmp_path: Path) -> None:
     path = _write(tmp_path, SERVE)
     suite = load_suite(str(path), overrides=["framework=jax", "device=cuda"])
-    assert {(s.framework, s.device) for s in suite.serve} == {("jax", "cuda")}
+    assert {(s["framework"], s["device"]) for s in suite.serve} == {("jax", "cuda")}
     ref = load_suite("reference", overrides=["runner.serve=false"])
     assert ref.serve == [] and len(ref.points) == 72
+
+
+def test_the_suite_layer_knows_the_serve_vocabulary_of_the_scenario() -> None:
+    """serve_grid.py (suites may not import scenarios) repeats serve.py's choices."""
+    assert serve_grid.SCENARIOS == S.SCENARIOS and serve_grid.WORKLOADS == S.WORKLOADS
+    assert serve_grid.PERCENTILES == S.PERCENTILES
+    fields = {f for f in ServeSpec.__dataclass_fields__}
+    assert set(serve_grid.SERVE_AXES) | set(serve_grid.SERVE_SETTINGS) <= fields
