@@ -76,6 +76,9 @@ def support_reason(point: Point, caps: DeviceCaps) -> str | None:
         return "torch.compile does not apply on TPU"
     if point.workload in SERVING_WORKLOADS and point.block == "lstm":
         return f"{point.workload} needs an attention block (its KV cache); lstm has none"
+    if point.workload in SERVING_WORKLOADS and point.compile:
+        return (f"{point.workload} is not compiled: torch.compile wraps the model's forward, "
+                "which the serving paths (recmodels/torch/kv_cache.py) do not call")
     if point.workload in SERVING_WORKLOADS and point.device.endswith(":all"):
         return f"{point.workload} runs on one device here (no data-parallel serving path)"
     if point.device.endswith(":all"):

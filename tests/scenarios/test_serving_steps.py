@@ -44,9 +44,11 @@ def test_serving_steps_return_what_the_engine_promises():
         w.close()
 
 
-def test_lstm_has_no_serving_path():
+def test_lstm_has_no_serving_path_and_torch_compile_none_yet():
     r = measure_point(point(block="lstm", workload="update"), MEASURE)
     assert r["status"] == "unsupported" and "attention block" in r["reason"]
+    r = measure_point(point(compile=True), MEASURE)
+    assert r["status"] == "unsupported" and "not compiled" in r["reason"]
 
 
 def test_new_axes_keep_earlier_ids_and_show_where_they_matter():
