@@ -100,6 +100,9 @@ class ServeSpec:
         for name, value in positive.items():
             if not value > 0:
                 raise InputError(f"{name} must be positive, got {value}")
+        if self.precision == "int8" and (self.framework, self.device) != ("torch", "cpu"):
+            raise InputError("int8 is PyTorch dynamic quantisation on CPU: --framework torch "
+                             "--device cpu")
         if self.delay_ms < 0 or (self.rate_per_s is not None and not self.rate_per_s > 0):
             raise InputError("max_delay_ms must be >= 0 and rate_per_s positive")
 
@@ -179,6 +182,8 @@ def build_sut(spec: ServeSpec, *, warmup_reps: int = 3) -> Sut:
 
     cfg = spec.model_config()
     engine = make_engine(spec.framework, cfg, device=spec.device, precision=spec.precision)
+    if spec.precision == "int8":
+        engine.quantize_int8()  # as step.py does for an int8 infer point
     if spec.workload == "rank" and not hasattr(engine, "rank_step"):
         raise InputError("workload rank needs Engine.rank_step, which this recmodels lacks; "
                          "use --workload retrieve")

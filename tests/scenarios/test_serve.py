@@ -195,11 +195,13 @@ def test_serve_writes_a_results_file_and_loadgen_logs(tmp_path, capsys) -> None:
     (["--duration", "0"], "expected a positive number"),
     (["--device", "cuda:7"], "--device cuda:7: not available on this machine"),
     (["--device", "gpu"], "expected a device"),
+    (["--framework", "jax", "--precision", "int8"], "int8 is PyTorch dynamic quantisation"),
 ])
 def test_bad_values_are_one_line_exit_2(tmp_path, capsys, args, message) -> None:
     assert main(["serve", "--out", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+    assert not list(tmp_path.rglob("*.jsonl"))  # refused before any results file
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
