@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.point import device_kind
+from bench.point import ID_DEFAULTS, device_kind
 from bench.results import PointRecord, ResultsFile, load_many
 from recmodels.config import human, human_bytes
 from recmodels.errors import InputError
@@ -180,10 +180,19 @@ def _hashable(v: Any) -> Any:
     return v
 
 
+def at_default(name: str, value: Any) -> bool:
+    """Whether a field added after the first results is at its default (bench.point
+    ID_DEFAULTS): such a field is left out of keys and labels, so a point written before the
+    field existed and one written after are the same work, as their ids say."""
+    return name in ID_DEFAULTS and value == ID_DEFAULTS[name]
+
+
 def config_key(point: Mapping[str, Any], drop: Iterable[str] = ("device",)) -> tuple:
-    """The point's fields minus ``drop``, as a hashable key: equal keys are the same work."""
+    """The point's fields minus ``drop`` and minus later fields at their defaults, as a
+    hashable key: equal keys are the same work."""
     dropped = set(drop)
-    return tuple(sorted((k, _hashable(v)) for k, v in point.items() if k not in dropped))
+    return tuple(sorted((k, _hashable(v)) for k, v in point.items()
+                        if k not in dropped and not at_default(k, v)))
 
 
 def field_text(name: str, value: Any) -> str:

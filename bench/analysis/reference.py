@@ -28,6 +28,7 @@ from bench.analysis.plotdata import (
     ENERGY_ERROR_KEY,
     NO_ENERGY,
     Entry,
+    at_default,
     config_key,
     describe,
     field_text,
@@ -64,7 +65,8 @@ def load_reference(suite: str = SUITE) -> Reference:
         points = [p.to_dict() for p in load_suite(suite).points]
     except InputError as e:
         return Reference({}, "", error=str(e))
-    keys = {config_key(p): {k: v for k, v in p.items() if k != "device"} for p in points}
+    keys = {config_key(p): {k: v for k, v in p.items()
+                            if k != "device" and not at_default(k, v)} for p in points}
     same = [k for k in next(iter(keys.values()), {})
             if k not in varying_fields(keys.values()) and k != "device"]
     shape = ", ".join(field_text(k, keys[next(iter(keys))][k]) for k in same)
