@@ -375,7 +375,8 @@ def cmd_serve(args) -> int:
 
     spec = ServeSpec(framework=args.framework, workload=args.workload, preset=args.preset,
                      catalog_size=args.catalog_size, seq_len=args.seq_len,
-                     n_candidates=args.candidates, precision=args.precision, device=args.device,
+                     n_candidates=args.candidates, gen_steps=args.gen_steps,
+                     beam_width=args.beam_width, precision=args.precision, device=args.device,
                      scenario=args.scenario, max_batch=args.max_batch,
                      max_delay_ms=args.max_delay_ms, target_latency_ms=args.target_latency,
                      percentile=args.percentile, rate_per_s=args.rate,
@@ -436,6 +437,10 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--catalog-size", type=_positive_int)
     s.add_argument("--seq-len", type=_positive_int)
     s.add_argument("--candidates", type=_positive_int, default=256, help="K per ranked request")
+    s.add_argument("--gen-steps", type=_positive_int, default=4,
+                   help="generate: S items per request")
+    s.add_argument("--beam-width", type=_positive_int, default=16,
+                   help="generate: W beams per request")
     s.add_argument("--precision", choices=PRECISIONS, default="fp32")
     s.add_argument("--device", default="cpu")
     s.add_argument("--max-batch", type=_positive_int, default=32)

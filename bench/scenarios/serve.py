@@ -10,10 +10,12 @@ its scheduled issue time to its answer. Scenarios, as MLPerf defines them:
                 runs are MLPerf-length and cannot be cut short)
   offline       every sample at once: throughput
   singlestream  one query at a time, the next issued when the last is answered: latency
-Workloads: ``retrieve`` (top-10 over the whole catalog, Engine.infer_step) and ``rank`` (a
-history against K candidates, Engine.rank_step). A request is one user; batches are padded
-up to a power of two (at most ``max_batch``) so a compiling framework sees a few shapes,
-each compiled and timed before LoadGen starts (``compile_s``).
+Workloads: ``retrieve`` (top-10 over the whole catalog, Engine.infer_step), ``rank`` (a
+history against K candidates, Engine.rank_step) and ``generate`` (beam search of S next items
+with width W over a KV cache, Engine.generate; positions count from the oldest item). A
+request is one user; batches are padded up to a power of two (at most ``max_batch``) so a
+compiling framework sees a few shapes, each compiled and timed before LoadGen starts
+(``compile_s``).
 
 One LoadGen run (settings, batcher, result figures, energy) is bench/scenarios/loadgen.py.
 MLPerf asks for 600 s runs (and 270,336 queries for Server) before a figure is comparable;
@@ -36,7 +38,7 @@ from bench.scenarios.loadgen import LoadgenRun, run_loadgen
 from recmodels.errors import InputError
 
 SCENARIOS = ("server", "offline", "singlestream")
-WORKLOADS = ("retrieve", "rank")
+WORKLOADS = ("retrieve", "rank", "generate")
 # The latency percentiles LoadGen reports (mlperf_log_detail.txt result_*_percentile_*).
 PERCENTILES = (50.0, 90.0, 95.0, 97.0, 99.0, 99.9)
 # A percentile needs the samples to back it (DESIGN.md): p99 from < 100 queries is null.
@@ -51,11 +53,13 @@ class ServeSpec:
     """One `recbench serve` measurement: what is served, how it is batched, how it is driven."""
 
     framework: str = "torch"
-    workload: str = "rank"  # retrieve | rank
+    workload: str = "rank"  # retrieve | rank | generate
     preset: str = "tiny"
     catalog_size: int | None = None  # None: the preset's
     seq_len: int | None = None  # None: the preset's
     n_candidates: int = 256  # K, per ranked request (rank)
+    gen_steps: int = 4  # S, items generated per request (generate)
+    beam_width: int = 16  # W, beams kept per request (generate)
     precision: str = "fp32"
     device: str = "cpu"
     scenario: str = "server"
@@ -94,6 +98,7 @@ class ServeSpec:
             raise InputError(f"percentile {self.percentile:g} is not one LoadGen reports; "
                              f"choose one of {', '.join(f'{p:g}' for p in PERCENTILES)}")
         positive = {"max_batch": self.max_batch, "n_candidates": self.n_candidates,
+                    "gen_steps": self.gen_steps, "beam_width": self.beam_width,
                     "target_latency_ms": self.target_latency_ms, "duration_s": self.duration_s,
                     "min_queries": self.min_queries, "samples": self.samples,
                     "search_runs": self.search_runs}
@@ -117,6 +122,8 @@ class ServeSpec:
         }
         if self.workload == "rank":
             p["n_candidates"] = self.n_candidates
+        if self.workload == "generate":
+            p.update(gen_steps=self.gen_steps, beam_width=self.beam_width)
         if self.scenario == "server":
             p.update(target_latency_ms=self.target_latency_ms, percentile=self.percentile)
             if self.rate_per_s is not None:
@@ -131,6 +138,8 @@ class ServeSpec:
 
         over = {k: v for k, v in (("catalog_size", self.catalog_size),
                                   ("seq_len", self.seq_len)) if v is not None}
+        if self.workload == "generate":  # a KV cache needs positions that do not move
+            over["positions"] = "left"
         return preset(self.preset, compute_dtype=COMPUTE_DTYPE[self.precision], **over)
 
 
@@ -178,6 +187,7 @@ def sut_delay_ms() -> float:
 
 def build_sut(spec: ServeSpec, *, warmup_reps: int = 3) -> Sut:
     """The Engine with its sample library on the host and every bucket shape warmed up."""
+    from recmodels.config import serving_history
     from recmodels.train import make_engine
 
     cfg = spec.model_config()
@@ -189,8 +199,10 @@ def build_sut(spec: ServeSpec, *, warmup_reps: int = 3) -> Sut:
                          "use --workload retrieve")
     rng = np.random.default_rng(spec.seed)
     # rank scores each candidate at the position after the history, so a ranked history
-    # leaves that one position free (T - 1 items); retrieve reads a full-length history
-    hist = cfg.seq_len - 1 if spec.workload == "rank" else cfg.seq_len
+    # leaves that one position free (T - 1 items), generate leaves S - 1 for the items it
+    # appends; retrieve reads a full-length history
+    hist = (cfg.seq_len if spec.workload == "retrieve" else
+            serving_history(cfg, spec.workload, spec.gen_steps))
     seqs = rng.integers(1, cfg.catalog_size + 1, (spec.samples, hist), dtype=np.int32)
     cands = (rng.integers(1, cfg.catalog_size + 1, (spec.samples, spec.n_candidates),
                           dtype=np.int32) if spec.workload == "rank" else None)
@@ -201,7 +213,10 @@ def build_sut(spec: ServeSpec, *, warmup_reps: int = 3) -> Sut:
         size = next(b for b in shapes if b >= len(indices))
         if size > len(indices):  # pad with the last request; its extra answers are dropped
             indices = np.concatenate([indices, np.full(size - len(indices), indices[-1])])
-        if cands is None:
+        if spec.workload == "generate":
+            seq = engine.put({"seq": seqs[indices]})["seq"]
+            out = engine.sync(engine.generate(seq, spec.gen_steps, spec.beam_width))
+        elif cands is None:
             seq = engine.put({"seq": seqs[indices]})["seq"]
             out = engine.sync(engine.infer_step(seq, TOP_K))
         else:

@@ -5,7 +5,7 @@ the run settings (how long LoadGen runs) are scalars::
 
     [[serve]]
     framework = ["torch", "jax"]
-    workload = ["rank"]               # retrieve | rank
+    workload = ["rank"]               # retrieve | rank | generate
     preset = ["tiny"]
     n_candidates = [256]              # K per ranked request
     scenario = ["server"]             # server | offline | singlestream
@@ -37,16 +37,17 @@ from recmodels.errors import InputError
 # scenarios; tests/suites/test_serve_grid.py checks the two agree). A spec is a dict of
 # ServeSpec's fields; the runner builds the ServeSpec.
 SCENARIOS = ("server", "offline", "singlestream")
-WORKLOADS = ("retrieve", "rank")
+WORKLOADS = ("retrieve", "rank", "generate")
 PERCENTILES = (50.0, 90.0, 95.0, 97.0, 99.0, 99.9)
 SERVE_AXES = ("framework", "workload", "preset", "catalog_size", "seq_len", "n_candidates",
-              "precision", "device", "scenario", "max_batch", "max_delay_ms",
-              "target_latency_ms", "percentile")
+              "gen_steps", "beam_width", "precision", "device", "scenario", "max_batch",
+              "max_delay_ms", "target_latency_ms", "percentile")
 SERVE_SETTINGS = ("duration_s", "min_queries", "search_runs", "rate_per_s")
 _KNOWN = (*SERVE_AXES, *SERVE_SETTINGS)
 _CHOICES: dict[str, tuple[Any, ...]] = {"scenario": SCENARIOS, "workload": WORKLOADS,
                                         "preset": tuple(PRESETS), "percentile": PERCENTILES}
-_POSITIVE = ("catalog_size", "seq_len", "n_candidates", "max_batch", "target_latency_ms",
+_POSITIVE = ("catalog_size", "seq_len", "n_candidates", "gen_steps", "beam_width", "max_batch",
+             "target_latency_ms",
              "duration_s", "min_queries", "search_runs", "rate_per_s")
 
 

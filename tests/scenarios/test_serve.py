@@ -215,6 +215,18 @@ def test_rank_serves_histories_against_candidates(tmp_path: Path, framework: str
     _answered_once(out.metrics)
 
 
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_generate_serves_beam_searches_over_the_kv_cache(tmp_path: Path, framework: str) -> None:
+    pytest.importorskip(framework)
+    spec = ServeSpec(**{**FAST, "framework": framework, "workload": "generate"}, gen_steps=3,
+                     beam_width=4, scenario="offline")
+    out = serve(spec, tmp_path)
+    assert out.status == "ok", out.reason
+    assert (out.point["gen_steps"], out.point["beam_width"]) == (3, 4)
+    assert "n_candidates" not in out.point and out.metrics["samples_per_s"] > 0
+    _answered_once(out.metrics)
+
+
 def test_an_sut_that_cannot_start_is_an_error_record(tmp_path: Path, monkeypatch) -> None:
     import recmodels.train
 
