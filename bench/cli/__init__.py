@@ -53,97 +53,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def cmd_train(args) -> int:
-    from recmodels import weights
-    from recmodels.config import parse_overrides
-    from recmodels.train import TrainOptions, train
-
-    overrides = {k: v for k, v in {"block": args.block, "loss": args.loss,
-                                   "seq_len": args.seq_len, "dropout": args.dropout,
-                                   "n_neg": args.n_neg}.items() if v is not None}
-    overrides |= parse_overrides(args.set or [])
-    if args.save:  # refuse a path that cannot be written before training, not after
-        from pathlib import Path
-
-        parent = Path(args.save).resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise InputError(f"--save {args.save}: directory {parent} does not exist or is not "
-                             "writable; create it or pass another path")
-    opts = TrainOptions(framework=args.framework, preset=args.preset, dataset=args.dataset,
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        precision=args.precision, optimizer=args.optimizer, seed=args.seed,
-                        device=args.device, eval=args.eval, eval_users=args.eval_users,
-                        overrides=overrides)
-    try:
-        result, engine = train(opts, return_engine=True)
-    except (InputError, KeyboardInterrupt):
-        raise
-    except Exception:
-        reason = _probe_for_train(opts)
-        if reason is None:
-            raise  # the device runs this kind of step: the failure is the run's own
-        raise InputError(f"{reason}; choose another --precision or --block") from None
-    ok = result["status"] == "ok"
-    if args.save and not ok:
-        _err(f"weights not saved to {args.save}: the run diverged")
-    elif args.save:
-        weights.save(engine.state_dict(), engine.cfg, args.save)
-        result["weights"] = str(args.save)
-        _err(f"weights saved to {args.save}")
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_train_result(result))
-    return EXIT_OK if ok else EXIT_CHECK_FAILED  # a diverged run is a failed check
-
-
-def _probe_for_train(opts) -> str | None:
-    """After a training run failed: does a tiny step of its framework, block and precision
-    run on its device at all? (bench.scenarios.step.probe; None: it does)."""
-    from bench.point import Point
-    from bench.scenarios.step import probe
-    from recmodels.config import preset
-    from recmodels.train import resolve_device
-
-    cfg = preset(opts.preset, **opts.overrides)
-    return probe(Point(framework=opts.framework, workload="train", preset=opts.preset,
-                       block=cfg.block, precision=opts.precision, batch_size=2,
-                       device=resolve_device(opts.framework, opts.device)))
-
-
-def _format_speed(r: dict) -> str:
-    first = f"first epoch {r['first_epoch_s']:.2f} s (includes compilation and warm-up)"
-    if r["sequences_per_s"] is None:  # only the first epoch ran
-        why = "only one epoch ran" if r["status"] != "ok" else "use --epochs 2 or more"
-        return f"  speed      {first}; no steady-state speed from one epoch ({why})"
-    return (f"  speed      {r['sequences_per_s']:,.0f} sequences/s, "
-            f"{r['seconds_per_epoch']:.2f} s/epoch over epochs 2-{r['steady_epochs'] + 1} "
-            f"(training loop incl. batch sampling, evaluation excluded); {first}")
-
-
-def format_train_result(r: dict) -> str:
-    head = (f"{r['framework']} {r['preset']} on {r['dataset']} ({r['epochs']} epochs, "
-            f"{r['precision']}, {r['device']})")
-    if r["status"] != "ok":
-        return "\n".join([head, f"  status     {r['status']}: {r['reason']} "
-                                "(no metrics: they are undefined)", _format_speed(r)])
-    t, p = r["test"], r["popularity"]["test"]
-    return "\n".join([
-        head,
-        _format_speed(r),
-        f"  valid      HR@10 {r['valid']['hr@10']:.4f}  NDCG@10 {r['valid']['ndcg@10']:.4f}",
-        f"  test       HR@10 {t['hr@10']:.4f}  NDCG@10 {t['ndcg@10']:.4f}"
-        + (f"  AUC {t['auc']:.4f}  acc {t['accuracy']:.4f}  P {t['precision']:.4f}  "
-           f"R {t['recall']:.4f}  F1 {t['f1']:.4f}" if "auc" in t else ""),
-        f"  popularity HR@10 {p['hr@10']:.4f}  NDCG@10 {p['ndcg@10']:.4f}  "
-        f"(most-popular baseline, same users and candidates)",
-        f"  protocol   {r['eval_protocol']} on {r['eval_users']} users (leave-one-out)",
-    ])
-
-
-# --- parity ------------------------------------------------------------------------------
-
-
 def cmd_parity(args) -> int:
     from recmodels.config import BLOCKS, LOSSES
     from recmodels.parity import STEPS, TOLERANCES, check_preset
@@ -340,126 +249,6 @@ def cmd_run(args) -> int:
 # --- serve ---------------------------------------------------------------------------------
 
 
-def _latency_ms(text: str) -> float:
-    """"80ms", "80 ms", "0.08s", "80000us" or a bare number (ms) -> milliseconds."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|µs)?\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a latency like 80ms, 0.08s or 80, got "
-                                         f"{text!r}")
-    scale = {"s": 1e3, "us": 1e-3, "µs": 1e-3}.get(m.group(2) or "ms", 1.0)
-    return float(m.group(1)) * scale
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def cmd_serve(args) -> int:
-    """One LoadGen measurement of an Engine behind the batcher, in this process (LoadGen's
-    threads call back into the batcher, which shares the Engine), recorded like a run point."""
-    from pathlib import Path
-
-    from bench import results as R
-    from bench.launch.locks import machine_lock
-    from bench.launch.runner import check_writable
-    from bench.machine.envinfo import fingerprint
-    from bench.scenarios.serve import ServeSpec, serve
-
-    spec = ServeSpec(framework=args.framework, workload=args.workload, preset=args.preset,
-                     catalog_size=args.catalog_size, seq_len=args.seq_len,
-                     n_candidates=args.candidates, gen_steps=args.gen_steps,
-                     beam_width=args.beam_width, precision=args.precision, device=args.device,
-                     scenario=args.scenario, max_batch=args.max_batch,
-                     max_delay_ms=args.max_delay_ms, target_latency_ms=args.target_latency,
-                     percentile=args.percentile, rate_per_s=args.rate,
-                     duration_s=args.duration, min_queries=args.min_queries,
-                     search_runs=args.search_runs)
-    spec.validate()
-    from bench.machine.hardware import detect_hardware, missing_device
-
-    why = missing_device(spec.device, detect_hardware())
-    if why:
-        raise InputError(f"--device {spec.device}: not available on this machine ({why}); "
-                         "use --device cpu")
-    env = fingerprint()
-    out = Path(args.out)
-    check_writable(out / R.safe_name(env["machine_id"]))
-    run_id = R.make_run_id()
-    header = R.RunHeader(run_id=run_id, suite="serve", started_at=R.iso_utc(), env=env,
-                         roofs={})
-    with machine_lock(), R.ResultsWriter.create(out, env["machine_id"], run_id,
-                                                header) as writer:
-        log_root = writer.path.with_suffix("") / "loadgen"  # <run-id>/loadgen/<test>/
-        outcome = serve(spec, log_root, progress=lambda m: _err(f"recbench serve: {m}"))
-        writer.write(R.ServeRecord.for_point(outcome.point, outcome.status, outcome.reason,
-                                             outcome.metrics))
-    m = outcome.metrics
-    if args.json:
-        _print_json({"results": str(writer.path), "status": outcome.status,
-                     "reason": outcome.reason, "point": outcome.point, "metrics": m})
-    else:
-        lat = m["latency_ms"]
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        print(f"{spec.scenario} {spec.workload} {spec.framework} {spec.preset}: "
-              f"{outcome.status}" + (f" ({outcome.reason})" if outcome.reason else ""))
-        if m["max_rate_per_s"] is not None:
-            print(f"max rate within p{spec.percentile:g} <= {spec.target_latency_ms:g} ms: "
-                  f"{m['max_rate_per_s']:,.1f} requests/s ({m['search_method']}, "
-                  f"{len(m['search'])} runs)")
-        print(f"{m['requests']:,} requests, {fmt(m['samples_per_s'])} requests/s; latency ms "
-              f"p50 {fmt(lat['p50'])} p90 {fmt(lat['p90'])} p99 {fmt(lat['p99'])} "
-              f"p99.9 {fmt(lat['p99_9'])}")
-        energy = m["energy_j_per_1k_requests"]
-        print(f"energy: {'-' if energy is None else f'{energy:.2f} J per 1,000 requests'} "
-              f"({m['energy_provenance']})")
-        print(f"results: {writer.path}")
-    return EXIT_OK if outcome.status == "ok" else EXIT_CHECK_FAILED
-
-
-def _add_serve_parser(sub) -> None:
-    from bench.point import FRAMEWORKS, PRECISIONS
-    from bench.scenarios.serve import PERCENTILES, SCENARIOS, WORKLOADS
-    from recmodels.config import PRESETS
-
-    s = sub.add_parser("serve", help="serve an Engine behind a dynamic batcher under LoadGen")
-    s.add_argument("--scenario", choices=SCENARIOS, default="server")
-    s.add_argument("--workload", choices=WORKLOADS, default="rank")
-    s.add_argument("--framework", choices=FRAMEWORKS, default="torch")
-    s.add_argument("--preset", choices=list(PRESETS), default="tiny")
-    s.add_argument("--catalog-size", type=_positive_int)
-    s.add_argument("--seq-len", type=_positive_int)
-    s.add_argument("--candidates", type=_positive_int, default=256, help="K per ranked request")
-    s.add_argument("--gen-steps", type=_positive_int, default=4,
-                   help="generate: S items per request")
-    s.add_argument("--beam-width", type=_positive_int, default=16,
-                   help="generate: W beams per request")
-    s.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--max-batch", type=_positive_int, default=32)
-    s.add_argument("--max-delay-ms", type=float,
-                   help="longest wait for a batch to fill (default 2 for server, else 0)")
-    s.add_argument("--target-latency", type=_latency_ms, default=80.0, metavar="LATENCY",
-                   help="server: latency target, e.g. 80ms (default)")
-    s.add_argument("--percentile", type=float, choices=PERCENTILES, default=99.0)
-    s.add_argument("--rate", type=_positive_float,
-                   help="server: one run at this many requests/s instead of the search")
-    s.add_argument("--duration", type=_positive_float, default=5.0, metavar="SECONDS",
-                   help="minimum duration of each LoadGen run (MLPerf: 600)")
-    s.add_argument("--min-queries", type=_positive_int, default=200)
-    s.add_argument("--search-runs", type=_positive_int, default=8)
-    s.add_argument("--out", default="results", help="results directory (default: results)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_serve)
-
-
 def resume_command(args, path) -> str:
     """The `recbench run` line that continues an interrupted run, shell-quoted to paste, with
     absolute paths so it works from any directory."""
@@ -591,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any model config field, e.g. n_head=2 or d_ff=128")
     t.add_argument("--save", help="write the trained weights to this .safetensors file")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from bench.cli.train import cmd_train  # the train command lives beside this
+
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("parity", help="check torch and JAX give the same numbers")
@@ -627,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="list the points and exit")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
-    _add_serve_parser(sub)
+    from bench.cli.serve import add_serve_parser  # the serve command lives beside this
+
+    add_serve_parser(sub)
 
     # Commands that live next to what they drive; each module adds its own subparser (and
     # imports matplotlib, git helpers etc. only when its command runs).

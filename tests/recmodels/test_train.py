@@ -221,7 +221,7 @@ def test_cli_diverged_run_prints_its_object_and_exits_1(small, capsys):
 
 @pytest.mark.parametrize("fw", ["torch", "jax"])
 def test_speed_is_steady_state_only_and_null_from_one_epoch(fw, small):
-    from bench.cli import format_train_result
+    from bench.cli.train import format_train_result
 
     one = train(_quiet(fw, small, epochs=1), progress=False, log=lambda s: None)
     assert one["seconds_per_epoch"] is None and one["sequences_per_s"] is None

@@ -1,0 +1,99 @@
+"""`recbench train`: its command and its text output (bench.cli adds its parser)."""
+
+from __future__ import annotations
+
+import os
+
+from bench.cli import EXIT_CHECK_FAILED, EXIT_OK, _err, _print_json
+from recmodels.errors import InputError
+
+
+def cmd_train(args) -> int:
+    from recmodels import weights
+    from recmodels.config import parse_overrides
+    from recmodels.train import TrainOptions, train
+
+    overrides = {k: v for k, v in {"block": args.block, "loss": args.loss,
+                                   "seq_len": args.seq_len, "dropout": args.dropout,
+                                   "n_neg": args.n_neg}.items() if v is not None}
+    overrides |= parse_overrides(args.set or [])
+    if args.save:  # refuse a path that cannot be written before training, not after
+        from pathlib import Path
+
+        parent = Path(args.save).resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise InputError(f"--save {args.save}: directory {parent} does not exist or is not "
+                             "writable; create it or pass another path")
+    opts = TrainOptions(framework=args.framework, preset=args.preset, dataset=args.dataset,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        precision=args.precision, optimizer=args.optimizer, seed=args.seed,
+                        device=args.device, eval=args.eval, eval_users=args.eval_users,
+                        overrides=overrides)
+    try:
+        result, engine = train(opts, return_engine=True)
+    except (InputError, KeyboardInterrupt):
+        raise
+    except Exception:
+        reason = _probe_for_train(opts)
+        if reason is None:
+            raise  # the device runs this kind of step: the failure is the run's own
+        raise InputError(f"{reason}; choose another --precision or --block") from None
+    ok = result["status"] == "ok"
+    if args.save and not ok:
+        _err(f"weights not saved to {args.save}: the run diverged")
+    elif args.save:
+        weights.save(engine.state_dict(), engine.cfg, args.save)
+        result["weights"] = str(args.save)
+        _err(f"weights saved to {args.save}")
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_train_result(result))
+    return EXIT_OK if ok else EXIT_CHECK_FAILED  # a diverged run is a failed check
+
+
+def _probe_for_train(opts) -> str | None:
+    """After a training run failed: does a tiny step of its framework, block and precision
+    run on its device at all? (bench.scenarios.step.probe; None: it does)."""
+    from bench.point import Point
+    from bench.scenarios.step import probe
+    from recmodels.config import preset
+    from recmodels.train import resolve_device
+
+    cfg = preset(opts.preset, **opts.overrides)
+    return probe(Point(framework=opts.framework, workload="train", preset=opts.preset,
+                       block=cfg.block, precision=opts.precision, batch_size=2,
+                       device=resolve_device(opts.framework, opts.device)))
+
+
+def _format_speed(r: dict) -> str:
+    first = f"first epoch {r['first_epoch_s']:.2f} s (includes compilation and warm-up)"
+    if r["sequences_per_s"] is None:  # only the first epoch ran
+        why = "only one epoch ran" if r["status"] != "ok" else "use --epochs 2 or more"
+        return f"  speed      {first}; no steady-state speed from one epoch ({why})"
+    return (f"  speed      {r['sequences_per_s']:,.0f} sequences/s, "
+            f"{r['seconds_per_epoch']:.2f} s/epoch over epochs 2-{r['steady_epochs'] + 1} "
+            f"(training loop incl. batch sampling, evaluation excluded); {first}")
+
+
+def format_train_result(r: dict) -> str:
+    head = (f"{r['framework']} {r['preset']} on {r['dataset']} ({r['epochs']} epochs, "
+            f"{r['precision']}, {r['device']})")
+    if r["status"] != "ok":
+        return "\n".join([head, f"  status     {r['status']}: {r['reason']} "
+                                "(no metrics: they are undefined)", _format_speed(r)])
+    t, p = r["test"], r["popularity"]["test"]
+    return "\n".join([
+        head,
+        _format_speed(r),
+        f"  valid      HR@10 {r['valid']['hr@10']:.4f}  NDCG@10 {r['valid']['ndcg@10']:.4f}",
+        f"  test       HR@10 {t['hr@10']:.4f}  NDCG@10 {t['ndcg@10']:.4f}"
+        + (f"  AUC {t['auc']:.4f}  acc {t['accuracy']:.4f}  P {t['precision']:.4f}  "
+           f"R {t['recall']:.4f}  F1 {t['f1']:.4f}" if "auc" in t else ""),
+        f"  popularity HR@10 {p['hr@10']:.4f}  NDCG@10 {p['ndcg@10']:.4f}  "
+        f"(most-popular baseline, same users and candidates)",
+        f"  protocol   {r['eval_protocol']} on {r['eval_users']} users (leave-one-out)",
+    ])
+
+
+# --- parity ------------------------------------------------------------------------------
