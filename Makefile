@@ -14,8 +14,11 @@ TORCH_SPEC ?= torch
 EXTRAS ?= dev,cuda
 else
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,dist
 endif
+# TorchRec for the sharded-table points, installed without its `fbgemm-gpu` (CUDA) dependency
+# when the `dist` extra brings fbgemm-gpu-cpu (pyproject.toml, [dist]).
+TORCHREC_SPEC ?= torchrec==1.8.0
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 SUITE ?= auto
@@ -29,6 +32,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(if $(findstring dist,$(EXTRAS)),$(BIN)/python -m pip install -q --no-deps $(TORCHREC_SPEC))
 	@touch $@
 
 install: $(STAMP)

@@ -27,6 +27,12 @@ WORKLOADS = ("train", "infer", "rank", "generate", "update")
 SERVING_WORKLOADS = ("rank", "generate", "update")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "int8")
 OPTIMIZERS = ("adam", "sgd")
+# Scale-out (README, "Scale-out"): how the ranks split the work, where the item table lives,
+# and what batch_size means. "dp" is DDP in torch and a Mesh's data axis under
+# jax.distributed in JAX; "fsdp" is FSDP2's fully_shard (torch).
+PARALLELS = ("none", "dp", "fsdp")
+SHARDINGS = ("dense", "row-wise", "table-wise")
+SCALINGS = ("strong", "weak")
 DEFAULT_N_NEG = {"bce": 1, "sampled_softmax": 128, "full_softmax": 1}
 # tf32 is fp32 storage with a TF32 matmul mode; int8 quantises at the workload, not in config
 COMPUTE_DTYPE = {"fp32": "fp32", "tf32": "fp32", "int8": "fp32", "bf16": "bf16", "fp16": "fp16"}
@@ -34,17 +40,19 @@ _DEVICE_RE = re.compile(r"(cpu|cuda|tpu|mps)(:\d+|:all)?")
 _CHOICES: dict[str, Sequence[str]] = {
     "framework": FRAMEWORKS, "workload": WORKLOADS, "preset": tuple(PRESETS), "block": BLOCKS,
     "loss": LOSSES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
+    "parallel": PARALLELS, "sharding": SHARDINGS, "scaling": SCALINGS,
 }
 POSITIVE_INT_FIELDS = ("n_neg", "catalog_size", "seq_len", "batch_size", "n_candidates",
-                       "gen_steps", "beam_width")
+                       "gen_steps", "beam_width", "world_size", "nodes")
 # Point ids (Point.id): the fields below existed when ids were first written and are always
 # hashed, so no id in a file changes; a field added later goes into ID_DEFAULTS with its
 # default and is hashed only where it differs. point_id is the one rule: Point.id and the
 # results files (bench.results.point_id) both use it.
 ID_FIELDS_V1 = ("framework", "workload", "preset", "block", "loss", "n_neg", "catalog_size",
                 "seq_len", "batch_size", "precision", "device", "compile", "optimizer")
-ID_DEFAULTS: dict[str, Any] = {  # e.g. "world_size": 1 once that axis exists
+ID_DEFAULTS: dict[str, Any] = {
     "n_candidates": 2048, "gen_steps": 4, "beam_width": 16,
+    "world_size": 1, "nodes": 1, "parallel": "none", "sharding": "dense", "scaling": "strong",
 }
 
 
@@ -132,6 +140,13 @@ class Point:
     n_candidates: int = 2048  # K: candidates ranked per user (workload "rank")
     gen_steps: int = 4  # S: items generated per user (workload "generate")
     beam_width: int = 16  # W: beams kept at each step (workload "generate")
+    # Scale-out: ranks (processes, one device each) over `nodes` hosts, launched by torchrun.
+    world_size: int = 1
+    nodes: int = 1
+    parallel: str = "none"  # "none" (one process) | "dp" (DDP / Mesh data axis) | "fsdp"
+    sharding: str = "dense"  # item table: "dense" (a parameter like the rest: replicated by
+    #   dp, sharded by fsdp) | "row-wise" | "table-wise" (TorchRec; JAX: NamedSharding rows)
+    scaling: str = "strong"  # batch_size is the global batch ("strong") or per rank ("weak")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:  # checked first: the defaults below read the preset
@@ -150,6 +165,38 @@ class Point:
             object.__setattr__(self, "n_neg", 1)  # unused: one value keeps ids unique
         if self.framework == "jax":
             object.__setattr__(self, "compile", False)
+        self._check_scale_out()
+
+    def _check_scale_out(self) -> None:
+        if self.parallel == "none":
+            if self.world_size != 1 or self.nodes != 1 or self.sharding != "dense":
+                raise InputError(
+                    f"point: world_size {self.world_size}, nodes {self.nodes}, sharding "
+                    f"{self.sharding!r} need a parallel strategy: set parallel to 'dp' or "
+                    "'fsdp' (parallel 'none' is one process, dense)")
+        elif self.device.endswith(":all"):
+            raise InputError(f"point: device {self.device!r}: a multi-process point runs one "
+                             f"device per rank; write {self.device.split(':')[0]!r}")
+        if self.world_size % self.nodes:
+            raise InputError(f"point: world_size {self.world_size} does not split over "
+                             f"{self.nodes} nodes; use a multiple of nodes")
+        if self.world_size == 1:  # strong and weak are the same computation on one rank
+            object.__setattr__(self, "scaling", "strong")
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per step over all ranks: batch_size (strong) or batch_size x ranks."""
+        return self.batch_size * (self.world_size if self.scaling == "weak" else 1)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the point runs as ranks launched by torchrun (even a world of 1)."""
+        return self.parallel != "none"
+
+    def scaling_baseline(self) -> Point:
+        """The same point on one rank, the base of its scaling efficiency: the global batch
+        of strong scaling, the per-rank batch of weak scaling (batch_size either way)."""
+        return dataclasses.replace(self, world_size=1, nodes=1, scaling="strong")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -207,6 +254,13 @@ class Point:
             parts.append(f"K={self.n_candidates}")
         if self.workload == "generate":
             parts.append(f"S={self.gen_steps} W={self.beam_width}")
+        if self.distributed:
+            nodes = f"/{self.nodes}n" if self.nodes > 1 else ""
+            parts.append(f"{self.parallel} W={self.world_size}{nodes}")
+            if self.sharding != "dense":
+                parts.append(self.sharding)
+            if self.scaling == "weak":
+                parts.append("weak")
         return " ".join(parts)
 
 

@@ -60,6 +60,7 @@ from bench.analysis.plotdata import (
     per_1k_text,
     require_ok,
 )
+from bench.analysis.plots_scale import iter_scale_figures
 from bench.analysis.plots_serve import iter_serve_figures
 from bench.analysis.plotstyle import (
     DPI,
@@ -405,6 +406,8 @@ def iter_figures(files: Sequence[ResultsFile]) -> Iterator[NamedFigure]:
                                   panel_text(members, per_framework), fig)
     for name, kind, panel, fig in iter_serve_figures(files):
         yield NamedFigure(safe_name(name, "figure name"), f"serve {kind}", panel, fig)
+    for name, kind, panel, fig in iter_scale_figures(items, files):
+        yield NamedFigure(safe_name(name, "figure name"), kind, panel, fig)
 
 
 def plot_all(files: Sequence[Any], out_dir: str | Path, svg: bool = False) -> list[Path]:

@@ -178,6 +178,7 @@ def cmd_run(args) -> int:
     from pathlib import Path
 
     from bench import results as R
+    from bench.launch.dist import RDZV_ENV, Rendezvous
     from bench.launch.locks import machine_lock
     from bench.launch.progress import summary_table
     from bench.launch.runner import check_writable, find_latest, run_suite
@@ -185,6 +186,9 @@ def cmd_run(args) -> int:
     from bench.machine.hardware import detect_hardware, device_resolver_for
     from bench.suites.suite import load_suite
 
+    rdzv = Rendezvous.parse(args.nnodes, args.node_rank, args.rdzv_endpoint)
+    if rdzv.nnodes > 1:  # the workers read it (bench/launch/dist.py)
+        os.environ[RDZV_ENV] = rdzv.to_env()
     hardware = detect_hardware()
     overrides = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
     suite = load_suite(args.suite, overrides=overrides, hardware=hardware,
@@ -416,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", action="store_true",
                    help="then write the figures and the HTML report next to the results file")
     r.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    r.add_argument("--nnodes", type=int, default=1, metavar="N",
+                   help="multi-node points: hosts in the job; run the same command on each")
+    r.add_argument("--node-rank", type=int, default=0, metavar="R",
+                   help="this host's place among the --nnodes (0 writes the records)")
+    r.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                   help="where multi-node ranks meet (PORT and PORT+1 free on HOST)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
     from bench.cli.serve import add_serve_parser  # the serve command lives beside this

@@ -45,6 +45,7 @@ from bench.launch.channel import (
     WorkerDied,
     WorkerTimeout,
 )
+from bench.launch.dist import measure_interconnect
 from bench.launch.locks import results_lock
 from bench.launch.memcap import MemoryCap, host_oom_killed, make_memory_cap
 from bench.launch.progress import Progress
@@ -73,7 +74,7 @@ def add_utilization(metrics: dict[str, Any], point: Point, roofs: dict[str, Any]
     from bench.machine.datasheet import datasheet_for_env
 
     dtype = ROOF_DTYPES.get(point.precision)
-    kind, n = device_kind(point.device), devices_spanned(point.device, env)
+    kind, n = device_kind(point.device), roof_devices(point, env)
     roof = roofs.get(f"{kind}/{dtype}") or {}
     flops, bw = roof.get("gemm_flops_per_s"), roof.get("mem_bytes_per_s")
     flops, bw = (flops * n if flops else None), (bw * n if bw else None)
@@ -82,11 +83,35 @@ def add_utilization(metrics: dict[str, Any], point: Point, roofs: dict[str, Any]
     metrics["utilization"] = metrics["achieved_flops_per_s"] / flops if flops else None
     metrics["bandwidth_utilization"] = metrics["achieved_bytes_per_s"] / bw if bw else None
     # KIND:all has no datasheet peak (roofs.datasheet_for_env): one chip's is not the step's
-    all_devices = point.device.endswith(":all")
+    all_devices = point.device.endswith(":all") or n > 1
     sheet = datasheet_for_env(env, point.device) if dtype and not all_devices else None
     peak = (sheet or {}).get("flops_per_s", {}).get(dtype)
     metrics["datasheet_flops_per_s"] = peak
     metrics["utilization_datasheet"] = metrics["achieved_flops_per_s"] / peak if peak else None
+
+
+def roof_devices(point: Point, env: dict[str, Any]) -> int:
+    """How many measured roofs a point's step may use: its ranks' devices (GPUs, TPU chips;
+    CPU ranks of one host share that host's roof, so a CPU point counts its nodes), or
+    ``devices_spanned`` for a one-process point."""
+    if point.distributed:
+        return point.nodes if device_kind(point.device) == "cpu" else point.world_size
+    return devices_spanned(point.device, env)
+
+
+def add_scaling(metrics: dict[str, Any], point: Point, throughput: dict[str, float]) -> None:
+    """Speedup and scaling efficiency of a multi-rank point against the same point on one
+    rank (``Point.scaling_baseline``) measured in the same results file: efficiency =
+    samples/s / (world_size x the baseline's samples/s), ideal 1.0 for strong scaling (fixed
+    global batch) and weak scaling (fixed per-rank batch) alike. Null without a baseline."""
+    if not point.distributed or point.world_size == 1:
+        return
+    base_id = point.scaling_baseline().id
+    base = throughput.get(base_id)
+    mine = metrics.get("samples_per_s")
+    metrics["scaling_baseline_id"] = base_id
+    metrics["speedup"] = mine / base if base and mine else None
+    metrics["scaling_efficiency"] = mine / (point.world_size * base) if base and mine else None
 
 
 # --- the sweep -----------------------------------------------------------------------------
@@ -195,6 +220,9 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
         remeasure = roofs is None  # roofs given by the caller are not re-measured
         if roofs is None:
             roofs = measure_roofs_in_worker(suite.points, log=log)
+            interconnect = measure_interconnect(suite.points, log=log)
+        else:
+            interconnect = {}
         header = R.RunHeader(run_id=R.make_run_id(), suite=suite.name, started_at=R.iso_utc(),
                              env=env, roofs=roofs,
                              extra={"measure": suite.measure.__dict__,
@@ -204,12 +232,15 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
                                     "n_points": len(suite.points),
                                     "isolation": suite.isolation,
                                     "mem_cap": memcap_info,
+                                    "interconnect": interconnect,
                                     "conditions": start_conditions})
         writer = R.ResultsWriter.create(out_dir, machine, header.run_id, header)
         held.enter_context(results_lock(writer.path))
     previous = list(writer.records)
     done = {r.id for r in previous}
     ooms = [Point.from_dict(r.point) for r in previous if r.status == "oom"]
+    throughput = {r.id: (r.metrics or {}).get("samples_per_s") for r in previous
+                  if r.status == "ok"}  # scaling efficiency's baselines
     unrunnable: dict[tuple[str, ...], str] = {}  # probe_key -> why that kind of step fails
     todo = [p for p in suite.points if p.id not in done]
     outcome = RunOutcome(writer.path, previous=previous)
@@ -227,6 +258,8 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
         flags = {}
         if status == "ok":
             add_utilization(metrics, point, roofs or {}, env)
+            add_scaling(metrics, point, throughput)
+            throughput[point.id] = metrics.get("samples_per_s")
             unstable = C.unstable_reason((metrics.get("step_ms") or {}).get("cv"), window)
             flags = {"unstable": unstable} if unstable else {}
         else:  # the analytic cost is known for every point, whatever happened to it
@@ -252,7 +285,8 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
                     record(point, "skipped-after-oom", "a point of the same line with no more "
                            "parameters and no larger batch ran out of memory")
                     continue
-                n = devices_spanned(device, env)  # KIND:all: each device holds B / n
+                # KIND:all: each device holds B / n (a distributed point's estimate is per rank)
+                n = 1 if point.distributed else devices_spanned(device, env)
                 one = point if n == 1 else replace(point, batch_size=max(1, point.batch_size // n))
                 est, cap = analytic_cost(one)["est_mem_bytes"], device_capacity_bytes(device, env)
                 if memcap is not None and device_kind(device) == "cpu":  # the workers' RAM
@@ -303,6 +337,9 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
                 if suite.isolation == "point":  # the next point gets a process of its own
                     worker.close()
                     worker = None
+                if reply.get("status") == "remote":  # a multi-node point: node 0 records it
+                    log(f"{point.label()}: {reply['reason']}")
+                    continue
                 status, reply = device_cannot(point, reply, memcap, unrunnable)
                 record(point, status, reply=reply, window=window.close())
                 if reply["status"] == "oom":
@@ -379,8 +416,8 @@ def device_cannot(point: Point, reply: dict[str, Any], cap: MemoryCap | None,
     whether the device cannot run that kind of step at all (then ``unsupported``, with the
     probe's reason, and every later point of the kind is unsupported without running) or the
     failure is the point's own. Healthy points never pay for a probe."""
-    if reply.get("status") not in ("error", "crashed"):
-        return reply["status"], reply
+    if reply.get("status") not in ("error", "crashed") or point.distributed:
+        return reply["status"], reply  # a distributed point's failure names its rank
     reason = probe_in_worker(point, cap)
     if reason is None:
         return reply["status"], reply

@@ -143,8 +143,16 @@ def measure_point(point: Point, measure: Measure,
     ``process`` describes the worker process (see ProcessMemory); in-process callers (tests,
     the pytest-benchmark front door) leave it None: a shared process."""
     from bench.point import device_kind
-    from bench.scenarios.step import Unsupported, build
+    from bench.scenarios.step import DeviceCaps, Unsupported, build, support_reason
 
+    if point.distributed:  # its ranks are torchrun's (bench/launch/dist.py)
+        from bench.launch.dist import launch_point
+
+        reason = support_reason(point, DeviceCaps(device_kind(point.device),
+                                                  count=point.world_size))
+        if reason:
+            return {"status": "unsupported", "reason": reason}
+        return launch_point(point, measure)
     workload = None
     try:
         with meters.HostMemoryMeter() as host:

@@ -19,6 +19,7 @@ arithmetic on NaN: `Workload.check`, run once after the timed loop, raises Diver
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -56,6 +57,8 @@ class DeviceCaps:
 def support_reason(point: Point, caps: DeviceCaps) -> str | None:
     """Why `point` cannot run on a device with `caps`, or None when it can."""
     fw, kind, prec = point.framework, caps.kind, point.precision
+    if point.distributed:
+        return distributed_reason(point, caps)
     if fw == "torch" and kind == "tpu":
         return "PyTorch on TPU needs torch_xla, which recbench does not drive: use jax"
     if fw == "jax" and kind == "mps":
@@ -89,6 +92,38 @@ def support_reason(point: Point, caps: DeviceCaps) -> str | None:
     return None
 
 
+TORCH_PARALLEL = {"dp": "ddp", "fsdp": "fsdp2"}  # point.parallel -> DistEngine(parallel=)
+
+
+def distributed_reason(point: Point, caps: DeviceCaps) -> str | None:
+    """Why a distributed point cannot run (None when it can): the harness's own limits
+    first, then the framework's (recmodels.{torch,jax}.distributed.support_reason)."""
+    if point.workload != "train":
+        return (f"scale-out points measure the train step; {point.workload} runs on one "
+                "device (parallel = 'none')")
+    if point.precision == "int8" or point.compile:
+        return "distributed points run eager (torch) or jitted (JAX) in fp32/tf32/bf16/fp16"
+    if point.global_batch % point.world_size:
+        return (f"global batch {point.global_batch} does not split evenly over "
+                f"{point.world_size} ranks")
+    if point.nodes > 1 and caps.kind == "cpu" and point.framework == "jax":
+        return "JAX's CPU collectives (gloo) are exercised here on one host only"
+    cfg = point.model_config()
+    if point.framework == "torch":
+        if caps.kind not in ("cpu", "cuda"):
+            return f"torch.distributed runs on cpu (gloo) and cuda (NCCL), not {caps.kind}"
+        from recmodels.torch.distributed import support_reason as torch_reason
+
+        return torch_reason(TORCH_PARALLEL[point.parallel], point.sharding, cfg, caps.kind,
+                            point.optimizer)
+    if point.parallel == "fsdp":
+        return ("fsdp is torch's FSDP2; JAX shards the item table with sharding = 'row-wise' "
+                "over its Mesh")
+    from recmodels.jax.distributed import support_reason as jax_reason
+
+    return jax_reason(point.sharding, cfg, caps.kind)
+
+
 def serving_args(point: Point) -> dict[str, int]:
     """The serving axes the analytic cost of a serving workload takes."""
     if point.workload not in SERVING_WORKLOADS:
@@ -99,15 +134,28 @@ def serving_args(point: Point) -> dict[str, int]:
 
 def analytic_cost(point: Point) -> dict[str, int]:
     """The analytic numbers every record carries next to the measured ones."""
-    cfg, b, w, extra = point.model_config(), point.batch_size, point.workload, serving_args(point)
+    cfg, b, w, extra = point.model_config(), point.global_batch, point.workload, serving_args(point)
     return {
         "params_dense": C.params_dense(cfg),
         "params_embedding": C.params_embedding(cfg),
         "flops_per_step": C.flops_per_step(cfg, b, w, **extra),
         "bytes_per_step": C.bytes_per_step(cfg, b, w, point.optimizer, **extra),
-        "est_mem_bytes": memory_estimate(cfg, b, w, point.optimizer, point.framework,
-                                           device_kind(point.device), **extra).total_bytes,
+        "est_mem_bytes": rank_memory_estimate(point),
     }
+
+
+def rank_memory_estimate(point: Point) -> int:
+    """The analytic memory estimate of one device of the point: the whole step for one
+    process; for a distributed point, one rank at the per-rank batch, holding the whole
+    dense model and, with a row-wise sharded table, its 1/world_size share of the rows
+    (dense and table-wise tables: the whole table, as on the rank that holds it; FSDP2's
+    sharding of the dense part is not credited: an upper bound there)."""
+    cfg, extra = point.model_config(), serving_args(point)
+    b = point.global_batch // point.world_size if point.distributed else point.batch_size
+    if point.distributed and point.sharding == "row-wise":
+        cfg = dataclasses.replace(cfg, catalog_size=-(-cfg.catalog_size // point.world_size))
+    return memory_estimate(cfg, max(1, b), point.workload, point.optimizer, point.framework,
+                           device_kind(point.device), **extra).total_bytes
 
 
 def random_batch(cfg: C.GenRecConfig, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -172,7 +220,7 @@ def device_caps(framework: str, device: str) -> DeviceCaps:
 def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
     """Build the point's step on its device; raises Unsupported with the reason."""
     from bench.meters import jax_peak_fns, torch_cuda_peak_fns
-    from recmodels.train import Diverged, make_engine
+    from recmodels.train import make_engine
 
     caps = caps or device_caps(point.framework, point.device)
     reason = support_reason(point, caps)
@@ -187,24 +235,7 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
         engine.compile()
     batch = random_batch(cfg, point.batch_size)
     if point.workload == "train":
-        dev_batch = engine.put(batch)
-        last: list = [None]  # the latest step's loss, read back only by check()
-
-        def step():
-            last[0] = engine.train_step(dev_batch)
-            return last[0]
-
-        def planned():
-            return engine.planned_memory_bytes(batch=dev_batch)
-
-        def check():
-            loss = None if last[0] is None else float(engine.sync(last[0]))
-            params_finite = engine.all_finite()
-            if params_finite and (loss is None or math.isfinite(loss)):
-                return
-            raise Diverged(f"train step diverged: loss {loss}, "
-                           f"{'finite' if params_finite else 'non-finite'} parameters after "
-                           "the timed steps; step times over NaN are not recorded")
+        step, planned, check = train_closures(engine, engine.put(batch))
     elif point.workload in SERVING_WORKLOADS:
         step, planned, check, extra_metrics = _serving_step(point, cfg, engine, batch)
     else:
@@ -229,6 +260,32 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
                     check=check, engine=engine,
                     extra_metrics=extra_metrics if point.workload in SERVING_WORKLOADS
                     else (lambda: {}))
+
+
+def train_closures(engine: Any, dev_batch: Any) -> tuple[Callable, Callable, Callable]:
+    """(step, planned, check) of a train step on a device-resident batch: check reads the
+    last loss back and raises recmodels.train.Diverged for a non-finite loss or parameters."""
+    from recmodels.train import Diverged
+
+    last: list = [None]  # the latest step's loss, read back only by check()
+
+    def step():
+        last[0] = engine.train_step(dev_batch)
+        return last[0]
+
+    def planned():
+        return engine.planned_memory_bytes(batch=dev_batch)
+
+    def check():
+        loss = None if last[0] is None else float(engine.sync(last[0]))
+        params_finite = engine.all_finite()
+        if params_finite and (loss is None or math.isfinite(loss)):
+            return
+        raise Diverged(f"train step diverged: loss {loss}, "
+                       f"{'finite' if params_finite else 'non-finite'} parameters after "
+                       "the timed steps; step times over NaN are not recorded")
+
+    return step, planned, check
 
 
 def tokens_per_user(point: Point, cfg: C.GenRecConfig) -> int:
@@ -323,6 +380,8 @@ def probe(point: Point, caps: DeviceCaps | None = None) -> str | None:
     fp16 LSTM kernel on this kind of CPU, for one ("could not create a primitive descriptor
     for the LSTM forward propagation primitive"), and whether it has one depends on the ISA.
     Out-of-memory never comes from a 2 x 4 step, so every failure is the device's."""
+    if point.distributed:  # its failures are its own (bench/launch/dist.py says which rank)
+        return None
     tiny = Point(**{**point.to_dict(), **PROBE_SHAPE, "compile": False})
     try:
         caps = caps or device_caps(tiny.framework, tiny.device)

@@ -36,6 +36,14 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
                                       # KIND:all = JAX data parallel over every such device
     compile = [false]                 # optional; torch.compile (jax always jits)
     optimizer = ["adam"]              # optional, default ["adam"]     (adam | sgd)
+    parallel = ["dp"]                 # optional, default ["none"] (one process); dp (DDP /
+                                      # jax.distributed Mesh) | fsdp (FSDP2): ranks by torchrun
+    world_size = [1, 2]               # optional, default [1]; ranks, one device each
+    nodes = [1]                       # optional, default [1]; hosts the ranks span
+    sharding = ["dense", "row-wise"]  # optional, default ["dense"]; item table: dense |
+                                      # row-wise | table-wise (TorchRec; JAX NamedSharding)
+    scaling = ["strong", "weak"]      # optional, default ["strong"]; batch_size is the global
+                                      # batch (strong) or each rank's (weak)
 
     [[serve]]               # optional; LoadGen serving points (bench/suites/serve_grid.py)
 
@@ -111,6 +119,8 @@ _AXIS_DEFAULTS: dict[str, list[Any]] = {
     "block": ["sasrec"], "loss": ["bce"], "n_neg": [None], "catalog_size": [None],
     "seq_len": [None], "device": ["auto"], "compile": [False], "optimizer": ["adam"],
     "n_candidates": [2048], "gen_steps": [4], "beam_width": [16],
+    "world_size": [1], "nodes": [1], "parallel": ["none"], "sharding": ["dense"],
+    "scaling": ["strong"],
 }
 
 

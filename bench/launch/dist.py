@@ -1,0 +1,247 @@
+"""Launching distributed points with torchrun (``python -m torch.distributed.run``).
+
+A point with ``parallel`` "dp" or "fsdp" runs as ``world_size`` ranks, one device each,
+``world_size / nodes`` per host. The worker that got the point starts torchrun, which starts
+the ranks (bench/launch/rank.py), watches them and, with ``--max-restarts=0``, stops every
+rank as soon as one fails; rank 0 writes the point's one record. JAX points are started the
+same way: torchrun only starts processes and sets RANK / WORLD_SIZE / MASTER_ADDR /
+MASTER_PORT, and JAX's own distributed runtime (jax.distributed) does the rest, its
+coordinator on MASTER_PORT + 1.
+
+Nothing hangs: every collective of a rank times out (the process group's timeout), the
+launcher kills torchrun past the point's limit, and ranks die with their torchrun agent
+(PR_SET_PDEATHSIG). A rank killed mid-step ends the point as ``crashed`` and the sweep goes
+on.
+
+Multi-node: run the same ``recbench run`` on every host with ``--nnodes N --node-rank R
+--rdzv-endpoint HOST:PORT`` (HOST reachable from all, PORT and PORT + 1 free on it); the
+runner passes them here in RECBENCH_RDZV. Node 0 writes the records of multi-node points;
+the other nodes take part in them and write none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.point import Measure, Point, device_kind
+from recmodels.errors import InputError
+
+RDZV_ENV = "RECBENCH_RDZV"  # "NNODES,NODE_RANK,HOST:PORT", set by `recbench run --nnodes ...`
+KILL_GRACE_S = 10.0  # the launcher's limit is the point's less this, so it reports first
+LOG_TAIL_CHARS = 1500
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the ranks of a multi-node point meet: ``nnodes`` hosts, this one ``node_rank``,
+    torch's TCP store at ``host:port`` (JAX's coordinator at ``port + 1``)."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: a free local port per point (one host)
+
+    @classmethod
+    def parse(cls, nnodes: int, node_rank: int, endpoint: str | None) -> Rendezvous:
+        """From ``recbench run --nnodes --node-rank --rdzv-endpoint``; InputError when bad."""
+        if nnodes < 1 or not 0 <= node_rank < nnodes:
+            raise InputError(f"--node-rank {node_rank} must be in 0..{nnodes - 1} "
+                             f"for --nnodes {nnodes}")
+        if nnodes == 1:
+            return cls()
+        m = re.fullmatch(r"\[?([^\s\]]+?)\]?:(\d{1,5})", endpoint or "")
+        if not m or not 0 < int(m.group(2)) < 65535:
+            raise InputError(f"--rdzv-endpoint {endpoint!r}: write HOST:PORT (the same on "
+                             f"every node; PORT and PORT+1 free on HOST) for --nnodes {nnodes}")
+        return cls(nnodes, node_rank, m.group(1), int(m.group(2)))
+
+    def to_env(self) -> str:
+        return f"{self.nnodes},{self.node_rank},{self.host}:{self.port or 0}"
+
+    @classmethod
+    def from_env(cls, text: str | None = None) -> Rendezvous:
+        text = os.environ.get(RDZV_ENV, "") if text is None else text
+        if not text:
+            return cls()
+        nnodes, node_rank, endpoint = text.split(",", 2)
+        host, _, port = endpoint.rpartition(":")
+        return cls(int(nnodes), int(node_rank), host, int(port) or None)
+
+
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """A port P with P and P + 1 free on ``host`` now (torch's store, JAX's coordinator)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind((host, 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind((host, port + 1))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no two consecutive free ports found")
+
+
+def torchrun_argv(entry: list[str], *, nproc_per_node: int, rdzv: Rendezvous,
+                  port: int) -> list[str]:
+    """torchrun's command line for ``entry`` (``["-m", module, args...]``)."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={rdzv.nnodes}",
+            f"--nproc-per-node={nproc_per_node}", f"--node-rank={rdzv.node_rank}",
+            f"--master-addr={rdzv.host}", f"--master-port={port}", "--max-restarts=0",
+            "--monitor-interval=0.5", *entry]
+
+
+def rank_env(point: Point, nproc_per_node: int) -> dict[str, str]:
+    """The ranks' environment: on CPU the host's cores split evenly between its ranks (so a
+    1-rank baseline gets them all, as a one-process point does), not torchrun's default of
+    one thread each."""
+    env = {**os.environ}
+    if device_kind(point.device) == "cpu":
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // nproc_per_node))
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env.pop("RECBENCH_PARENT_PID", None)  # a rank's parent is its torchrun agent
+    return env
+
+
+def _die_with_parent() -> None:  # preexec: torchrun ends when the worker that started it does
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def failure_summary(log: str) -> str:
+    """What torchrun says failed, in one line: the root-cause rank and how it ended."""
+    text = log[log.find("Root Cause"):] if "Root Cause" in log else log
+    rank = re.search(r"rank\s*:\s*(\d+)", text)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", text)
+    if not (rank and code):
+        return "torchrun reported a failure it did not attribute to a rank"
+    value = int(code.group(1))
+    if value < 0:
+        try:
+            how = f"killed by signal {signal.Signals(-value).name}"
+        except ValueError:
+            how = f"killed by signal {-value}"
+    else:
+        how = f"exited with status {value}"
+    return f"rank {rank.group(1)} {how}"
+
+
+def launch_point(point: Point, measure: Measure, *, rdzv: Rendezvous | None = None,
+                 timeout_s: float | None = None) -> dict[str, Any]:
+    """Run ``point`` as its ranks and return its reply (the worker's reply shape: status,
+    reason, metrics, samples_ms, extra). Never raises for the point's own failures."""
+    rdzv = rdzv or Rendezvous.from_env()
+    if point.nodes != rdzv.nnodes:
+        return {"status": "unsupported", "reason": (
+            f"a {point.nodes}-node point needs `recbench run --nnodes {point.nodes} --node-rank "
+            f"R --rdzv-endpoint HOST:PORT` on each of its nodes; this run has "
+            f"{rdzv.nnodes} node(s)")}
+    nproc = point.world_size // point.nodes
+    limit = max(1.0, (timeout_s or measure.timeout_s) - KILL_GRACE_S)
+    port = rdzv.port or free_port_pair(rdzv.host)
+    with tempfile.TemporaryDirectory(prefix="recbench-ranks-") as tmp, \
+            tempfile.TemporaryFile(mode="w+b") as log:
+        out = Path(tmp)
+        entry = ["-m", "bench.launch.rank", "--point", json.dumps(point.to_dict()),
+                 "--measure", json.dumps(measure.__dict__), "--out", str(out)]
+        proc = subprocess.Popen(torchrun_argv(entry, nproc_per_node=nproc, rdzv=rdzv, port=port),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=rank_env(point, nproc), preexec_fn=_die_with_parent)
+        try:
+            rc = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # torchrun stops its ranks on SIGTERM
+            try:
+                proc.wait(timeout=KILL_GRACE_S / 2)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # its ranks follow (PR_SET_PDEATHSIG)
+                proc.wait()
+            return {"status": "timeout", "reason": (
+                f"{point.world_size} ranks gave no result within {limit:g} s (the point's "
+                "limit less a grace); torchrun and its ranks stopped")}
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+        if rc == 0 and (out / "rank0.json").is_file():
+            return json.loads((out / "rank0.json").read_text(encoding="utf-8"))
+        if rc == 0 and rdzv.node_rank != 0:
+            return {"status": "remote", "reason": "measured and written by node 0"}
+        own = sorted(out.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
+        for path in own:  # a rank that failed on its own and said why
+            reply = json.loads(path.read_text(encoding="utf-8"))
+            if reply.get("status") != "ok":
+                reply["reason"] = f"rank {path.stem[4:]}: {reply.get('reason')}"
+                return reply
+        tail = text[-LOG_TAIL_CHARS:].strip()
+        return {"status": "crashed",
+                "reason": f"{failure_summary(text)} (torchrun exited with status {rc}); "
+                          f"torchrun's log ends: {tail}",
+                "extra": {"exit_status": rc}}
+
+
+INTERCONNECT_TIMEOUT_S = 300.0
+
+
+def interconnect_jobs(points: list[Point]) -> dict[tuple[str, str], int]:
+    """(framework, device kind) -> ranks on one host, for the suite's multi-rank points: the
+    interconnect roof is measured where and how those points communicate."""
+    jobs: dict[tuple[str, str], int] = {}
+    for p in points:
+        if p.distributed and p.world_size > 1:
+            key = (p.framework, device_kind(p.device))
+            jobs[key] = max(jobs.get(key, 0), p.world_size // p.nodes)
+    return jobs
+
+
+def measure_interconnect(points: list[Point], *, timeout_s: float = INTERCONNECT_TIMEOUT_S,
+                         log=print) -> dict[str, Any]:
+    """The interconnect roof (bench/machine/interconnect.py: all-reduce and all-to-all bus
+    bandwidth over message sizes) for each framework and device kind the suite's multi-rank
+    points use, with as many local ranks as the largest of them, through the same backend
+    (torch: gloo on CPU, NCCL on GPUs; JAX: its distributed runtime). Keys
+    "<framework>/<kind>/<ranks>"; a measurement that fails is {"reason": ...}."""
+    from bench.machine.interconnect import launch_argv
+
+    found: dict[str, Any] = {}
+    for (framework, kind), nproc in sorted(interconnect_jobs(points).items()):
+        key = f"{framework}/{kind}/{nproc}"
+        log(f"measuring the interconnect roof ({framework}, {nproc} ranks on {kind}) ...")
+        with tempfile.TemporaryDirectory(prefix="recbench-busbw-") as tmp, \
+                tempfile.TemporaryFile(mode="w+b") as log_file:
+            out = Path(tmp) / "busbw.json"
+            argv = launch_argv(framework, nproc, free_port_pair(), out)
+            probe = Point(framework=framework, workload="train", preset="tiny", batch_size=nproc,
+                          precision="fp32", device=kind, parallel="dp", world_size=nproc)
+            try:
+                rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                    stderr=subprocess.STDOUT, env=rank_env(probe, nproc),
+                                    preexec_fn=_die_with_parent, timeout=timeout_s).returncode
+            except subprocess.TimeoutExpired:
+                found[key] = {"reason": f"no result within {timeout_s:g} s"}
+                continue
+            if rc == 0 and out.is_file():
+                found[key] = json.loads(out.read_text(encoding="utf-8"))
+            else:
+                log_file.seek(0)
+                text = log_file.read().decode(errors="replace")
+                found[key] = {"reason": f"{failure_summary(text)}: {text[-300:].strip()}"}
+                log(f"interconnect roof {key} could not be measured ({found[key]['reason']})")
+    return found
