@@ -101,8 +101,10 @@ def distributed_reason(point: Point, caps: DeviceCaps) -> str | None:
     if point.workload != "train":
         return (f"scale-out points measure the train step; {point.workload} runs on one "
                 "device (parallel = 'none')")
-    if point.precision == "int8" or point.compile:
-        return "distributed points run eager (torch) or jitted (JAX) in fp32/tf32/bf16/fp16"
+    if point.precision == "int8":
+        return "int8 is dynamic quantisation for CPU inference; scale-out points train"
+    if point.compile:
+        return "distributed torch points run eager here (torch.compile is not applied to them)"
     if point.global_batch % point.world_size:
         return (f"global batch {point.global_batch} does not split evenly over "
                 f"{point.world_size} ranks")
