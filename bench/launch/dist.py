@@ -127,6 +127,34 @@ def _die_with_parent() -> None:  # preexec: torchrun ends when the worker that s
         ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def ranks_reason(point: Point) -> str | None:
+    """Why this host cannot hold the point's ranks (one device each), or None: a GPU per
+    rank, a core per CPU rank."""
+    per_host, kind = point.world_size // point.nodes, device_kind(point.device)
+    if kind == "cuda":
+        if point.framework == "torch":
+            import torch
+
+            have = torch.cuda.device_count()
+        else:
+            import jax
+
+            have = len(jax.local_devices(backend="gpu")) if jax.default_backend() == "gpu" else 0
+        what = "GPUs"
+    elif kind == "cpu":
+        try:
+            have = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            have = os.cpu_count() or 1
+        what = "cores"
+    else:
+        return f"{kind} points run in one process here (torchrun starts CPU and CUDA ranks)"
+    if per_host > have:
+        return (f"{per_host} ranks per host need {per_host} {what}, one each; this host has "
+                f"{have}")
+    return None
+
+
 def failure_summary(log: str) -> str:
     """What torchrun says failed, in one line: the root-cause rank and how it ended."""
     text = log[log.find("Root Cause"):] if "Root Cause" in log else log

@@ -146,10 +146,10 @@ def measure_point(point: Point, measure: Measure,
     from bench.scenarios.step import DeviceCaps, Unsupported, build, support_reason
 
     if point.distributed:  # its ranks are torchrun's (bench/launch/dist.py)
-        from bench.launch.dist import launch_point
+        from bench.launch.dist import launch_point, ranks_reason
 
         reason = support_reason(point, DeviceCaps(device_kind(point.device),
-                                                  count=point.world_size))
+                                                  count=point.world_size)) or ranks_reason(point)
         if reason:
             return {"status": "unsupported", "reason": reason}
         return launch_point(point, measure)
