@@ -1,0 +1,367 @@
+"""GenRec in PyTorch, scale-out: DDP, FSDP2 and a TorchRec-sharded item table, under torchrun.
+
+One process per device, started by torchrun (its env: RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT). Every rank holds B/W rows of a global batch of B rows.
+
+- parallel="ddp", sharding="dense": the whole GenRec under DistributedDataParallel
+  (https://pytorch.org/docs/stable/notes/ddp.html).
+- parallel="fsdp2", sharding="dense": `fully_shard` on every block (or the LSTM), then on the
+  root (https://pytorch.org/docs/stable/distributed.fsdp.fully_shard.html).
+- sharding="row-wise" | "table-wise": the item table is a TorchRec EmbeddingCollection sharded by
+  DistributedModelParallel with that sharding type forced through ParameterConstraints; the
+  rest (pos_emb, blocks, ln_f) is data parallel (DMP wraps it in DDP)
+  (https://pytorch.org/torchrec/concepts.html). The table's optimizer is FBGEMM's, fused into
+  the backward: it updates only the rows a batch looks up (see TABLE_OPTIMIZERS).
+
+Loss normalisation: rank r's loss is W * (sum of its per-position losses) / N, N the
+all-reduced number of targets (pos != 0) of the global batch. DDP, FSDP2's reduce-scatter and
+TorchRec's embedding all-to-all backward (comm_ops.GRADIENT_DIVISION, on by default) all
+average gradients over the W ranks, so every gradient is that of the global batch's mean loss,
+whatever padding each rank holds: the 1-process Engine's gradient, up to summation order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from recmodels.config import GenRecConfig
+from recmodels.errors import InputError
+from recmodels.torch.blocks import DTYPES, attention_mask
+from recmodels.torch.engine import make_optimizer, set_matmul_precision
+from recmodels.torch.losses import LOSSES
+from recmodels.torch.model import GenRec, attention_norm, positions, relative
+
+PARALLELS = ("ddp", "fsdp2")
+SHARDINGS = ("dense", "row-wise", "table-wise")
+OPTIMIZERS = ("adam", "sgd")
+TABLE = "item_emb"  # the TorchRec table's name ("items" would shadow ModuleDict.items)
+TABLE_KEY = f"ec.embeddings.{TABLE}.weight"  # its state_dict key; Engine's is item_emb.weight
+FEATURES = ("seq", "pos", "neg")  # three features of the one table: tied input and output
+TABLE_OPTIMIZERS = {
+    "dense": "dense {opt} (torch.optim; every row, every step)",
+    "sgd": "FBGEMM fused EXACT_SGD in backward (only rows the batch touches; equals dense SGD)",
+    "adam": "FBGEMM fused ADAM in backward, betas (0.9, 0.98), eps 1e-8 (row-wise lazy: only "
+            "rows the batch touches update their moments and weights; bias correction by the "
+            "table's step count), so untouched rows differ from dense Adam",
+}
+
+
+def init_process_group(timeout_s: float = 300.0) -> tuple[int, int]:
+    """Join torchrun's process group: gloo on CPU; NCCL when CUDA is available, with
+    cuda:LOCAL_RANK made the current device. Every collective times out after timeout_s.
+    Idempotent. Returns (rank, world_size). Raises RuntimeError outside torchrun."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"no torchrun environment ({', '.join(missing)} unset): start the "
+                           "program with `torchrun --nproc-per-node N ...`")
+    kw = {}
+    if torch.cuda.is_available():
+        kw["device_id"] = torch.device(local_device("cuda"))
+        torch.cuda.set_device(kw["device_id"])
+    dist.init_process_group("nccl" if kw else "gloo", timeout=timedelta(seconds=timeout_s), **kw)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def local_device(kind: str) -> str:
+    """This process's device: "cpu", or f"cuda:{LOCAL_RANK}" (one GPU per process)."""
+    if kind == "cpu":
+        return "cpu"
+    if kind == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    raise InputError(f"no distributed engine for device kind {kind!r}: choose cpu or cuda")
+
+
+def support_reason(parallel: str, sharding: str, cfg: GenRecConfig, device_kind: str,
+                   optimizer: str) -> str | None:
+    """Why this combination cannot run here, or None when it can."""
+    for name, value, known in (("parallel", parallel, PARALLELS), ("sharding", sharding,
+                               SHARDINGS), ("optimizer", optimizer, OPTIMIZERS),
+                               ("device", device_kind, ("cpu", "cuda"))):
+        if value not in known:
+            return f"unknown {name} {value!r}: choose one of {', '.join(known)}"
+    if device_kind == "cpu" and torch.cuda.is_available():
+        return "on a CUDA machine the process group is NCCL, which cannot reduce CPU tensors"
+    if device_kind == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device on this machine"
+    if sharding == "dense":
+        return None
+    if parallel == "fsdp2":
+        return ("FSDP2 for the dense part next to a TorchRec-sharded table is not wired "
+                "(DMP's data-parallel wrapper here is DDP)")
+    if cfg.loss == "full_softmax":
+        return ("full_softmax scores every item (h . E^T over the whole table), which a "
+                "sharded table only serves as per-id lookups; use bce or sampled_softmax")
+    if cfg.d_model % 4:
+        return (f"FBGEMM's table kernels need a width divisible by 4 (d_model {cfg.d_model}); "
+                "set d_model=48 or 52, say")
+    if cfg.param_dtype != "fp32":
+        return "the TorchRec table is kept in fp32 here (param_dtype must be fp32)"
+    if cfg.compute_dtype == "fp16":
+        return ("fp16 needs loss scaling, and the table's optimizer runs inside backward, "
+                "before a GradScaler could unscale or skip it")
+    if optimizer == "adam" and device_kind == "cpu":
+        return ("FBGEMM's CPU embedding kernels have no fused Adam (EXACT_SGD, EXACT_ADAGRAD, "
+                "EXACT_ROWWISE_ADAGRAD only); use optimizer=sgd or a GPU")
+    return None
+
+
+def _trunk(m: nn.Module, seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """GenRec.forward after the item lookup: [B, T] ids and their [B, T, d] table rows (zero
+    at padding) -> [B, T, d] hidden states. Mirrors GenRec.embed and GenRec.forward."""
+    cfg = m.cfg
+    valid = (seq != 0).unsqueeze(-1)
+    x = items * math.sqrt(cfg.d_model)
+    if cfg.block == "lstm":
+        x, _ = m.lstm(m.drop(x) * valid)
+    else:
+        pos = positions(seq, cfg)
+        x, mask, rel = m.drop(x + m.pos_emb(pos)) * valid, attention_mask(seq), relative(pos, pos)
+        norm = attention_norm(cfg, seq.shape[1])
+        for blk in m.blocks:
+            x, _ = blk(x, mask, rel, norm)
+    return m.ln_f(x)
+
+
+class _DenseLoss(GenRec):
+    """GenRec whose forward is the summed loss, so DDP and FSDP2 see every use of the tied
+    table inside one forward. Same parameters and state_dict keys as GenRec."""
+
+    def forward(self, seq, pos, neg):
+        """[B, T], [B, T], [B, T, R] ids -> sum over targets (pos != 0) of the loss."""
+        per_pos = LOSSES[self.cfg.loss](super().forward(seq), self.item_emb.weight, pos, neg,
+                                        self.cfg)
+        return torch.where(pos != 0, per_pos, 0.0).sum()
+
+
+class _TableLoss(nn.Module):
+    """GenRec with the item table as a TorchRec EmbeddingCollection (on the meta device until
+    DMP shards it) and GenRec's other modules, under their own names."""
+
+    def __init__(self, base: GenRec):
+        super().__init__()
+        from torchrec import EmbeddingCollection, EmbeddingConfig
+
+        self.cfg = cfg = base.cfg
+        self.ec = EmbeddingCollection(device=torch.device("meta"), tables=[EmbeddingConfig(
+            name=TABLE, embedding_dim=cfg.d_model, num_embeddings=cfg.catalog_size + 1,
+            feature_names=list(FEATURES))])
+        for name, child in base.named_children():
+            if name != "item_emb":
+                self.add_module(name, child)
+
+    def forward(self, seq, pos, neg):
+        """As _DenseLoss. Only real ids are looked up: seq's non-padding ids, and pos and neg
+        at target positions, so padding sends no gradient (nor a lazy Adam touch) to any row.
+        The loss then runs on the n targets with a table of their 1 + R looked-up rows."""
+        from torchrec import KeyedJaggedTensor
+
+        valid, target, r = seq != 0, pos != 0, neg.shape[-1]
+        kjt = KeyedJaggedTensor(
+            keys=list(FEATURES),
+            values=torch.cat([seq[valid], pos[target], neg[target].reshape(-1)]),
+            lengths=torch.cat([valid.sum(1), target.sum(1), target.sum(1) * r]))
+        rows = self.ec(kjt)  # feature -> JaggedTensor, values [ids, d]
+        items = torch.zeros(*seq.shape, self.cfg.d_model, device=seq.device)
+        items[valid] = rows["seq"].values()
+        h = _trunk(self, seq, items)[target][None]  # [1, n, d]
+        table = torch.cat([rows["pos"].values(), rows["neg"].values()])  # [n + n R, d]
+        n = rows["pos"].values().shape[0]
+        idx = torch.arange(n * (1 + r), device=seq.device)
+        return LOSSES[self.cfg.loss](h, table, idx[None, :n],
+                                     idx[n:].view(1, n, r), self.cfg).sum()
+
+
+class DistEngine:
+    """Engine's training API on W processes: train a step on a global batch, save/load full
+    weights. Construct it on every rank (it joins torchrun's process group).
+
+    Raises InputError when support_reason names a reason. With dropout 0, a step on the
+    global batch equals Engine's step on the whole batch (fp32: summation order aside), for
+    DDP and FSDP2 with either optimizer and for TorchRec with sgd; TorchRec's fused Adam is
+    lazy (table_optimizer).
+    """
+
+    framework = "torch"
+
+    def __init__(self, cfg: GenRecConfig, *, parallel: str = "ddp", sharding: str = "dense",
+                 seed: int = 0, optimizer: str = "adam", lr: float = 1e-3, device: str = "cpu",
+                 matmul_precision: str = "highest"):
+        self.rank, self.world = init_process_group()
+        kind = torch.device(device).type
+        reason = support_reason(parallel, sharding, cfg, kind, optimizer)
+        if reason:
+            raise InputError(f"{parallel}/{sharding}/{optimizer} on {kind}: {reason}")
+        self.cfg, self.parallel, self.sharding, self.seed = cfg, parallel, sharding, seed
+        self.optimizer, self.lr = optimizer, lr
+        self.device = torch.device(local_device(kind) if device == "cuda" else device)
+        set_matmul_precision(matmul_precision)
+        mixed = cfg.compute_dtype != cfg.param_dtype
+        self.autocast_dtype = DTYPES[cfg.compute_dtype] if mixed else None
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if mixed and cfg.compute_dtype == "fp16" else None)
+        self.table_optimizer = TABLE_OPTIMIZERS[optimizer if sharding != "dense" else "dense"]
+        self.table_optimizer = self.table_optimizer.format(opt={"adam": "Adam",
+                                                                "sgd": "SGD"}[optimizer])
+        if parallel == "ddp" and sharding == "dense":
+            self.no_comm = self._no_comm  # only DDP has a compute-only twin (no_sync)
+        self._comm = True
+        self._build(None)
+
+    def _build(self, tensors: dict[str, np.ndarray] | None) -> None:
+        """Seeded init as Engine's (or `tensors`), then shard; a fresh optimizer."""
+        torch.manual_seed(self.seed)
+        dtype = DTYPES[self.cfg.param_dtype]
+        base = (_DenseLoss if self.sharding == "dense" else GenRec)(self.cfg).to(dtype=dtype)
+        if tensors is not None:
+            own = base.state_dict()
+            base.load_state_dict({k: torch.tensor(np.asarray(v), dtype=own[k].dtype)
+                                  for k, v in tensors.items()})
+        cuda_ids = [self.device] if self.device.type == "cuda" else None
+        if self.sharding == "dense":
+            self.model = base.to(self.device)
+            if self.parallel == "ddp":
+                self.wrapped = nn.parallel.DistributedDataParallel(self.model,
+                                                                   device_ids=cuda_ids)
+            else:
+                from torch.distributed.fsdp import fully_shard
+
+                for module in (self.model.lstm,) if self.cfg.block == "lstm" else \
+                        self.model.blocks:
+                    fully_shard(module)
+                self.wrapped = fully_shard(self.model)
+            self.opt = make_optimizer(self.model, self.optimizer, self.lr)
+        else:
+            self._shard_table(base)
+        # Each rank's dropout masks from its own stream (the init above is the same on all).
+        torch.manual_seed(self.seed + 1 + self.rank)
+
+    def _shard_table(self, base: GenRec) -> None:
+        """DMP over _TableLoss: the plan forces the sharding type and the fused kernel; the
+        full table is then loaded, each rank keeping its shard (TorchRec slices it)."""
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from torchrec.distributed.embedding import EmbeddingCollectionSharder
+        from torchrec.distributed.model_parallel import DistributedModelParallel
+        from torchrec.distributed.planner import (
+            EmbeddingShardingPlanner,
+            ParameterConstraints,
+            Topology,
+        )
+
+        fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": self.lr}
+        if self.optimizer == "adam":
+            fused.update(optimizer=EmbOptimType.ADAM, beta1=0.9, beta2=0.98, eps=1e-8)
+        sharders = [EmbeddingCollectionSharder(fused_params=fused)]
+        constraints = {TABLE: ParameterConstraints(
+            sharding_types=[self.sharding.replace("-", "_")], compute_kernels=["fused"])}
+        planner = EmbeddingShardingPlanner(constraints=constraints, topology=Topology(
+            world_size=self.world, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                       self.world)),
+            compute_device=self.device.type))
+        module = _TableLoss(base)
+        plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
+        self.wrapped = DistributedModelParallel(module, device=self.device, plan=plan,
+                                                sharders=sharders)
+        self.wrapped.load_state_dict({TABLE_KEY: base.item_emb.weight.detach()}, strict=False)
+        dense = [p for k, p in self.wrapped.named_parameters() if not k.startswith("ec.")]
+        self.model = self.wrapped.module
+        self.opt = make_optimizer(nn.ParameterList(dense), self.optimizer, self.lr)
+
+    def put(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """This rank's rows of a global batch ("seq" [B, T], "pos" [B, T], "neg" [B, T, R]):
+        rows rank*B/W to (rank+1)*B/W, on this rank's device. Raises InputError unless W
+        divides B."""
+        b = len(next(iter(batch.values())))
+        if b % self.world:
+            raise InputError(f"a global batch of {b} rows does not split evenly over "
+                             f"{self.world} ranks")
+        rows = slice(self.rank * b // self.world, (self.rank + 1) * b // self.world)
+        return {k: torch.from_numpy(np.asarray(v[rows], dtype=np.int64)).to(self.device)
+                for k, v in batch.items()}
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """One step on the global batch (numpy: the global batch; tensors: put's rows) ->
+        the global batch's mean loss (detached, on the device, unsynchronised)."""
+        self.wrapped.train()
+        if isinstance(next(iter(batch.values())), np.ndarray):
+            batch = self.put(batch)
+        n = (batch["pos"] != 0).sum()
+        work = dist.all_reduce(n, async_op=True) if self._comm else None
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            local_sum = self.wrapped(batch["seq"], batch["pos"], batch["neg"])
+        if work is not None:
+            work.wait()
+        else:
+            n = n * self.world  # compute-only twin: this rank's count stands for each rank's
+        loss = local_sum * (self.world / n.clamp(min=1))
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        total = loss.detach()
+        if self._comm:
+            dist.all_reduce(total)
+        return total / self.world
+
+    @contextlib.contextmanager
+    def _no_comm(self):
+        """Steps without any collective (DDP.no_sync, no count or loss all-reduce): the
+        compute-only twin of a step, for timing. Ranks' weights then drift apart."""
+        self._comm = False
+        try:
+            with self.wrapped.no_sync():
+                yield
+        finally:
+            self._comm = True
+
+    def sync(self, value=None):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return value
+
+    def all_finite(self) -> bool:
+        """Whether every parameter on every rank is finite (one all-reduce)."""
+        local = [p.to_local() if hasattr(p, "to_local") else p
+                 for p in self.wrapped.parameters()]
+        ok = torch.stack([torch.isfinite(p).all() for p in local]).all().to(torch.int32)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Full parameters under Engine's keys, as fp32 numpy arrays, on every rank (a
+        collective: call it on all ranks). Shards are gathered with FSDP2's full_tensor or
+        TorchRec's ShardedTensor.gather to rank 0 and a broadcast."""
+        out = {}
+        for k, v in self.wrapped.state_dict().items():
+            if k.startswith("module."):  # DDP's prefix
+                k = k[len("module."):]
+            if hasattr(v, "full_tensor"):  # FSDP2's DTensor
+                v = v.full_tensor()
+            elif hasattr(v, "local_shards"):  # TorchRec's ShardedTensor
+                full = torch.empty(v.size(), dtype=v.dtype, device=self.device)
+                v.gather(dst=0, out=full if self.rank == 0 else None)
+                dist.broadcast(full, 0)
+                k, v = "item_emb.weight", full
+            out[k] = v.detach().float().cpu().numpy().copy()
+        return out
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray]) -> None:
+        """Full tensors under Engine's keys (the same on every rank); each rank keeps its
+        shard. Rebuilds the sharded model, so every optimizer state starts fresh (the fused
+        table optimizer's too). Raises RuntimeError on missing or unexpected keys."""
+        self._build(tensors)

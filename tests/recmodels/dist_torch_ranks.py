@@ -1,0 +1,84 @@
+"""What every rank runs for tests/recmodels/test_torch_distributed.py, under torchrun:
+
+    python -m torch.distributed.run --nproc-per-node W dist_torch_ranks.py OUT_DIR CASES_JSON
+
+Each case (a JSON object: name, preset, parallel, sharding, optimizer, lr, and config fields
+in "cfg") loads OUT_DIR/<name>.safetensors, trains STEPS steps on the global batch of
+`global_batch(cfg)` and writes, from every rank, OUT_DIR/<name>.rank<r>.npz: the loss of each
+step, the full parameters after them, and the largest difference between the loaded file and
+state_dict() right after loading. numpy's npz, written with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from recmodels import weights
+from recmodels.config import preset
+
+STEPS = 3
+BATCH = 8  # global rows; 2 ranks hold 4 each
+
+
+def case_config(case: dict):
+    return preset(case["preset"], catalog_size=200, seq_len=8, dropout=0.0,
+                  **case.get("cfg", {}))
+
+
+def global_batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:
+    """BATCH rows, left-padded: the first half (rank 0 of 2) keeps 1-3 items of seq_len, the
+    second half (rank 1) 6-8, so per-rank target counts differ (a per-rank mean would weight
+    rank 0's few targets as much as rank 1's many). Negatives in 1..C at targets, 0 elsewhere."""
+    rng = np.random.default_rng(seed)
+    t, c, half = cfg.seq_len, cfg.catalog_size, BATCH // 2
+    lengths = np.concatenate([rng.integers(1, 4, half), rng.integers(t - 2, t + 1, half)])
+    seq = rng.integers(1, c + 1, (BATCH, t))
+    seq[np.arange(t)[None, :] < (t - lengths)[:, None]] = 0
+    pos = np.roll(seq, -1, axis=1)
+    pos[:, -1] = rng.integers(1, c + 1, BATCH)
+    pos[seq == 0] = 0
+    neg = rng.integers(1, c + 1, (BATCH, t, cfg.n_neg))
+    neg[pos == 0] = 0
+    return {"seq": seq, "pos": pos, "neg": neg}
+
+
+def run_case(case: dict, out: Path) -> None:
+    from recmodels.torch.distributed import DistEngine
+
+    cfg = case_config(case)
+    tensors, _ = weights.load(out / f"{case['name']}.safetensors")
+    engine = DistEngine(cfg, parallel=case["parallel"], sharding=case["sharding"],
+                        optimizer=case["optimizer"], lr=case["lr"], seed=1 + engine_seed(case))
+    engine.load_state_dict(tensors)
+    loaded = engine.state_dict()
+    init_diff = max(float(np.abs(loaded[k] - tensors[k]).max()) for k in tensors)
+    batch = global_batch(cfg)
+    losses = [float(engine.train_step(batch)) for _ in range(STEPS)]
+    result = {f"param/{k}": v for k, v in engine.state_dict().items()}
+    result.update(loss=np.array(losses), init_diff=np.array(init_diff),
+                  keys_match=np.array(sorted(loaded) == sorted(tensors)),
+                  all_finite=np.array(engine.all_finite()),
+                  table_optimizer=np.array(engine.table_optimizer))
+    np.savez(out / f"{case['name']}.rank{engine.rank}.npz", allow_pickle=False, **result)
+
+
+def engine_seed(case: dict) -> int:
+    """A seed unlike the weights file's, so the test sees load_state_dict take effect."""
+    return len(case["name"])
+
+
+def main(argv: list[str]) -> None:
+    out, cases = Path(argv[0]), json.loads(argv[1])
+    from recmodels.torch.distributed import init_process_group
+
+    init_process_group(timeout_s=120.0)
+    for case in cases:
+        run_case(case, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
