@@ -151,6 +151,8 @@ def interconnect_figure(items: Sequence[tuple[str, str, Mapping[str, Any]]]) -> 
     for i, (source, _key, result) in enumerate(items):
         color = COLORS[i % len(COLORS)]
         for op, rows in result["ops"].items():
+            if not isinstance(rows, list):  # {"unsupported": why}
+                continue
             rows = [r for r in rows if isinstance(r, Mapping) and r.get("busbw_bytes_per_s")]
             if not rows:
                 continue

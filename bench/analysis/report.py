@@ -46,6 +46,7 @@ from bench.analysis.plotdata import (
     varying_fields,
 )
 from bench.analysis.plots import DPI, default_out_dir, iter_figures
+from bench.analysis.report_scale import scale_section
 from bench.point import device_kind
 from bench.results import STATUSES, ResultsFile
 from recmodels.config import human
@@ -361,12 +362,14 @@ def build_report(files: Sequence[Any]) -> str:
         section("environment", "Environment", env_section(files)),
         section("roofs", "Measured roofs", roofs_section(files)),
         section("summary", "Summary", summary_section(files, items)),
+        section("scale-out", "Scale-out", scale_section(files, items)),
         section("figures", "Figures", figures_section(files)),
     ]
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("reference", "reference points"), ("missing", "missing"), ("status", "statuses"),
         ("environment", "environment"),
-        ("roofs", "roofs"), ("summary", "summary"), ("figures", "figures")))
+        ("roofs", "roofs"), ("summary", "summary"), ("scale-out", "scale-out"),
+        ("figures", "figures")))
     title = "recbench report: " + ", ".join(dict.fromkeys(source_names(files)))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n"

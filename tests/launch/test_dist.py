@@ -233,7 +233,7 @@ BUSBW = {"torch/cpu/2": {
     "transport": "loopback (one host)",
     "ops": {"all_reduce": [{"bytes": 4096, "busbw_bytes_per_s": 1e7},
                            {"bytes": 65536, "busbw_bytes_per_s": 1e8}],
-            "all_to_all": [{"bytes": 4096, "unsupported": "no"}]}}}
+            "all_to_all": {"unsupported": "gloo has no all_to_all here"}}}}
 
 
 def test_scale_figures_from_records(tmp_path):
@@ -261,3 +261,26 @@ def test_no_scale_figures_without_distributed_points(tmp_path):
                 precision="fp32", device="cpu")
     f = load(_results(tmp_path, [_rec(one, 10.0)]))
     assert list(iter_scale_figures(entries([f]), [f])) == []
+
+
+def test_report_scale_section(tmp_path):
+    from bench.analysis.report import build_report
+    from bench.analysis.report_scale import shards_needed
+
+    env_header = {"machine_id": "box", "ram_bytes": 2**34, "gpus": []}
+    header = RunHeader("r-2", "hand", "2026-12-01T00:00:00Z", env_header, {},
+                       extra={"interconnect": {**BUSBW, "jax/cpu/2": {"reason": "timed out"}}})
+    recs = [_rec(dist_point(world_size=1), 100.0),
+            _rec(dist_point(), 150.0, scaling_efficiency=0.75, comm_share=0.2, speedup=1.5)]
+    with ResultsWriter.create(tmp_path, "box", header.run_id, header) as w:
+        for r in recs:
+            w.write(r)
+    page = build_report([w.path])
+    assert "Scale-out" in page and "75%" in page and "20%" in page
+    assert "not measured: timed out" in page and "all-reduce" in page
+    assert "Catalogs that need a sharded item table" in page
+    # 16 GiB of host RAM: tiny fits at 100k items; a billion-row Adam table needs shards
+    p = dist_point(world_size=1, parallel="none")
+    assert shards_needed(Point.from_dict({**p.to_dict(), "catalog_size": 10**5}), 2**34) == 1
+    k = shards_needed(Point.from_dict({**p.to_dict(), "catalog_size": 10**9}), 2**34)
+    assert k is not None and k >= 8
