@@ -11,7 +11,8 @@ memory, an exception) writes ``DIR/rank<N>.json`` with its status and exits 1, w
 torchrun stop the others. A rank ends with its torchrun agent (PR_SET_PDEATHSIG), so nothing
 outlives a killed launcher.
 
-RECBENCH_RANK_FAULT="R:S" (tests): rank R kills itself with SIGKILL at its S-th timed step.
+RECBENCH_RANK_FAULT="[MATCH@]R:S" (tests): rank R kills itself with SIGKILL at its S-th step
+(warm-up included), in every point or in those whose label contains MATCH.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from bench.point import Measure, Point, device_kind
 RANK_FAULT_ENV = "RECBENCH_RANK_FAULT"
 
 
-def _with_fault(step, rank: int):
-    rule = os.environ.get(RANK_FAULT_ENV, "")
+def _with_fault(step, rank: int, label: str):
+    match, _, rule = os.environ.get(RANK_FAULT_ENV, "").rpartition("@")
     who, _, at = rule.partition(":")
+    if match and match not in label:
+        return step
     if not (who.isdigit() and at.isdigit() and int(who) == rank):
         return step
     calls = [0]
@@ -62,7 +65,7 @@ def measure_rank(point: Point, measure: Measure, group: Any) -> dict[str, Any] |
     with meters.HostMemoryMeter() as host:
         workload = build_rank(point, group, caps)
         try:
-            step = _with_fault(workload.step, group.rank)
+            step = _with_fault(workload.step, group.rank, point.label())
             reset_peak, read_peak = workload.peak_fns
             with meters.DeviceMemoryMeter(reset_peak, read_peak) as dev:
                 warm = timer.warmup(step, workload.sync, warmup_iters=measure.warmup_iters)
@@ -72,7 +75,7 @@ def measure_rank(point: Point, measure: Measure, group: Any) -> dict[str, Any] |
                     per_step_ms, measure.min_time_s, measure.min_iters, measure.max_iters,
                     measure.max_time_s)))
                 sampled = timer.sample(step, workload.sync, min_time_s=0.0, min_iters=n,
-                                       max_iters=n, max_time_s=float("inf"))
+                                       max_iters=n, max_time_s=measure.timeout_s)
             workload.check()  # every rank: a JAX check is itself a collective
             planned = workload.planned_mem_bytes()
             cost = workload.cost
@@ -83,7 +86,7 @@ def measure_rank(point: Point, measure: Measure, group: Any) -> dict[str, Any] |
         timer.warmup(twin.step, twin.sync, warmup_iters=1)
         twin_ms = _median(timer.sample(twin.step, twin.sync, min_time_s=0.0,
                                        min_iters=min(n, 20), max_iters=min(n, 20),
-                                       max_time_s=float("inf")).samples_ms)
+                                       max_time_s=measure.timeout_s).samples_ms)
     finally:
         twin.close()
     mine = {"samples_ms": sampled.samples_ms, "twin_ms": twin_ms,

@@ -200,7 +200,8 @@ class PointWindow:
     """
 
     def __init__(self, exclude: Iterable[int] = ()) -> None:
-        self._skip = own_pids(*exclude)
+        self._roots = list(exclude)
+        self._skip = own_pids(*self._roots)
         self._load = load_average()
         self._stat = cpu_times()
         self._procs = process_times(self._skip)
@@ -208,6 +209,8 @@ class PointWindow:
 
     def close(self) -> dict[str, Any]:
         wall = time.monotonic() - self._t0
+        # a worker's children born during the point (a distributed point's ranks) are its own
+        self._skip |= own_pids(*self._roots)
         total, top = busiest(self._procs, process_times(self._skip), wall)
         steal = steal_fraction(self._stat, cpu_times())
         return {"wall_s": round(wall, 3), "load_avg_before": self._load,

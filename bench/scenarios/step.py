@@ -275,8 +275,9 @@ def train_closures(engine: Any, dev_batch: Any) -> tuple[Callable, Callable, Cal
         last[0] = engine.train_step(dev_batch)
         return last[0]
 
-    def planned():
-        return engine.planned_memory_bytes(batch=dev_batch)
+    def planned():  # XLA's plan; eager engines (and torch's DistEngine) have none
+        plan = getattr(engine, "planned_memory_bytes", None)
+        return plan(batch=dev_batch) if plan else None
 
     def check():
         loss = None if last[0] is None else float(engine.sync(last[0]))

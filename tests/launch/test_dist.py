@@ -246,7 +246,7 @@ def test_scale_figures_from_records(tmp_path):
     fig = scaling_figure(items)
     assert fig is not None and len(fig.axes) == 2  # strong and weak panels
     strong = fig.axes[0]
-    ideal = [ln for ln in strong.get_lines() if ln.get_linestyle() == ":"][0]
+    ideal = next(ln for ln in strong.get_lines() if ln.get_linestyle() == ":")
     assert list(ideal.get_ydata()) == [100.0, 200.0, 400.0]
     crossed = [ln for ln in strong.get_lines() if ln.get_marker() == "x"]
     assert [list(ln.get_xdata()) for ln in crossed] == [[4]]
