@@ -8,10 +8,14 @@ MASTER_ADDR, MASTER_PORT). Every rank holds B/W rows of a global batch of B rows
 - parallel="fsdp2", sharding="dense": `fully_shard` on every block (or the LSTM), then on the
   root (https://pytorch.org/docs/stable/distributed.fsdp.fully_shard.html).
 - sharding="row-wise" | "table-wise": the item table is a TorchRec EmbeddingCollection sharded by
-  DistributedModelParallel with that sharding type forced through ParameterConstraints; the
-  rest (pos_emb, blocks, ln_f) is data parallel (DMP wraps it in DDP)
-  (https://pytorch.org/torchrec/concepts.html). The table's optimizer is FBGEMM's, fused into
-  the backward: it updates only the rows a batch looks up (see TABLE_OPTIMIZERS).
+  DistributedModelParallel with that sharding type forced through ParameterConstraints
+  (table-wise with one table: the whole table on one rank, looked up by all); the rest
+  (pos_emb, blocks, ln_f) is data parallel: DMP wraps it in DDP, or in FSDP2 through a
+  DataParallelWrapper with parallel="fsdp2" (https://pytorch.org/torchrec/concepts.html).
+  The table's optimizer is FBGEMM's, fused into the backward (split TBE, EmbOptimType;
+  https://pytorch.org/FBGEMM/): it updates only the rows a batch looks up (TABLE_OPTIMIZERS).
+  Seq, pos and neg ids are three features of the one table, so the tied output's rows are the
+  same parameters as the input's. What cannot run, and why: support_reason.
 
 Loss normalisation: rank r's loss is W * (sum of its per-position losses) / N, N the
 all-reduced number of targets (pos != 0) of the global batch. DDP, FSDP2's reduce-scatter and
@@ -55,9 +59,14 @@ TABLE_OPTIMIZERS = {
 
 
 def init_process_group(timeout_s: float = 300.0) -> tuple[int, int]:
-    """Join torchrun's process group: gloo on CPU; NCCL when CUDA is available, with
-    cuda:LOCAL_RANK made the current device. Every collective times out after timeout_s.
-    Idempotent. Returns (rank, world_size). Raises RuntimeError outside torchrun."""
+    """Join torchrun's process group (its env: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
+    LOCAL_RANK) and return (rank, world_size). Idempotent.
+
+    gloo on a CPU-only machine. With CUDA, cuda:LOCAL_RANK becomes the current device and
+    the group is "cpu:gloo,cuda:nccl": NCCL for CUDA tensors, gloo for CPU ones (so CPU points
+    still run on a GPU machine). Every collective times out after timeout_s seconds.
+    Raises RuntimeError when torchrun's variables are missing.
+    """
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -65,11 +74,11 @@ def init_process_group(timeout_s: float = 300.0) -> tuple[int, int]:
     if missing:
         raise RuntimeError(f"no torchrun environment ({', '.join(missing)} unset): start the "
                            "program with `torchrun --nproc-per-node N ...`")
-    kw = {}
+    backend, kw = "gloo", {}
     if torch.cuda.is_available():
-        kw["device_id"] = torch.device(local_device("cuda"))
+        backend, kw["device_id"] = "cpu:gloo,cuda:nccl", torch.device(local_device("cuda"))
         torch.cuda.set_device(kw["device_id"])
-    dist.init_process_group("nccl" if kw else "gloo", timeout=timedelta(seconds=timeout_s), **kw)
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kw)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -90,15 +99,10 @@ def support_reason(parallel: str, sharding: str, cfg: GenRecConfig, device_kind:
                                ("device", device_kind, ("cpu", "cuda"))):
         if value not in known:
             return f"unknown {name} {value!r}: choose one of {', '.join(known)}"
-    if device_kind == "cpu" and torch.cuda.is_available():
-        return "on a CUDA machine the process group is NCCL, which cannot reduce CPU tensors"
     if device_kind == "cuda" and not torch.cuda.is_available():
         return "no CUDA device on this machine"
     if sharding == "dense":
         return None
-    if parallel == "fsdp2":
-        return ("FSDP2 for the dense part next to a TorchRec-sharded table is not wired "
-                "(DMP's data-parallel wrapper here is DDP)")
     if cfg.loss == "full_softmax":
         return ("full_softmax scores every item (h . E^T over the whole table), which a "
                 "sharded table only serves as per-id lookups; use bce or sampled_softmax")
@@ -182,11 +186,35 @@ class _TableLoss(nn.Module):
                                      idx[n:].view(1, n, r), self.cfg).sum()
 
 
+def _fully_shard(model: nn.Module, ignored: set[nn.Parameter] | None = None) -> nn.Module:
+    """FSDP2: each block (or the LSTM) one unit, the root (embeddings, ln_f) another."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in (model.lstm,) if model.cfg.block == "lstm" else model.blocks:
+        fully_shard(module)
+    return fully_shard(model, ignored_params=ignored)
+
+
+def _fsdp2_wrapper():
+    """TorchRec's DataParallelWrapper that puts the dense part under FSDP2 instead of DDP,
+    leaving the sharded table's parameters to TorchRec."""
+    from torchrec.distributed.model_parallel import DataParallelWrapper
+
+    class FSDP2Wrapper(DataParallelWrapper):
+        def wrap(self, dmp, env, device):
+            module = dmp._dmp_wrapped_module
+            _fully_shard(module.to(device), set(module.ec.parameters()))
+
+    return FSDP2Wrapper()
+
+
 class DistEngine:
     """Engine's training API on W processes: train a step on a global batch, save/load full
-    weights. Construct it on every rank (it joins torchrun's process group).
+    weights. Construct it on every rank (it joins torchrun's process group); every method
+    but put and sync is a collective, so all ranks call them in the same order.
 
-    Raises InputError when support_reason names a reason. With dropout 0, a step on the
+    Raises InputError when support_reason names a reason. `no_comm` exists only for
+    parallel="ddp", sharding="dense". With dropout 0, a step on the
     global batch equals Engine's step on the whole batch (fp32: summation order aside), for
     DDP and FSDP2 with either optimizer and for TorchRec with sgd; TorchRec's fused Adam is
     lazy (table_optimizer).
@@ -234,12 +262,7 @@ class DistEngine:
                 self.wrapped = nn.parallel.DistributedDataParallel(self.model,
                                                                    device_ids=cuda_ids)
             else:
-                from torch.distributed.fsdp import fully_shard
-
-                for module in (self.model.lstm,) if self.cfg.block == "lstm" else \
-                        self.model.blocks:
-                    fully_shard(module)
-                self.wrapped = fully_shard(self.model)
+                self.wrapped = _fully_shard(self.model)
             self.opt = make_optimizer(self.model, self.optimizer, self.lr)
         else:
             self._shard_table(base)
@@ -250,6 +273,7 @@ class DistEngine:
         """DMP over _TableLoss: the plan forces the sharding type and the fused kernel; the
         full table is then loaded, each rank keeping its shard (TorchRec slices it)."""
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from torchrec.distributed.comm_ops import get_gradient_division
         from torchrec.distributed.embedding import EmbeddingCollectionSharder
         from torchrec.distributed.model_parallel import DistributedModelParallel
         from torchrec.distributed.planner import (
@@ -258,6 +282,9 @@ class DistEngine:
             Topology,
         )
 
+        if not get_gradient_division():  # the W in train_step's loss assumes averaging
+            raise RuntimeError("torchrec.distributed.comm_ops.set_gradient_division(False) "
+                               "makes the table's gradients W times those of the dense part")
         fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": self.lr}
         if self.optimizer == "adam":
             fused.update(optimizer=EmbOptimType.ADAM, beta1=0.9, beta2=0.98, eps=1e-8)
@@ -270,8 +297,9 @@ class DistEngine:
             compute_device=self.device.type))
         module = _TableLoss(base)
         plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
-        self.wrapped = DistributedModelParallel(module, device=self.device, plan=plan,
-                                                sharders=sharders)
+        self.wrapped = DistributedModelParallel(
+            module, device=self.device, plan=plan, sharders=sharders,
+            data_parallel_wrapper=_fsdp2_wrapper() if self.parallel == "fsdp2" else None)
         self.wrapped.load_state_dict({TABLE_KEY: base.item_emb.weight.detach()}, strict=False)
         dense = [p for k, p in self.wrapped.named_parameters() if not k.startswith("ec.")]
         self.model = self.wrapped.module
@@ -330,6 +358,7 @@ class DistEngine:
             self._comm = True
 
     def sync(self, value=None):
+        """Wait for this rank's queued device work (CUDA); returns value."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return value

@@ -3,10 +3,12 @@
     python -m torch.distributed.run --nproc-per-node W dist_torch_ranks.py OUT_DIR CASES_JSON
 
 Each case (a JSON object: name, preset, parallel, sharding, optimizer, lr, and config fields
-in "cfg") loads OUT_DIR/<name>.safetensors, trains STEPS steps on the global batch of
-`global_batch(cfg)` and writes, from every rank, OUT_DIR/<name>.rank<r>.npz: the loss of each
-step, the full parameters after them, and the largest difference between the loaded file and
-state_dict() right after loading. numpy's npz, written with allow_pickle=False.
+in "cfg", optionally "device") loads OUT_DIR/<name>.safetensors, trains STEPS steps on the
+global batch of `global_batch(cfg)` and writes, from every rank, OUT_DIR/<name>.rank<r>.npz:
+the loss of each step, the full parameters after them, the largest difference between the
+loaded file and state_dict() right after loading, how many parameter elements this rank
+holds, and, with "seed_check", the largest difference between a fresh DistEngine(seed=0) and
+Engine(seed=0). numpy's npz, written with allow_pickle=False.
 """
 
 from __future__ import annotations
@@ -48,18 +50,29 @@ def global_batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:
 
 def run_case(case: dict, out: Path) -> None:
     from recmodels.torch.distributed import DistEngine
+    from recmodels.torch.engine import Engine
 
     cfg = case_config(case)
     tensors, _ = weights.load(out / f"{case['name']}.safetensors")
-    engine = DistEngine(cfg, parallel=case["parallel"], sharding=case["sharding"],
-                        optimizer=case["optimizer"], lr=case["lr"], seed=1 + engine_seed(case))
+    kw = dict(parallel=case["parallel"], sharding=case["sharding"], optimizer=case["optimizer"],
+              lr=case["lr"], device=case.get("device", "cpu"))
+    result = {}
+    if case.get("seed_check"):
+        fresh, ref = DistEngine(cfg, seed=0, **kw).state_dict(), Engine(cfg, seed=0).state_dict()
+        result["seed_diff"] = np.array(max(float(np.abs(fresh[k] - ref[k]).max()) for k in ref))
+    engine = DistEngine(cfg, seed=1 + engine_seed(case), **kw)
     engine.load_state_dict(tensors)
     loaded = engine.state_dict()
     init_diff = max(float(np.abs(loaded[k] - tensors[k]).max()) for k in tensors)
     batch = global_batch(cfg)
     losses = [float(engine.train_step(batch)) for _ in range(STEPS)]
-    result = {f"param/{k}": v for k, v in engine.state_dict().items()}
+    result.update({f"param/{k}": v for k, v in engine.state_dict().items()})
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in engine.wrapped.parameters()]
+    if hasattr(engine, "no_comm"):
+        with engine.no_comm():
+            result["no_comm_loss"] = np.array(float(engine.train_step(batch)))
     result.update(loss=np.array(losses), init_diff=np.array(init_diff),
+                  local_elems=np.array(sum(p.numel() for p in local)),
                   keys_match=np.array(sorted(loaded) == sorted(tensors)),
                   all_finite=np.array(engine.all_finite()),
                   table_optimizer=np.array(engine.table_optimizer))
