@@ -1,7 +1,9 @@
 """GenRec in PyTorch, scale-out: DDP, FSDP2 and a TorchRec-sharded item table, under torchrun.
 
 One process per device, started by torchrun (its env: RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR, MASTER_PORT). Every rank holds B/W rows of a global batch of B rows.
+MASTER_ADDR, MASTER_PORT). Each rank is given its own rows of a global batch of B rows (the
+caller slices: rank r holds rows r*B/W to (r+1)*B/W), as the JAX engine's put takes
+process-local rows.
 
 - parallel="ddp", sharding="dense": the whole GenRec under DistributedDataParallel
   (https://pytorch.org/docs/stable/notes/ddp.html).
@@ -13,9 +15,12 @@ MASTER_ADDR, MASTER_PORT). Every rank holds B/W rows of a global batch of B rows
   (pos_emb, blocks, ln_f) is data parallel: DMP wraps it in DDP, or in FSDP2 through a
   DataParallelWrapper with parallel="fsdp2" (https://pytorch.org/torchrec/concepts.html).
   The table's optimizer is FBGEMM's, fused into the backward (split TBE, EmbOptimType;
-  https://pytorch.org/FBGEMM/): it updates only the rows a batch looks up (TABLE_OPTIMIZERS).
-  Seq, pos and neg ids are three features of the one table, so the tied output's rows are the
-  same parameters as the input's. What cannot run, and why: support_reason.
+  https://pytorch.org/FBGEMM/): it updates only the rows a batch looks up (TABLE_OPTIMIZERS);
+  the fused twin of `optimizer`, or (table_optimizer="rowwise_adagrad") EXACT_ROWWISE_ADAGRAD,
+  which FBGEMM has on CPU too. Seq, pos and neg ids are three features of the one table, so
+  the tied output's rows are the same parameters as the input's. FBGEMM's kernels need a
+  width divisible by 4: the table is stored table_width(d) wide, the extra columns zero and
+  never looked up (see _TableLoss). What cannot run, and why: support_reason.
 
 Loss normalisation: rank r's loss is W * (sum of its per-position losses) / N, N the
 all-reduced number of targets (pos != 0) of the global batch. DDP, FSDP2's reduce-scatter and
@@ -46,16 +51,25 @@ from recmodels.torch.model import GenRec, attention_norm, positions, relative
 PARALLELS = ("ddp", "fsdp2")
 SHARDINGS = ("dense", "row-wise", "table-wise")
 OPTIMIZERS = ("adam", "sgd")
+TABLE_CHOICES = ("rowwise_adagrad",)  # table_optimizer besides None (the fused twin)
 TABLE = "item_emb"  # the TorchRec table's name ("items" would shadow ModuleDict.items)
 TABLE_KEY = f"ec.embeddings.{TABLE}.weight"  # its state_dict key; Engine's is item_emb.weight
 FEATURES = ("seq", "pos", "neg")  # three features of the one table: tied input and output
-TABLE_OPTIMIZERS = {
+TABLE_OPTIMIZERS = {  # how the table updates: TABLE_OPTIMIZERS[table or optimizer]
     "dense": "dense {opt} (torch.optim; every row, every step)",
     "sgd": "FBGEMM fused EXACT_SGD in backward (only rows the batch touches; equals dense SGD)",
     "adam": "FBGEMM fused ADAM in backward, betas (0.9, 0.98), eps 1e-8 (row-wise lazy: only "
             "rows the batch touches update their moments and weights; bias correction by the "
             "table's step count), so untouched rows differ from dense Adam",
+    "rowwise_adagrad": "FBGEMM fused EXACT_ROWWISE_ADAGRAD in backward, eps 1e-8 (one "
+                       "accumulator per row: the mean of g^2 over the row's stored width, "
+                       "table_width(d)); the dense part with {opt}",
 }
+
+
+def table_width(d: int) -> int:
+    """The TorchRec table's stored width: d rounded up to FBGEMM's multiple of 4."""
+    return -(-d // 4) * 4
 
 
 def init_process_group(timeout_s: float = 300.0) -> tuple[int, int]:
@@ -92,31 +106,32 @@ def local_device(kind: str) -> str:
 
 
 def support_reason(parallel: str, sharding: str, cfg: GenRecConfig, device_kind: str,
-                   optimizer: str) -> str | None:
+                   optimizer: str, table_optimizer: str | None = None) -> str | None:
     """Why this combination cannot run here, or None when it can."""
     for name, value, known in (("parallel", parallel, PARALLELS), ("sharding", sharding,
                                SHARDINGS), ("optimizer", optimizer, OPTIMIZERS),
-                               ("device", device_kind, ("cpu", "cuda"))):
+                               ("device", device_kind, ("cpu", "cuda")),
+                               ("table_optimizer", table_optimizer or TABLE_CHOICES[0],
+                                TABLE_CHOICES)):
         if value not in known:
             return f"unknown {name} {value!r}: choose one of {', '.join(known)}"
     if device_kind == "cuda" and not torch.cuda.is_available():
         return "no CUDA device on this machine"
     if sharding == "dense":
-        return None
+        return (f"table_optimizer {table_optimizer!r} is FBGEMM's, for a TorchRec-sharded "
+                "table (sharding row-wise or table-wise)" if table_optimizer else None)
     if cfg.loss == "full_softmax":
         return ("full_softmax scores every item (h . E^T over the whole table), which a "
                 "sharded table only serves as per-id lookups; use bce or sampled_softmax")
-    if cfg.d_model % 4:
-        return (f"FBGEMM's table kernels need a width divisible by 4 (d_model {cfg.d_model}); "
-                "set d_model=48 or 52, say")
     if cfg.param_dtype != "fp32":
         return "the TorchRec table is kept in fp32 here (param_dtype must be fp32)"
     if cfg.compute_dtype == "fp16":
         return ("fp16 needs loss scaling, and the table's optimizer runs inside backward, "
                 "before a GradScaler could unscale or skip it")
-    if optimizer == "adam" and device_kind == "cpu":
+    if (table_optimizer or optimizer) == "adam" and device_kind == "cpu":
         return ("FBGEMM's CPU embedding kernels have no fused Adam (EXACT_SGD, EXACT_ADAGRAD, "
-                "EXACT_ROWWISE_ADAGRAD only); use optimizer=sgd or a GPU")
+                "EXACT_ROWWISE_ADAGRAD only); use optimizer=sgd, "
+                "table_optimizer='rowwise_adagrad' or a GPU")
     return None
 
 
@@ -150,7 +165,14 @@ class _DenseLoss(GenRec):
 
 class _TableLoss(nn.Module):
     """GenRec with the item table as a TorchRec EmbeddingCollection (on the meta device until
-    DMP shards it) and GenRec's other modules, under their own names."""
+    DMP shards it) and GenRec's other modules, under their own names.
+
+    The table is stored table_width(d) wide (FBGEMM needs a multiple of 4; tiny's d is 50),
+    its extra columns zero: forward slices every looked-up row to its first d columns, so the
+    extra columns' gradient is exactly zero and they stay zero under every fused optimizer
+    here: EXACT_SGD (w -= lr * 0), Adam (zero grad -> zero moments -> zero update) and
+    row-wise Adagrad (update lr * 0 / (sqrt(state) + eps)). Row-wise Adagrad's state, the
+    mean of g^2 over the stored width, does see the padding: d/width of the unpadded mean."""
 
     def __init__(self, base: GenRec):
         super().__init__()
@@ -158,8 +180,8 @@ class _TableLoss(nn.Module):
 
         self.cfg = cfg = base.cfg
         self.ec = EmbeddingCollection(device=torch.device("meta"), tables=[EmbeddingConfig(
-            name=TABLE, embedding_dim=cfg.d_model, num_embeddings=cfg.catalog_size + 1,
-            feature_names=list(FEATURES))])
+            name=TABLE, embedding_dim=table_width(cfg.d_model),
+            num_embeddings=cfg.catalog_size + 1, feature_names=list(FEATURES))])
         for name, child in base.named_children():
             if name != "item_emb":
                 self.add_module(name, child)
@@ -175,12 +197,13 @@ class _TableLoss(nn.Module):
             keys=list(FEATURES),
             values=torch.cat([seq[valid], pos[target], neg[target].reshape(-1)]),
             lengths=torch.cat([valid.sum(1), target.sum(1), target.sum(1) * r]))
-        rows = self.ec(kjt)  # feature -> JaggedTensor, values [ids, d]
-        items = torch.zeros(*seq.shape, self.cfg.d_model, device=seq.device)
-        items[valid] = rows["seq"].values()
+        d = self.cfg.d_model
+        rows = {k: v.values()[:, :d] for k, v in self.ec(kjt).items()}  # [ids, d], unpadded
+        items = torch.zeros(*seq.shape, d, device=seq.device)
+        items[valid] = rows["seq"]
         h = _trunk(self, seq, items)[target][None]  # [1, n, d]
-        table = torch.cat([rows["pos"].values(), rows["neg"].values()])  # [n + n R, d]
-        n = rows["pos"].values().shape[0]
+        table = torch.cat([rows["pos"], rows["neg"]])  # [n + n R, d]
+        n = rows["pos"].shape[0]
         idx = torch.arange(n * (1 + r), device=seq.device)
         return LOSSES[self.cfg.loss](h, table, idx[None, :n],
                                      idx[n:].view(1, n, r), self.cfg).sum()
@@ -209,37 +232,40 @@ def _fsdp2_wrapper():
 
 
 class DistEngine:
-    """Engine's training API on W processes: train a step on a global batch, save/load full
-    weights. Construct it on every rank (it joins torchrun's process group); every method
-    but put and sync is a collective, so all ranks call them in the same order.
+    """Engine's training API on W processes: train a step on a global batch, each rank given
+    its own rows of it; save/load full weights. Construct it on every rank (it joins
+    torchrun's process group); every method but put and sync is a collective, so all ranks
+    call them in the same order.
 
     Raises InputError when support_reason names a reason. `no_comm` exists only for
-    parallel="ddp", sharding="dense". With dropout 0, a step on the
-    global batch equals Engine's step on the whole batch (fp32: summation order aside), for
-    DDP and FSDP2 with either optimizer and for TorchRec with sgd; TorchRec's fused Adam is
-    lazy (table_optimizer).
+    parallel="ddp", sharding="dense". With dropout 0, a step equals Engine's step on the
+    whole global batch (fp32: summation order aside), for DDP and FSDP2 with either optimizer
+    and for TorchRec with sgd; TorchRec's fused Adam is lazy (table_update says how the table
+    updates). table_optimizer: None, the table's optimizer is the fused twin of `optimizer`;
+    "rowwise_adagrad", FBGEMM's EXACT_ROWWISE_ADAGRAD (eps 1e-8) for the table, `optimizer`
+    for the rest (a sharded table only).
     """
 
     framework = "torch"
 
     def __init__(self, cfg: GenRecConfig, *, parallel: str = "ddp", sharding: str = "dense",
                  seed: int = 0, optimizer: str = "adam", lr: float = 1e-3, device: str = "cpu",
-                 matmul_precision: str = "highest"):
+                 matmul_precision: str = "highest", table_optimizer: str | None = None):
         self.rank, self.world = init_process_group()
         kind = torch.device(device).type
-        reason = support_reason(parallel, sharding, cfg, kind, optimizer)
+        reason = support_reason(parallel, sharding, cfg, kind, optimizer, table_optimizer)
         if reason:
             raise InputError(f"{parallel}/{sharding}/{optimizer} on {kind}: {reason}")
         self.cfg, self.parallel, self.sharding, self.seed = cfg, parallel, sharding, seed
-        self.optimizer, self.lr = optimizer, lr
+        self.optimizer, self.lr, self.table_optimizer = optimizer, lr, table_optimizer
         self.device = torch.device(local_device(kind) if device == "cuda" else device)
         set_matmul_precision(matmul_precision)
         mixed = cfg.compute_dtype != cfg.param_dtype
         self.autocast_dtype = DTYPES[cfg.compute_dtype] if mixed else None
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if mixed and cfg.compute_dtype == "fp16" else None)
-        self.table_optimizer = TABLE_OPTIMIZERS[optimizer if sharding != "dense" else "dense"]
-        self.table_optimizer = self.table_optimizer.format(opt={"adam": "Adam",
+        table = "dense" if sharding == "dense" else table_optimizer or optimizer
+        self.table_update = TABLE_OPTIMIZERS[table].format(opt={"adam": "Adam",
                                                                 "sgd": "SGD"}[optimizer])
         if parallel == "ddp" and sharding == "dense":
             self.no_comm = self._no_comm  # only DDP has a compute-only twin (no_sync)
@@ -271,7 +297,8 @@ class DistEngine:
 
     def _shard_table(self, base: GenRec) -> None:
         """DMP over _TableLoss: the plan forces the sharding type and the fused kernel; the
-        full table is then loaded, each rank keeping its shard (TorchRec slices it)."""
+        full table, zero-padded to table_width(d), is then loaded, each rank keeping its shard
+        (TorchRec slices it)."""
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from torchrec.distributed.comm_ops import get_gradient_division
         from torchrec.distributed.embedding import EmbeddingCollectionSharder
@@ -286,7 +313,9 @@ class DistEngine:
             raise RuntimeError("torchrec.distributed.comm_ops.set_gradient_division(False) "
                                "makes the table's gradients W times those of the dense part")
         fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": self.lr}
-        if self.optimizer == "adam":
+        if self.table_optimizer == "rowwise_adagrad":
+            fused.update(optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, eps=1e-8)
+        elif self.optimizer == "adam":
             fused.update(optimizer=EmbOptimType.ADAM, beta1=0.9, beta2=0.98, eps=1e-8)
         sharders = [EmbeddingCollectionSharder(fused_params=fused)]
         constraints = {TABLE: ParameterConstraints(
@@ -300,26 +329,22 @@ class DistEngine:
         self.wrapped = DistributedModelParallel(
             module, device=self.device, plan=plan, sharders=sharders,
             data_parallel_wrapper=_fsdp2_wrapper() if self.parallel == "fsdp2" else None)
-        self.wrapped.load_state_dict({TABLE_KEY: base.item_emb.weight.detach()}, strict=False)
+        pad = table_width(self.cfg.d_model) - self.cfg.d_model
+        self.wrapped.load_state_dict({TABLE_KEY: nn.functional.pad(
+            base.item_emb.weight.detach(), (0, pad))}, strict=False)
         dense = [p for k, p in self.wrapped.named_parameters() if not k.startswith("ec.")]
         self.model = self.wrapped.module
         self.opt = make_optimizer(nn.ParameterList(dense), self.optimizer, self.lr)
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """This rank's rows of a global batch ("seq" [B, T], "pos" [B, T], "neg" [B, T, R]):
-        rows rank*B/W to (rank+1)*B/W, on this rank's device. Raises InputError unless W
-        divides B."""
-        b = len(next(iter(batch.values())))
-        if b % self.world:
-            raise InputError(f"a global batch of {b} rows does not split evenly over "
-                             f"{self.world} ranks")
-        rows = slice(self.rank * b // self.world, (self.rank + 1) * b // self.world)
-        return {k: torch.from_numpy(np.asarray(v[rows], dtype=np.int64)).to(self.device)
+        """This rank's rows of the global batch ("seq" [b, T], "pos" [b, T], "neg" [b, T, R],
+        b = B/W: rows rank*B/W to (rank+1)*B/W, sliced by the caller), on this rank's device."""
+        return {k: torch.from_numpy(np.asarray(v, dtype=np.int64)).to(self.device)
                 for k, v in batch.items()}
 
     def train_step(self, batch: dict) -> torch.Tensor:
-        """One step on the global batch (numpy: the global batch; tensors: put's rows) ->
-        the global batch's mean loss (detached, on the device, unsynchronised)."""
+        """One step on the global batch, given this rank's rows of it (numpy, or put's
+        tensors) -> the global batch's mean loss (detached, on the device, unsynchronised)."""
         self.wrapped.train()
         if isinstance(next(iter(batch.values())), np.ndarray):
             batch = self.put(batch)
@@ -385,12 +410,12 @@ class DistEngine:
                 full = torch.empty(v.size(), dtype=v.dtype, device=self.device)
                 v.gather(dst=0, out=full if self.rank == 0 else None)
                 dist.broadcast(full, 0)
-                k, v = "item_emb.weight", full
+                k, v = "item_emb.weight", full[:, :self.cfg.d_model]  # without the padding
             out[k] = v.detach().float().cpu().numpy().copy()
         return out
 
     def load_state_dict(self, tensors: dict[str, np.ndarray]) -> None:
-        """Full tensors under Engine's keys (the same on every rank); each rank keeps its
-        shard. Rebuilds the sharded model, so every optimizer state starts fresh (the fused
-        table optimizer's too). Raises RuntimeError on missing or unexpected keys."""
+        """Full tensors under Engine's keys (the same on every rank; the table [C+1, d]); each
+        rank keeps its shard. Rebuilds the model, so every optimizer state starts fresh (the
+        fused table optimizer's too). Raises RuntimeError on missing or unexpected keys."""
         self._build(tensors)

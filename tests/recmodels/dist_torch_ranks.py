@@ -3,11 +3,13 @@
     python -m torch.distributed.run --nproc-per-node W dist_torch_ranks.py OUT_DIR CASES_JSON
 
 Each case (a JSON object: name, preset, parallel, sharding, optimizer, lr, and config fields
-in "cfg", optionally "device") loads OUT_DIR/<name>.safetensors, trains STEPS steps on the
-global batch of `global_batch(cfg)` and writes, from every rank, OUT_DIR/<name>.rank<r>.npz:
-the loss of each step, the full parameters after them, the largest difference between the
-loaded file and state_dict() right after loading, how many parameter elements this rank
-holds, and, with "seed_check", the largest difference between a fresh DistEngine(seed=0) and
+in "cfg", optionally "device" and "table_optimizer") loads OUT_DIR/<name>.safetensors, trains
+STEPS steps on the global batch of `global_batch(cfg)`, each rank given its rows of it
+(`rank_rows`), and writes, from every rank, OUT_DIR/<name>.rank<r>.npz: the loss of each
+step, the full parameters after them, the largest difference between the loaded file and
+state_dict() right after loading, how many parameter elements this rank holds, the largest
+magnitude in its shard's padding columns of a TorchRec table ("pad_max"; 0 when unpadded),
+and, with "seed_check", the largest difference between a fresh DistEngine(seed=0) and
 Engine(seed=0). numpy's npz, written with allow_pickle=False.
 """
 
@@ -48,6 +50,25 @@ def global_batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:
     return {"seq": seq, "pos": pos, "neg": neg}
 
 
+def rank_rows(batch: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:
+    """Rank's contiguous rows rank*B/W to (rank+1)*B/W of each [B, ...] array."""
+    per = len(batch["seq"]) // world
+    return {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
+
+
+def pad_max(engine) -> float:
+    """The largest |value| in this rank's shard of the TorchRec table beyond column d (0.0
+    for a dense table)."""
+    from recmodels.torch.distributed import TABLE_KEY, table_width
+
+    if engine.sharding == "dense":
+        return 0.0
+    d, shards = engine.cfg.d_model, engine.wrapped.state_dict()[TABLE_KEY].local_shards()
+    assert all(s.tensor.shape[1] == table_width(d) for s in shards)
+    return max([float(s.tensor[:, d:].abs().max()) for s in shards if s.tensor[:, d:].numel()],
+               default=0.0)
+
+
 def run_case(case: dict, out: Path) -> None:
     from recmodels.torch.distributed import DistEngine
     from recmodels.torch.engine import Engine
@@ -55,7 +76,8 @@ def run_case(case: dict, out: Path) -> None:
     cfg = case_config(case)
     tensors, _ = weights.load(out / f"{case['name']}.safetensors")
     kw = dict(parallel=case["parallel"], sharding=case["sharding"], optimizer=case["optimizer"],
-              lr=case["lr"], device=case.get("device", "cpu"))
+              lr=case["lr"], device=case.get("device", "cpu"),
+              table_optimizer=case.get("table_optimizer"))
     result = {}
     if case.get("seed_check"):
         fresh, ref = DistEngine(cfg, seed=0, **kw).state_dict(), Engine(cfg, seed=0).state_dict()
@@ -64,7 +86,7 @@ def run_case(case: dict, out: Path) -> None:
     engine.load_state_dict(tensors)
     loaded = engine.state_dict()
     init_diff = max(float(np.abs(loaded[k] - tensors[k]).max()) for k in tensors)
-    batch = global_batch(cfg)
+    batch = rank_rows(global_batch(cfg), engine.rank, engine.world)
     losses = [float(engine.train_step(batch)) for _ in range(STEPS)]
     result.update({f"param/{k}": v for k, v in engine.state_dict().items()})
     local = [p.to_local() if hasattr(p, "to_local") else p for p in engine.wrapped.parameters()]
@@ -74,8 +96,8 @@ def run_case(case: dict, out: Path) -> None:
     result.update(loss=np.array(losses), init_diff=np.array(init_diff),
                   local_elems=np.array(sum(p.numel() for p in local)),
                   keys_match=np.array(sorted(loaded) == sorted(tensors)),
-                  all_finite=np.array(engine.all_finite()),
-                  table_optimizer=np.array(engine.table_optimizer))
+                  all_finite=np.array(engine.all_finite()), pad_max=np.array(pad_max(engine)),
+                  table_update=np.array(engine.table_update))
     np.savez(out / f"{case['name']}.rank{engine.rank}.npz", allow_pickle=False, **result)
 
 

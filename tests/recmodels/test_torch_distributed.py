@@ -1,8 +1,13 @@
 """DistEngine (recmodels/torch/distributed.py) on 2 real processes (torchrun, gloo) against
 the 1-process Engine on the whole batch.
 
-One torchrun launch runs every case (tests/recmodels/dist_torch_ranks.py); rank files come
-back as npz. The global batch gives rank 0 rows with 1-3 items of 8 and rank 1 rows with 6-8,
+One torchrun launch of 2 ranks runs every case (tests/recmodels/dist_torch_ranks.py), each
+rank given its own rows of the global batch; rank files come back as npz. Beside it, a
+1-process launch runs FUSED_CASES (FBGEMM's fused row-wise Adagrad, which no Engine has) as
+their reference. TorchRec cases on tiny use its real d_model 50, which the table stores 52
+wide (FBGEMM needs a multiple of 4): their equality with Engine, and the padding columns
+staying exactly 0 on every rank, prove the padding exact.
+The global batch gives rank 0 rows with 1-3 items of 8 and rank 1 rows with 6-8,
 so a per-rank mean (instead of the global target count) would move the results by far more
 than the tolerances (test_wrong_normalisation_is_caught: 8 vs 24 targets; losses off by 0.049
 (SGD) and 0.023 (Adam), parameters by 0.015 and 0.006).
@@ -10,12 +15,17 @@ than the tolerances (test_wrong_normalisation_is_caught: 8 vs 24 targets; losses
 Tolerances (fp32; the only legitimate difference is summation order: per-rank partial sums,
 then all-reduce, instead of one sum over the batch):
 - losses: rtol 1e-5 (measured <= 1.2e-7 absolute on losses ~0.1-1.6).
-- SGD parameters after 3 steps (lr 0.1): rtol 1e-5, atol 1e-6 (measured <= 1.2e-7).
+- SGD parameters after 3 steps (lr 0.1): rtol 1e-5, atol 1e-6 (measured <= 1.2e-7; TorchRec
+  tiny, padded: <= 1.5e-8).
 - Adam parameters after 3 steps (lr 1e-3): rtol 1e-5, atol 2e-5 = lr/50 (measured <= 5.0e-6
   tiny, 7.4e-6 small). Adam divides each gradient by its own scale, so an element whose
   gradient is zero in exact arithmetic (the attention key bias: softmax ignores a shift),
   hence rounding noise, or tiny (~eps 1e-8) turns a rounding difference into a visible
   fraction of lr.
+- Fused row-wise Adagrad table, 2 ranks against 1 process, the tolerance of the dense part's
+  optimizer: tiny row-wise with dense Adam (lr 1e-3): atol 2e-5, measured 5.0e-6 (the dense
+  Adam's attention biases; the table 7.5e-9); small FSDP2 table-wise with dense SGD (lr 0.1):
+  atol 1e-6, measured 1.3e-7 (the table). Losses <= 1.2e-7.
 """
 
 from __future__ import annotations
@@ -45,7 +55,6 @@ SCRIPT = Path(ranks.__file__)
 TOL = {"sgd": {"rtol": 1e-5, "atol": 1e-6}, "adam": {"rtol": 1e-5, "atol": 2e-5}}
 LOSS_RTOL = 1e-5
 SGD, ADAM = {"optimizer": "sgd", "lr": 0.1}, {"optimizer": "adam", "lr": 1e-3}
-D48 = {"d_model": 48}  # FBGEMM's table kernels need a width divisible by 4 (tiny's is 50)
 
 
 def case(name, preset_name, parallel, sharding, opt, cfg=None, **extra):
@@ -58,19 +67,24 @@ CASES = [
     case("tiny-ddp-sgd", "tiny", "ddp", "dense", SGD),
     case("tiny-fsdp2-adam", "tiny", "fsdp2", "dense", ADAM, seed_check=True),
     case("tiny-fsdp2-sgd-lstm", "tiny", "fsdp2", "dense", SGD, {"block": "lstm"}),
-    case("tiny-rw-sgd", "tiny", "ddp", "row-wise", SGD, D48, seed_check=True),
-    case("tiny-tw-sgd", "tiny", "ddp", "table-wise", SGD, D48),
+    case("tiny-rw-sgd", "tiny", "ddp", "row-wise", SGD, seed_check=True),
+    case("tiny-tw-sgd", "tiny", "ddp", "table-wise", SGD),
     case("tiny-rw-sgd-hstu-ss", "tiny", "ddp", "row-wise", SGD,
-         {**D48, "block": "hstu", "loss": "sampled_softmax", "n_neg": 4, "positions": "left"}),
-    case("tiny-rw-sgd-lstm", "tiny", "ddp", "row-wise", SGD, {**D48, "block": "lstm"}),
-    case("tiny-fsdp2-rw-sgd", "tiny", "fsdp2", "row-wise", SGD, D48),
+         {"block": "hstu", "loss": "sampled_softmax", "n_neg": 4, "positions": "left"}),
+    case("tiny-rw-sgd-lstm", "tiny", "ddp", "row-wise", SGD, {"block": "lstm"}),
+    case("tiny-fsdp2-rw-sgd", "tiny", "fsdp2", "row-wise", SGD),
     case("small-ddp-adam", "small", "ddp", "dense", ADAM),
     case("small-ddp-sgd", "small", "ddp", "dense", SGD),
     case("small-fsdp2-adam", "small", "fsdp2", "dense", ADAM),
     case("small-rw-sgd", "small", "ddp", "row-wise", SGD),
     case("small-tw-sgd", "small", "ddp", "table-wise", SGD),
 ]
-BY_NAME = {c["name"]: c for c in CASES}
+ADAGRAD = {"table_optimizer": "rowwise_adagrad"}
+FUSED_CASES = [  # against the same DistEngine on 1 process (no 1-process Engine has it)
+    case("tiny-rw-adam-rwadagrad", "tiny", "ddp", "row-wise", ADAM, **ADAGRAD),
+    case("small-fsdp2-tw-sgd-rwadagrad", "small", "fsdp2", "table-wise", SGD, **ADAGRAD),
+]
+BY_NAME = {c["name"]: c for c in CASES + FUSED_CASES}
 
 
 def free_port() -> int:
@@ -88,9 +102,9 @@ def file_weights(cfg, seed=0) -> dict[str, np.ndarray]:
     return out
 
 
-def launch(out: Path, cases: list[dict], nproc: int) -> dict[str, list[dict]]:
-    """Write each case's weights file, run every case in one torchrun launch of nproc ranks,
-    return {case name: [rank 0's arrays, rank 1's, ...]}."""
+def start(out: Path, cases: list[dict], nproc: int) -> tuple:
+    """Write each case's weights file and start one torchrun launch of nproc ranks running
+    every case; finish() waits for it."""
     for c in cases:
         cfg = ranks.case_config(c)
         weights.save(file_weights(cfg), cfg, out / f"{c['name']}.safetensors")
@@ -98,15 +112,44 @@ def launch(out: Path, cases: list[dict], nproc: int) -> dict[str, list[dict]]:
            "--master-port", str(free_port()), str(SCRIPT), str(out), json.dumps(cases)]
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=root)
+    return proc, out, cases, nproc
+
+
+def finish(started: tuple) -> dict[str, list[dict]]:
+    """{case name: [rank 0's arrays, rank 1's, ...]} of a started launch."""
+    proc, out, cases, nproc = started
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-5000:]
     return {c["name"]: [dict(np.load(out / f"{c['name']}.rank{r}.npz", allow_pickle=False))
                         for r in range(nproc)] for c in cases}
 
 
+def launch(out: Path, cases: list[dict], nproc: int) -> dict[str, list[dict]]:
+    return finish(start(out, cases, nproc))
+
+
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    return launch(tmp_path_factory.mktemp("dist2"), CASES, 2)
+def launches(tmp_path_factory):
+    """The 2-rank launch of every case and, beside it, the 1-process launch of FUSED_CASES."""
+    two = start(tmp_path_factory.mktemp("dist2"), CASES + FUSED_CASES, 2)
+    one = start(tmp_path_factory.mktemp("dist1"), FUSED_CASES, 1)
+    try:
+        return finish(two), finish(one)
+    finally:
+        for proc in (two[0], one[0]):
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(launches):
+    return launches[0]
 
 
 def one_process(c: dict, steps: int = ranks.STEPS):
@@ -119,7 +162,7 @@ def one_process(c: dict, steps: int = ranks.STEPS):
     return np.array(losses), engine.state_dict()
 
 
-@pytest.mark.parametrize("name", BY_NAME)
+@pytest.mark.parametrize("name", [c["name"] for c in CASES])
 def test_two_ranks_equal_one_process(two_ranks, name):
     c, (r0, r1) = BY_NAME[name], two_ranks[name]
     losses, params = one_process(c)
@@ -130,19 +173,42 @@ def test_two_ranks_equal_one_process(two_ranks, name):
     assert float(r0["init_diff"]) == 0.0 and bool(r0["keys_match"]) and bool(r0["all_finite"])
     if "seed_diff" in r0:  # same seed, no file: Engine's own init, on any world size
         assert float(r0["seed_diff"]) == 0.0
+    assert float(r0["pad_max"]) == float(r1["pad_max"]) == 0.0  # tiny's padding stays zero
     lazy = c["sharding"] != "dense" and c["optimizer"] == "adam"
-    assert ("lazy" in str(r0["table_optimizer"])) == lazy
+    assert ("lazy" in str(r0["table_update"])) == lazy
+
+
+@pytest.mark.parametrize("name", [c["name"] for c in FUSED_CASES])
+def test_fused_rowwise_adagrad_two_ranks_equal_one(launches, name):
+    """FBGEMM's EXACT_ROWWISE_ADAGRAD for the table (it has CPU kernels), the dense part with
+    torch's optimizer: TorchRec on 2 ranks against the same DistEngine on 1 process (torchrun
+    --nproc-per-node 1), after STEPS steps on the unequal-padding batch. Padded against padded:
+    the per-row state is the mean of g^2 over the stored width table_width(d) (52 for tiny's
+    50), so neither equals row-wise Adagrad on an unpadded [C+1, d] table."""
+    c, (r0, r1), (one,) = BY_NAME[name], launches[0][name], launches[1][name]
+    np.testing.assert_allclose(r0["loss"], one["loss"], rtol=LOSS_RTOL)
+    for k in one:
+        if k.startswith("param/"):
+            np.testing.assert_allclose(r0[k], one[k], **TOL[c["optimizer"]], err_msg=k)
+            np.testing.assert_array_equal(r1[k], r0[k])
+    for r in (r0, r1, one):
+        assert float(r["init_diff"]) == 0.0 and bool(r["keys_match"]) and bool(r["all_finite"])
+        assert float(r["pad_max"]) == 0.0 and "ROWWISE_ADAGRAD" in str(r["table_update"])
+    assert not np.array_equal(one["param/item_emb.weight"], file_weights(
+        ranks.case_config(c))["item_emb.weight"])  # the table did train
 
 
 @pytest.mark.parametrize("name", ["tiny-fsdp2-adam", "small-rw-sgd", "tiny-tw-sgd",
-                                  "tiny-fsdp2-rw-sgd", "small-ddp-sgd"])
+                                  "tiny-fsdp2-rw-sgd", "small-ddp-sgd",
+                                  "small-fsdp2-tw-sgd-rwadagrad"])
 def test_each_rank_holds_its_share(two_ranks, name):
     """What each rank holds: FSDP2 splits the dense parameters and TorchRec the table over
     the ranks (their local elements add up to one copy); DDP keeps a copy on every rank."""
     c, (r0, r1) = BY_NAME[name], two_ranks[name]
-    table = r0["param/item_emb.weight"].size
-    dense = sum(v.size for k, v in r0.items() if k.startswith("param/")) - table
     split_dense, split_table = c["parallel"] == "fsdp2", c["sharding"] != "dense"
+    rows, d = r0["param/item_emb.weight"].shape
+    dense = sum(v.size for k, v in r0.items() if k.startswith("param/")) - rows * d
+    table = rows * (D.table_width(d) if split_table else d)  # TorchRec stores it padded
     expect = (dense if split_dense else 2 * dense) + \
         (table if split_table or split_dense else 2 * table)
     local = [int(r["local_elems"]) for r in (r0, r1)]
@@ -187,19 +253,22 @@ def test_wrong_normalisation_is_caught(opt):
 
 
 def test_support_reason():
-    tiny, d48 = preset("tiny"), preset("tiny", d_model=48)
+    tiny = preset("tiny")  # d_model 50: TorchRec stores it 52 wide
     assert D.support_reason("ddp", "dense", tiny, "cpu", "adam") is None
     assert D.support_reason("fsdp2", "dense", tiny, "cpu", "sgd") is None
-    assert D.support_reason("fsdp2", "row-wise", d48, "cpu", "sgd") is None
-    assert D.support_reason("ddp", "table-wise", d48.replace(block="lstm"), "cpu", "sgd") is None
-    assert "Adam" in D.support_reason("ddp", "row-wise", d48, "cpu", "adam")
-    assert "full_softmax" in D.support_reason("ddp", "row-wise", d48.replace(
+    assert D.support_reason("fsdp2", "row-wise", tiny, "cpu", "sgd") is None
+    assert D.support_reason("ddp", "table-wise", tiny.replace(block="lstm"), "cpu", "sgd") is None
+    assert "Adam" in D.support_reason("ddp", "row-wise", tiny, "cpu", "adam")
+    assert D.support_reason("ddp", "row-wise", tiny, "cpu", "adam", "rowwise_adagrad") is None
+    assert "TorchRec" in D.support_reason("ddp", "dense", tiny, "cpu", "sgd", "rowwise_adagrad")
+    assert "unknown table_optimizer" in D.support_reason("ddp", "row-wise", tiny, "cpu", "sgd",
+                                                         "adagrad")
+    assert "full_softmax" in D.support_reason("ddp", "row-wise", tiny.replace(
         loss="full_softmax"), "cpu", "sgd")
-    assert "divisible by 4" in D.support_reason("ddp", "row-wise", tiny, "cpu", "sgd")
-    assert "fp16" in D.support_reason("ddp", "row-wise", d48.replace(compute_dtype="fp16"),
+    assert "fp16" in D.support_reason("ddp", "row-wise", tiny.replace(compute_dtype="fp16"),
                                       "cpu", "sgd")
-    assert "fp32" in D.support_reason("ddp", "row-wise", d48.replace(param_dtype="bf16",
-                                                                         compute_dtype="bf16"),
+    assert "fp32" in D.support_reason("ddp", "row-wise", tiny.replace(param_dtype="bf16",
+                                                                          compute_dtype="bf16"),
                                       "cpu", "sgd")
     assert "unknown parallel" in D.support_reason("tp", "dense", tiny, "cpu", "sgd")
     assert "unknown sharding" in D.support_reason("ddp", "column-wise", tiny, "cpu", "sgd")
@@ -207,6 +276,7 @@ def test_support_reason():
     assert "unknown device" in D.support_reason("ddp", "dense", tiny, "tpu", "sgd")
     if not torch.cuda.is_available():
         assert "CUDA" in D.support_reason("ddp", "dense", tiny, "cuda", "sgd")
+    assert [D.table_width(d) for d in (48, 49, 50, 52, 256)] == [48, 52, 52, 52, 256]
 
 
 def test_outside_torchrun(monkeypatch):
