@@ -28,9 +28,15 @@ def describe_record(rec: R.PointRecord) -> str:
         return rec.reason or ""
     m = rec.metrics
     unstable = f"  unstable: {rec.flags['unstable']}" if "unstable" in rec.flags else ""
+    scale = ""
+    if m.get("scaling_efficiency") is not None:
+        scale += f"  speedup {m['speedup']:.2f}x, efficiency {m['scaling_efficiency']:.0%}"
+    if m.get("comm_share") is not None:
+        scale += f"  communication ~{m['comm_share']:.0%} of the step (estimate)"
     return (f"{m['step_ms']['median']:.2f} ms/step (median of {m['step_ms']['n']})  "
             f"{m['samples_per_s']:,.0f} samples/s  "
-            f"{human(m['achieved_flops_per_s'], 'FLOP/s')} (analytic FLOPs / median){unstable}")
+            f"{human(m['achieved_flops_per_s'], 'FLOP/s')} (analytic FLOPs / median)"
+            f"{scale}{unstable}")
 
 
 class Progress:

@@ -79,6 +79,7 @@ def measure_rank(point: Point, measure: Measure, group: Any) -> dict[str, Any] |
             workload.check()  # every rank: a JAX check is itself a collective
             planned = workload.planned_mem_bytes()
             cost = workload.cost
+            table_update = getattr(workload.engine, "table_update", None)
         finally:
             workload.close()
     twin = build_twin(point, group)
@@ -95,7 +96,8 @@ def measure_rank(point: Point, measure: Measure, group: Any) -> dict[str, Any] |
     ranks = group.allgather_json(mine)
     if group.rank != 0:
         return None
-    return rank0_reply(point, ranks, cost, planned, thread_settings(point.framework))
+    threads = thread_settings(point.framework)
+    return rank0_reply(point, ranks, cost, planned, {**threads, "table_update": table_update})
 
 
 UNMEASURED_ENERGY = {  # the energy fields of a point, stated as not measured
@@ -107,7 +109,7 @@ UNMEASURED_ENERGY = {  # the energy fields of a point, stated as not measured
 
 
 def rank0_reply(point: Point, ranks: list[dict[str, Any]], cost: dict[str, Any],
-                planned: int | None, threads: dict[str, Any]) -> dict[str, Any]:
+                planned: int | None, extra: dict[str, Any]) -> dict[str, Any]:
     """The point's reply from every rank's figures: per-iteration step time the slowest
     rank's; memory the largest rank's (each rank's kept); the exposed communication share
     ``1 - twin / step`` from the slowest twin and the median step."""
@@ -143,7 +145,7 @@ def rank0_reply(point: Point, ranks: list[dict[str, Any]], cost: dict[str, Any],
         **UNMEASURED_ENERGY,
         "stop_reason": f"{len(samples)} steps agreed by every rank",
         "ranks": point.world_size,
-        **threads,
+        **extra,  # thread settings; table_update: what updates the item table (TorchRec)
     }
     return {"status": "ok", "reason": None, "metrics": metrics, "samples_ms": samples}
 
