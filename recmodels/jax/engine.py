@@ -5,7 +5,7 @@ Mirrors recmodels/torch/engine.py name for name and in the same order.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import partial, wraps
 from typing import NamedTuple
 
 import jax
@@ -15,6 +15,18 @@ import optax
 
 from recmodels.config import GenRecConfig
 from recmodels.jax.blocks import Params
+from recmodels.jax.distributed import (
+    batch_sharding,
+    local_device,
+    make_mesh,
+    pad,
+    padded_rows,
+    support_reason,
+    to_host,
+    to_local,
+    tree_shardings,
+    unpad,
+)
 from recmodels.jax.kv_cache import (
     RANK_CHUNK,
     KVCache,
@@ -51,12 +63,16 @@ FP16_LOSS_SCALE = 2.0**12  # keeps small fp16 gradients from flushing to zero
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: GenRecConfig,
                tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Forward, backward and one optimizer step: (state, batch) -> (state, metrics)."""
+    """Forward, backward and one optimizer step: (state, batch) -> (state, metrics).
+
+    The loss is the mean over every target of the (global) batch, so a batch split over
+    devices or processes gives the one-device gradient, however unevenly padded its parts.
+    Item-table rows past C+1 (sharding padding, see distributed.py) are sliced off first."""
     rng, step_rng = jax.random.split(state.rng)
     rng_arg = step_rng if cfg.dropout > 0 else None
 
     def scaled_loss(p):
-        loss = loss_fn(p, cfg, batch, rng_arg)
+        loss = loss_fn(unpad(p, cfg), cfg, batch, rng_arg)
         return loss * state.loss_scale, loss
 
     grads, loss = jax.grad(scaled_loss, has_aux=True)(state.params)
@@ -67,12 +83,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: GenRecCon
 
 
 def resolve_devices(device: str) -> list[jax.Device]:
-    """'cpu' | 'cuda[:i]' | 'tpu[:i]' -> [that device]; 'KIND:all' -> every local device of
-    that kind (data parallel). The caller validates names; a missing backend raises
-    RuntimeError from JAX."""
+    """'cpu' | 'cuda[:i]' | 'tpu[:i]' -> [this process's device i]; 'KIND:all' -> every device
+    of that kind, of every process under jax.distributed (one process: its local devices).
+    The caller validates names; a missing backend raises RuntimeError from JAX."""
     kind, _, index = device.partition(":")
-    devices = jax.devices({"cuda": "gpu"}.get(kind, kind))
-    return devices if index == "all" else [devices[int(index or 0)]]
+    backend = {"cuda": "gpu"}.get(kind, kind)
+    if index == "all":
+        return jax.devices(backend)
+    return [jax.local_devices(backend=backend)[int(index or 0)]]
+
+
+def on_real_rows(fn):
+    """fn(params, ..., cfg=cfg) seeing only the item table's C+1 real rows (see
+    distributed.unpad): padded rows are never scored or recommended."""
+    @wraps(fn)
+    def wrapped(p, *args, cfg, **kwargs):
+        return fn(unpad(p, cfg), *args, cfg=cfg, **kwargs)
+    return wrapped
 
 
 def set_matmul_precision(mode: str, compute_dtype: str = "fp32") -> None:
@@ -90,20 +117,35 @@ class Engine:
 
     Takes and returns numpy arrays at its edges; `put` moves a batch to the device once so a
     benchmark can time the step alone.
+
+    Several devices ("KIND:all"): data parallel over all of them, and with
+    sharding="row-wise" the item table split by rows (layouts: recmodels/jax/distributed.py).
+    Under jax.distributed (distributed.initialize first) "KIND:all" spans every process's
+    devices and each process runs the same calls: batch arguments are then this process's
+    rows of the global batch (the same count on each), results of score_candidates,
+    score_catalog and recommend are this process's rows, loss and train_step's loss the
+    global mean, and state_dict / load_state_dict full arrays (collectives: every process
+    calls them together). Raises ValueError for a sharding support_reason refuses.
     """
 
     framework = "jax"
 
     def __init__(self, cfg: GenRecConfig, *, seed: int = 0, optimizer: str = "adam",
-                 lr: float = 1e-3, device: str = "cpu", matmul_precision: str = "highest"):
-        self.cfg = cfg
+                 lr: float = 1e-3, device: str = "cpu", matmul_precision: str = "highest",
+                 sharding: str = "dense"):
+        reason = support_reason(sharding, cfg, device.partition(":")[0])
+        if reason:
+            raise ValueError(reason)
+        self.cfg, self.sharding = cfg, sharding
         self.devices = resolve_devices(device)
-        self.device = self.devices[0]
-        # Data parallel over several devices: parameters and optimizer state replicated,
-        # batches split along their first axis; jit then all-reduces the gradients itself.
-        mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
-        self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        self._batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        self.device = local_device(self.devices)
+        # Batches split along their first axis over every device; parameters and optimizer
+        # state replicated but for the item table under row-wise. jit then inserts the
+        # collectives (the gradients' all-reduce) itself.
+        self.mesh = make_mesh(self.devices, sharding)
+        self._replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self._batch = batch_sharding(self.mesh)
+        self._rows = padded_rows(cfg, self.mesh)  # C+1, or more to split the rows evenly
         set_matmul_precision(matmul_precision, cfg.compute_dtype)
         tx = make_optimizer(optimizer, lr)
         if cfg.compute_dtype == "fp16":  # a static loss scale can overflow: skip those steps
@@ -111,29 +153,43 @@ class Engine:
         self.tx = tx
         init_key, dropout_key = jax.random.split(jax.random.key(seed))
         with jax.default_device(self.device):
-            params = init_params(cfg, init_key)
-            scale = FP16_LOSS_SCALE if cfg.compute_dtype == "fp16" else 1.0
-            state = TrainState(params, tx.init(params), dropout_key, jnp.float32(scale))
-        # Committed to the device, like the state a jitted step returns: otherwise the
-        # second step sees different input placement and compiles again.
-        self.state = jax.device_put(state, self._replicated)
-        self._train_step = jax.jit(partial(train_step, cfg=cfg, tx=tx), donate_argnums=0)
-        self._loss = jax.jit(partial(loss_fn, cfg=cfg))
-        self._score_candidates = jax.jit(partial(score_candidates, cfg=cfg))
-        self._score_catalog = jax.jit(partial(score_catalog, cfg=cfg))
-        self._recommend = jax.jit(partial(recommend, cfg=cfg), static_argnames="k")
-        self._rank = jax.jit(partial(rank, cfg=cfg), static_argnames="chunk")
-        self._prefill = jax.jit(lambda p, seq, room: prefill(p, cfg, seq, seq.shape[1] + room)[1],
-                                static_argnames="room")
-        self._decode = jax.jit(partial(decode, cfg=cfg))
-        self._generate = jax.jit(partial(generate, cfg=cfg), static_argnames=("steps", "beam"))
+            params = pad(init_params(cfg, init_key), self._rows)
+        scale = FP16_LOSS_SCALE if cfg.compute_dtype == "fp16" else 1.0
+        self._state_shardings = tree_shardings(
+            TrainState(params, jax.eval_shape(tx.init, params), dropout_key, 0.0), self.mesh)
+        self._init_opt = jax.jit(tx.init, out_shardings=self._state_shardings.opt_state)
+        # Placed on the mesh, like the state a jitted step returns: otherwise the second
+        # step sees different input placement and compiles again. device_put takes host
+        # values onto every process's devices, but not key arrays: the key is drawn there.
+        params = jax.device_put(params, self._state_shardings.params)
+        dropout_key = jax.jit(lambda: jax.random.split(jax.random.key(seed))[1],
+                              out_shardings=self._replicated)()
+        self.state = TrainState(params, self._init_opt(params), dropout_key,
+                                jax.device_put(jnp.float32(scale), self._replicated))
+        self._train_step = jax.jit(partial(train_step, cfg=cfg, tx=tx), donate_argnums=0,
+                                   out_shardings=(self._state_shardings, self._replicated))
+        self._loss = jax.jit(partial(on_real_rows(loss_fn), cfg=cfg))
+        self._score_candidates = jax.jit(partial(on_real_rows(score_candidates), cfg=cfg))
+        self._score_catalog = jax.jit(partial(on_real_rows(score_catalog), cfg=cfg))
+        self._recommend = jax.jit(partial(on_real_rows(recommend), cfg=cfg), static_argnames="k")
+        self._rank = jax.jit(partial(on_real_rows(rank), cfg=cfg), static_argnames="chunk")
+        self._prefill = jax.jit(
+            lambda p, seq, room: prefill(unpad(p, cfg), cfg, seq, seq.shape[1] + room)[1],
+            static_argnames="room")
+        self._decode = jax.jit(partial(on_real_rows(decode), cfg=cfg))
+        self._generate = jax.jit(partial(on_real_rows(generate), cfg=cfg),
+                                 static_argnames=("steps", "beam"))
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        n = len(self.devices)
+        """This process's rows of a batch -> global int32 arrays split over every device
+        (jax.make_array_from_process_local_data; one process: all rows, a device_put).
+        Raises ValueError if the rows do not split evenly over this process's devices."""
+        n = len(self.mesh.local_devices)
         for v in batch.values():
             if len(v) % n:
                 raise ValueError(f"batch of {len(v)} does not split evenly over {n} devices")
-        return {k: jax.device_put(np.asarray(v, dtype=np.int32), self._batch)
+        return {k: jax.make_array_from_process_local_data(self._batch,
+                                                          np.asarray(v, dtype=np.int32))
                 for k, v in batch.items()}
 
     def train_step(self, batch: dict) -> jax.Array:
@@ -147,11 +203,12 @@ class Engine:
 
     def score_candidates(self, seq: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         d = self.put({"seq": seq, "cand": candidates})
-        return np.asarray(self._score_candidates(self.state.params, seq=d["seq"],
-                                                 candidates=d["cand"]))
+        return to_local(self._score_candidates(self.state.params, seq=d["seq"],
+                                               candidates=d["cand"]), self.mesh)
 
     def score_catalog(self, seq: np.ndarray) -> np.ndarray:
-        return np.asarray(self._score_catalog(self.state.params, seq=self.put({"seq": seq})["seq"]))
+        return to_local(self._score_catalog(self.state.params, seq=self.put({"seq": seq})["seq"]),
+                        self.mesh)
 
     def infer_step(self, seq: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Array]:
         """Top-k over the whole catalog for device-resident histories, left on the device."""
@@ -159,7 +216,7 @@ class Engine:
 
     def recommend(self, seq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = self.infer_step(self.put({"seq": seq})["seq"], k)
-        return np.asarray(scores, dtype=np.float32), np.asarray(ids)
+        return to_local(scores, self.mesh).astype(np.float32), to_local(ids, self.mesh)
 
     # The serving API (recbench serve): device arrays in, device arrays out, no host sync.
 
@@ -204,15 +261,18 @@ class Engine:
         return bool(jnp.stack([jnp.isfinite(v).all() for v in self.state.params.values()]).all())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v, dtype=np.float32) for k, v in self.state.params.items()}
+        """Full fp32 arrays on every process, the item table [C+1, d] without padding."""
+        out = {k: to_host(v).astype(np.float32, copy=False) for k, v in self.state.params.items()}
+        out["item_emb.weight"] = out["item_emb.weight"][: self.cfg.catalog_size + 1]
+        return out
 
     def load_state_dict(self, tensors: dict[str, np.ndarray]) -> None:
         own = self.state.params
         missing = sorted(set(own) ^ set(tensors))
         if missing:
             raise KeyError(f"state dict keys do not match the model: {missing[:5]}")
-        params = {k: jnp.asarray(tensors[k], own[k].dtype) for k in own}
+        with jax.default_device(self.device):
+            params = pad({k: jnp.asarray(tensors[k], own[k].dtype) for k in own}, self._rows)
+        params = jax.device_put(params, self._state_shardings.params)
         # Fresh optimizer state, as in torch: a loaded model's next step starts Adam anew.
-        self.state = jax.device_put(
-            self.state._replace(params=params, opt_state=self.tx.init(params)),
-            self._replicated)
+        self.state = self.state._replace(params=params, opt_state=self._init_opt(params))
