@@ -56,14 +56,20 @@ def initialize(timeout_s: float = 300.0) -> tuple[int, int]:
     a silent peer counts as dead, and the wait for the others at shutdown.
 
     Must run before anything initialises a JAX backend (jax.devices(), any computation):
-    JAX raises RuntimeError otherwise. WORLD_SIZE unset or 1: a no-op returning (0, 1).
-    Returns (process_index, process_count).
+    JAX raises RuntimeError otherwise; so does this when RANK or MASTER_PORT is missing.
+    WORLD_SIZE unset or 1: a no-op returning (0, 1). Returns (process_index, process_count).
+    See https://docs.jax.dev/en/latest/multi_process.html.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     if jax.distributed.is_initialized():
         return jax.process_index(), jax.process_count()
+    need = ("RANK",) if "JAX_COORDINATOR_ADDRESS" in os.environ else ("RANK", "MASTER_PORT")
+    missing = [k for k in need if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} unset: start the "
+                           "program with `torchrun --nproc-per-node N ...`")
     rank = int(os.environ["RANK"])
     address = os.environ.get("JAX_COORDINATOR_ADDRESS") or (
         f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{int(os.environ['MASTER_PORT']) + 1}")

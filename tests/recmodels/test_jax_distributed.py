@@ -301,4 +301,8 @@ def test_initialize_without_world_is_a_no_op(monkeypatch):
     assert dist.initialize() == (0, 1)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert dist.initialize() == (0, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="RANK"):
+        dist.initialize()
     assert not jax.distributed.is_initialized()
