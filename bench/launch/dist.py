@@ -155,22 +155,54 @@ def ranks_reason(point: Point) -> str | None:
     return None
 
 
+FAILURE_RE = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+             "Socket closed", "DEADLINE_EXCEEDED", "timed out", "Timeout")
+
+
+def rank_failures(log: str) -> dict[int, int]:
+    """Every failed rank torchrun lists (its "Failures" and "Root Cause" blocks) -> its exit
+    code (negative: the signal that killed it)."""
+    return {int(r): int(c) for r, c in FAILURE_RE.findall(log)}
+
+
+def _how(code: int) -> str:
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"killed by signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def failure_summary(log: str) -> str:
-    """What torchrun says failed, in one line: the root-cause rank and how it ended."""
-    text = log[log.find("Root Cause"):] if "Root Cause" in log else log
-    rank = re.search(r"rank\s*:\s*(\d+)", text)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)", text)
-    if not (rank and code):
-        return "torchrun reported a failure it did not attribute to a rank"
-    value = int(code.group(1))
-    if value < 0:
-        try:
-            how = f"killed by signal {signal.Signals(-value).name}"
-        except ValueError:
-            how = f"killed by signal {-value}"
-    else:
-        how = f"exited with status {value}"
-    return f"rank {rank.group(1)} {how}"
+    """What torchrun says failed, in one line: a rank killed by a signal first (the others
+    then fail on the lost connection), else the root-cause rank and how it ended."""
+    failures = rank_failures(log)
+    # torchrun stops the survivors with SIGTERM: a rank killed otherwise is the cause
+    killed = sorted((r for r, c in failures.items() if c < 0),
+                    key=lambda r: (failures[r] == -signal.SIGTERM, r))
+    if killed:
+        return f"rank {killed[0]} {_how(failures[killed[0]])}"
+    root = rank_failures(log[log.find("Root Cause"):]) if "Root Cause" in log else {}
+    if root or failures:
+        rank, code = next(iter((root or failures).items()))
+        return f"rank {rank} {_how(code)}"
+    return "torchrun reported a failure it did not attribute to a rank"
+
+
+def own_failure(replies: dict[int, dict[str, Any]], failures: dict[int, int]
+                ) -> dict[str, Any] | None:
+    """The reply that says why the job failed, or None when a rank died without one: no
+    rank killed by a signal, then a rank's own failure before one that lost its peers."""
+    if any(c < 0 and r not in replies for r, c in failures.items()):
+        return None  # killed mid-step: the others' errors are about the lost connection
+    ranked = sorted(replies.items(), key=lambda kv: (
+        any(m in str(kv[1].get("reason")) for m in PEER_LOST), kv[0]))
+    for rank, reply in ranked:
+        if reply.get("status") != "ok":
+            return {**reply, "reason": f"rank {rank}: {reply.get('reason')}"}
+    return None
 
 
 def launch_point(point: Point, measure: Measure, *, rdzv: Rendezvous | None = None,
@@ -212,12 +244,11 @@ def launch_point(point: Point, measure: Measure, *, rdzv: Rendezvous | None = No
             return json.loads((out / "rank0.json").read_text(encoding="utf-8"))
         if rc == 0 and rdzv.node_rank != 0:
             return {"status": "remote", "reason": "measured and written by node 0"}
-        own = sorted(out.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
-        for path in own:  # a rank that failed on its own and said why
-            reply = json.loads(path.read_text(encoding="utf-8"))
-            if reply.get("status") != "ok":
-                reply["reason"] = f"rank {path.stem[4:]}: {reply.get('reason')}"
-                return reply
+        replies = {int(p.stem[4:]): json.loads(p.read_text(encoding="utf-8"))
+                   for p in out.glob("rank*.json")}
+        own = own_failure(replies, rank_failures(text))
+        if own is not None:  # a rank that failed on its own and said why
+            return own
         tail = text[-LOG_TAIL_CHARS:].strip()
         return {"status": "crashed",
                 "reason": f"{failure_summary(text)} (torchrun exited with status {rc}); "

@@ -11,7 +11,9 @@ from bench.launch.dist import (
     Rendezvous,
     failure_summary,
     interconnect_jobs,
+    own_failure,
     rank_env,
+    rank_failures,
     torchrun_argv,
 )
 from bench.launch.rank import rank0_reply
@@ -133,6 +135,14 @@ Root Cause (first observed failure):
 
 def test_failure_summary_names_the_root_cause():
     assert failure_summary(TORCHRUN_LOG) == "rank 1 killed by signal SIGKILL"
+    assert rank_failures(TORCHRUN_LOG) == {0: 1, 1: -9}
+    stopped = TORCHRUN_LOG.replace("exitcode  : 1 (pid", "exitcode  : -15 (pid")
+    assert failure_summary(stopped) == "rank 1 killed by signal SIGKILL"  # not the SIGTERM
+    lost = {0: {"status": "error", "reason": "RuntimeError: Connection reset by peer"}}
+    assert own_failure(lost, {0: 1, 1: -9}) is None  # rank 1 was killed: crashed, not error
+    oom = {1: {"status": "oom", "reason": "MemoryError"}}
+    assert own_failure({**lost, **oom}, {0: 1, 1: 1})["reason"] == "rank 1: MemoryError"
+    assert own_failure(lost, {0: 1, 1: 1})["status"] == "error"  # nothing better known
     assert "did not attribute" in failure_summary("Traceback: nothing useful")
     assert failure_summary("Root Cause\n rank : 3\n exitcode : 2") == "rank 3 exited with status 2"
 
