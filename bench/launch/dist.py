@@ -240,8 +240,14 @@ def launch_point(point: Point, measure: Measure, *, rdzv: Rendezvous | None = No
                 "limit less a grace); torchrun and its ranks stopped")}
         log.seek(0)
         text = log.read().decode(errors="replace")
-        if rc == 0 and (out / "rank0.json").is_file():
-            return json.loads((out / "rank0.json").read_text(encoding="utf-8"))
+        first = out / "rank0.json"
+        reply = json.loads(first.read_text(encoding="utf-8")) if first.is_file() else {}
+        if reply.get("status") == "ok":  # measured; a failure after it is in teardown
+            if rc != 0:
+                reply.setdefault("extra", {})["teardown"] = (
+                    f"{failure_summary(text)} after rank 0 wrote the result (torchrun exited "
+                    f"with status {rc})")
+            return reply
         if rc == 0 and rdzv.node_rank != 0:
             return {"status": "remote", "reason": "measured and written by node 0"}
         replies = {int(p.stem[4:]): json.loads(p.read_text(encoding="utf-8"))

@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if reply is not None:
         _write(args.out / "rank0.json", reply)
+    group.leave()  # a failure here is torchrun's to report: the result is written
     return 0
 
 

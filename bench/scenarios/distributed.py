@@ -82,6 +82,23 @@ class Group:
         """Rank 0's JSON value on every rank."""
         return self.allgather_json(value)[0]
 
+    def leave(self) -> None:
+        """Leave the job together: a barrier, then the framework's own teardown (torch's
+        destroy_process_group, jax.distributed.shutdown). A rank that simply exits while its
+        process group's threads run can abort ("terminate called without an active
+        exception"), which torchrun then reports as the job's failure."""
+        if self.framework == "torch":
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
+        elif self.world > 1:
+            import jax
+
+            self.allgather_array(np.zeros(1, dtype=np.int32))  # a barrier
+            jax.distributed.shutdown()
+
 
 def join(framework: str, timeout_s: float) -> Group:
     """Join the job whose ranks torchrun started (its env: RANK, WORLD_SIZE, MASTER_ADDR,
