@@ -61,6 +61,7 @@ def main(folder: Path) -> None:
     if RANK == 0:
         np.savez(folder / "out.npz", **out)
     multihost_utils.sync_global_devices("dist_jax_ranks done")
+    jax.distributed.shutdown()  # leave together (exiting with a live runtime can abort)
 
 
 if __name__ == "__main__":

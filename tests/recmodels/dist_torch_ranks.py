@@ -113,6 +113,10 @@ def main(argv: list[str]) -> None:
     init_process_group(timeout_s=120.0)
     for case in cases:
         run_case(case, out)
+    import torch.distributed as dist
+
+    dist.barrier()  # leave together: a rank exiting with live process-group threads can abort
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
