@@ -36,6 +36,7 @@ from bench.scenarios.step import (
     Workload,
     analytic_cost,
     distributed_reason,
+    peak_fns,
     random_batch,
     tokens_per_user,
     train_closures,
@@ -144,8 +145,6 @@ def make_rank_engine(point: Point, group: Group) -> Any:
 
 def build_rank(point: Point, group: Group, caps: DeviceCaps) -> Workload:
     """This rank's share of the point's train step (raises Unsupported with the reason)."""
-    from bench.meters import jax_peak_fns, torch_cuda_peak_fns
-
     reason = distributed_reason(point, caps)
     if reason:
         raise Unsupported(reason)
@@ -153,15 +152,11 @@ def build_rank(point: Point, group: Group, caps: DeviceCaps) -> Workload:
     engine = make_rank_engine(point, group)
     local = rank_rows(random_batch(cfg, point.global_batch), group.rank, group.world)
     step, planned, check = train_closures(engine, engine.put(local))
-    if point.framework == "torch":
-        kind = device_kind(point.device)
-        peak = torch_cuda_peak_fns(engine.device) if kind == "cuda" else (None, None)
-    else:
-        peak = jax_peak_fns(engine.device)
     return Workload(point=point, step=step, sync=engine.sync,
                     samples_per_step=point.global_batch,
                     tokens_per_step=point.global_batch * tokens_per_user(point, cfg),
-                    cost=analytic_cost(point), peak_fns=peak, planned_mem_bytes=planned,
+                    cost=analytic_cost(point), peak_fns=peak_fns(point, engine),
+                    planned_mem_bytes=planned,
                     check=check, engine=engine)
 
 

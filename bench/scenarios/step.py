@@ -221,7 +221,6 @@ def device_caps(framework: str, device: str) -> DeviceCaps:
 
 def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
     """Build the point's step on its device; raises Unsupported with the reason."""
-    from bench.meters import jax_peak_fns, torch_cuda_peak_fns
     from recmodels.train import make_engine
 
     caps = caps or device_caps(point.framework, point.device)
@@ -251,17 +250,24 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
 
         def check():
             return None  # inference updates nothing that could diverge
-    if point.framework == "torch":
-        peak = torch_cuda_peak_fns(point.device) if caps.kind == "cuda" else (None, None)
-    else:
-        peak = jax_peak_fns(engine.device)
     return Workload(point=point, step=step, sync=engine.sync,
                     samples_per_step=point.batch_size,
                     tokens_per_step=point.batch_size * tokens_per_user(point, cfg),
-                    cost=analytic_cost(point), peak_fns=peak, planned_mem_bytes=planned,
-                    check=check, engine=engine,
+                    cost=analytic_cost(point), peak_fns=peak_fns(point, engine),
+                    planned_mem_bytes=planned, check=check, engine=engine,
                     extra_metrics=extra_metrics if point.workload in SERVING_WORKLOADS
                     else (lambda: {}))
+
+
+def peak_fns(point: Point, engine: Any) -> tuple[Callable | None, Callable | None]:
+    """(reset, read) of the device peak-memory counter of the engine's device, or None's."""
+    from bench.meters import jax_peak_fns, torch_cuda_peak_fns
+
+    if point.framework == "jax":
+        return jax_peak_fns(engine.device)
+    if device_kind(point.device) == "cuda":
+        return torch_cuda_peak_fns(engine.device)
+    return None, None
 
 
 def train_closures(engine: Any, dev_batch: Any) -> tuple[Callable, Callable, Callable]:

@@ -4,12 +4,12 @@ of the torch (gloo) and JAX (gloo CPU collectives) measurements."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from bench.launch.dist import free_port_pair
 from bench.machine.interconnect import (
     DEFAULT_SIZES,
     MiB,
@@ -88,26 +88,13 @@ def test_format_says_loopback_and_unsupported() -> None:
     assert lines[3] == "  all-to-all: unsupported (no gloo)"
 
 
-def _free_port_pair() -> int:
-    """A port p with p + 1 free too (JAX's coordinator listens on p + 1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
 
 
 @pytest.mark.dist
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_two_rank_launch(framework: str, tmp_path: Path) -> None:
     out = tmp_path / "ic.json"
-    argv = launch_argv(framework, 2, _free_port_pair(), out, [4096, 65536], warmup=1, iters=3)
+    argv = launch_argv(framework, 2, free_port_pair(), out, [4096, 65536], warmup=1, iters=3)
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not a network" in proc.stdout

@@ -10,7 +10,6 @@ test_tolerances_can_fail shows by how much.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 
+from bench.launch.dist import free_port_pair
 from recmodels import weights
 from recmodels.config import preset
 from recmodels.jax import distributed as dist
@@ -157,19 +157,6 @@ def references(inputs) -> dict:
     return {(name, opt): reference(inputs, name, opt) for name in PRESETS for opt in OPTIMIZERS}
 
 
-def free_port_pair() -> int:
-    """A port P with P+1 free too (torchrun's store on P, JAX's coordinator on P+1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free pair of ports")
 
 
 @pytest.mark.dist

@@ -58,10 +58,10 @@ def pt(**kw) -> Point:
 
 def test_shipped_suites_load_with_expected_sizes():
     assert {"quick", "standard", "full", "ci"} <= set(available_suites())
-    names = ("reference", "quick", "standard", "gpu-quick", "full", "ci")
+    names = ("reference", "quick", "standard", "gpu-quick", "full", "ci", "scale")
     sizes = {name: len(load_suite(name).points) for name in names}
     assert sizes == {"reference": 72, "quick": 112, "standard": 352, "gpu-quick": 127,
-                     "full": 788, "ci": 8}  # quick, standard, gpu-quick: reference + extras
+                     "full": 866, "ci": 8, "scale": 24}  # quick, standard, gpu-quick: reference + extras
 
 
 def test_quick_meets_its_minimum_sweep():
