@@ -1,7 +1,8 @@
 """Scale-out figures: distributed points (``parallel`` dp / fsdp) and the interconnect roof.
 
   scaling       samples/s against world size, one line per configuration, with the ideal
-                line (the one-rank point's samples/s x world size): strong scaling (fixed
+                line (the one-rank point's samples/s x the devices: ranks on GPUs, hosts on
+                CPUs, whose ranks share the cores): strong scaling (fixed
                 global batch) and weak scaling (fixed per-rank batch) in their own panels;
                 a point that did not run is a cross on the x axis
   comm          scaling efficiency and the exposed communication share (an estimate: 1 -
@@ -35,6 +36,12 @@ def baseline_key(point: Mapping[str, Any]) -> tuple:
     """The key of the one-rank point a distributed point is held to (Point.scaling_baseline):
     the same fields at world size 1, one node, scaling "strong"."""
     return config_key({**point, "world_size": 1, "nodes": 1, "scaling": "strong"})
+
+
+def ideal_devices(e: Entry, world_size: int, nodes: int) -> int:
+    """The devices W ranks bring against one rank's (bench.launch.runner.roof_devices): each
+    rank a GPU or TPU; CPU ranks share their host's cores, so a host is one device."""
+    return nodes if device_kind(e.device) == "cpu" else world_size
 
 
 def scaling_lines(entries: Sequence[Entry]) -> dict[tuple, list[Entry]]:
@@ -82,8 +89,11 @@ def scaling_figure(entries: Sequence[Entry]) -> Figure | None:
             one = base.get((source, baseline_key(members[-1].point)))
             if one:
                 ws = sorted({int(e.point["world_size"]) for e in members} | {1})
-                ax.plot(ws, [one * w for w in ws], ":", color=color, alpha=0.7,
-                        label="ideal (1 rank x W)" if i == 0 else None)
+                nodes = {int(e.point["world_size"]): int(e.point.get("nodes", 1))
+                         for e in members}
+                ax.plot(ws, [one * ideal_devices(members[0], w, nodes.get(w, 1)) for w in ws],
+                        ":", color=color, alpha=0.7,
+                        label="ideal (1 rank x devices)" if i == 0 else None)
             for e in members:
                 if not e.ok:
                     ax.plot([int(e.point["world_size"])], [0], "x", color=color, ms=9)
@@ -122,7 +132,7 @@ def comm_figure(entries: Sequence[Entry]) -> Figure | None:
             comm_ax.plot(ws, [100 * v if v is not None else float("nan") for v in comm], "s-",
                          color=color, label=label)
     eff_ax.axhline(1.0, color="grey", ls=":", lw=1)
-    eff_ax.set_title("scaling efficiency: samples/s / (W x one rank's)", fontsize=10)
+    eff_ax.set_title("scaling efficiency: speedup / devices (GPUs; CPU hosts)", fontsize=10)
     comm_ax.set_title("exposed communication share (estimate: 1 - twin / step)", fontsize=10)
     eff_ax.set_ylabel("efficiency")
     comm_ax.set_ylabel("% of step time")

@@ -31,8 +31,9 @@ def describe_record(rec: R.PointRecord) -> str:
     scale = ""
     if m.get("scaling_efficiency") is not None:
         scale += f"  speedup {m['speedup']:.2f}x, efficiency {m['scaling_efficiency']:.0%}"
-    if m.get("comm_share") is not None:
-        scale += f"  communication ~{m['comm_share']:.0%} of the step (estimate)"
+    if m.get("comm_share") is not None:  # at one rank: the distributed machinery alone
+        what = "communication" if (m.get("ranks") or 1) > 1 else "distributed overhead"
+        scale += f"  {what} ~{m['comm_share']:.0%} of the step (estimate)"
     return (f"{m['step_ms']['median']:.2f} ms/step (median of {m['step_ms']['n']})  "
             f"{m['samples_per_s']:,.0f} samples/s  "
             f"{human(m['achieved_flops_per_s'], 'FLOP/s')} (analytic FLOPs / median)"

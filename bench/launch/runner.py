@@ -101,17 +101,22 @@ def roof_devices(point: Point, env: dict[str, Any]) -> int:
 
 def add_scaling(metrics: dict[str, Any], point: Point, throughput: dict[str, float]) -> None:
     """Speedup and scaling efficiency of a multi-rank point against the same point on one
-    rank (``Point.scaling_baseline``) measured in the same results file: efficiency =
-    samples/s / (world_size x the baseline's samples/s), ideal 1.0 for strong scaling (fixed
-    global batch) and weak scaling (fixed per-rank batch) alike. Null without a baseline."""
+    rank (``Point.scaling_baseline``) measured in the same results file: speedup = samples/s
+    / the baseline's; efficiency = speedup / ``scaling_devices``, the devices the point has
+    for the baseline's one: its ranks on GPUs and TPUs, its hosts on CPUs (CPU ranks of one
+    host split the cores the one-rank baseline used all of, so their ideal is the baseline's
+    throughput). Ideal 1.0 for strong scaling (fixed global batch) and weak scaling (fixed
+    per-rank batch) alike. Null without a baseline."""
     if not point.distributed or point.world_size == 1:
         return
     base_id = point.scaling_baseline().id
     base = throughput.get(base_id)
     mine = metrics.get("samples_per_s")
+    devices = roof_devices(point, {})
     metrics["scaling_baseline_id"] = base_id
+    metrics["scaling_devices"] = devices
     metrics["speedup"] = mine / base if base and mine else None
-    metrics["scaling_efficiency"] = mine / (point.world_size * base) if base and mine else None
+    metrics["scaling_efficiency"] = mine / (devices * base) if base and mine else None
 
 
 # --- the sweep -----------------------------------------------------------------------------

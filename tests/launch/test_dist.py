@@ -189,13 +189,18 @@ def test_rank0_reply_takes_the_slowest_rank():
 
 
 def test_scaling_efficiency_against_the_one_rank_point():
-    base = dist_point(world_size=1)
+    base = dist_point(world_size=1, device="cuda")
     m = {"samples_per_s": 150.0}
-    add_scaling(m, dist_point(), {base.id: 100.0})
+    add_scaling(m, dist_point(device="cuda"), {base.id: 100.0})
     assert m["speedup"] == pytest.approx(1.5) and m["scaling_efficiency"] == pytest.approx(0.75)
     weak = {"samples_per_s": 190.0}  # weak: the baseline has the per-rank batch
-    add_scaling(weak, dist_point(scaling="weak"), {base.id: 100.0})
+    add_scaling(weak, dist_point(scaling="weak", device="cuda"), {base.id: 100.0})
     assert weak["scaling_efficiency"] == pytest.approx(0.95)
+    # two CPU ranks on one host share its cores: one device, the ideal is the baseline's
+    cpu = {"samples_per_s": 96.0}
+    add_scaling(cpu, dist_point(), {dist_point(world_size=1).id: 100.0})
+    assert cpu["scaling_devices"] == 1 and cpu["scaling_efficiency"] == pytest.approx(0.96)
+    base = dist_point(world_size=1)
     none = {"samples_per_s": 150.0}
     add_scaling(none, dist_point(), {})
     assert none["scaling_efficiency"] is None and none["scaling_baseline_id"] == base.id
@@ -257,7 +262,12 @@ def test_scale_figures_from_records(tmp_path):
     assert fig is not None and len(fig.axes) == 2  # strong and weak panels
     strong = fig.axes[0]
     ideal = next(ln for ln in strong.get_lines() if ln.get_linestyle() == ":")
-    assert list(ideal.get_ydata()) == [100.0, 200.0, 400.0]
+    assert list(ideal.get_ydata()) == [100.0, 100.0, 100.0]  # CPU ranks of one host
+    gpu = [_rec(dist_point(world_size=w, device="cuda"), t) for w, t in ((1, 100.0), (2, 190.0))]
+    (tmp_path / "gpu").mkdir()
+    gfig = scaling_figure(entries([load(_results(tmp_path / "gpu", gpu))]))
+    gideal = next(ln for ln in gfig.axes[0].get_lines() if ln.get_linestyle() == ":")
+    assert list(gideal.get_ydata()) == [100.0, 200.0]  # one GPU per rank
     crossed = [ln for ln in strong.get_lines() if ln.get_marker() == "x"]
     assert [list(ln.get_xdata()) for ln in crossed] == [[4]]
     comm = comm_figure(items)
