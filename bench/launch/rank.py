@@ -54,10 +54,36 @@ def _median(samples: list[float]) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
+def agreed_samples(timer: Any, step: Any, sync: Any, group: Any, measure: Measure,
+                   per_step_ms: float) -> list[float]:
+    """Timed steps, the same number on every rank, in rounds: rank 0 picks each round's count
+    (from its warm-up, then from the median so far) until the samples reach min_time_s and
+    min_iters, or a maximum (max_iters, max_time_s) stops them; every rank gets the count by
+    a broadcast between rounds, outside the timed steps."""
+    from bench.scenarios.distributed import iterations_for
+
+    samples: list[float] = []
+    n = int(group.broadcast_json(iterations_for(per_step_ms, measure.min_time_s,
+                                                measure.min_iters, measure.max_iters,
+                                                measure.max_time_s)))
+    while n > 0:
+        samples += timer.sample(step, sync, min_time_s=0.0, min_iters=n, max_iters=n,
+                                max_time_s=measure.timeout_s).samples_ms
+        spent_s = sum(samples) / 1e3
+        more = 0
+        if (spent_s < measure.min_time_s and len(samples) < measure.max_iters
+                and spent_s < measure.max_time_s):
+            more = iterations_for(_median(samples), measure.min_time_s - spent_s, 1,
+                                  measure.max_iters - len(samples),
+                                  measure.max_time_s - spent_s)
+        n = int(group.broadcast_json(more))
+    return samples
+
+
 def measure_rank(point: Point, measure: Measure, group: Any) -> dict[str, Any] | None:
     """Time this rank's share of ``point``; rank 0 gets the point's reply, others None."""
     from bench.launch.worker import thread_settings
-    from bench.scenarios.distributed import build_rank, build_twin, iterations_for
+    from bench.scenarios.distributed import build_rank, build_twin
     from bench.scenarios.step import DeviceCaps
 
     caps = DeviceCaps(device_kind(point.device), count=point.world_size)
@@ -71,11 +97,8 @@ def measure_rank(point: Point, measure: Measure, group: Any) -> dict[str, Any] |
                 warm = timer.warmup(step, workload.sync, warmup_iters=measure.warmup_iters)
                 per_step_ms = (warm.warmup_s / measure.warmup_iters if measure.warmup_iters
                                else warm.compile_s) * 1e3
-                n = int(group.broadcast_json(iterations_for(
-                    per_step_ms, measure.min_time_s, measure.min_iters, measure.max_iters,
-                    measure.max_time_s)))
-                sampled = timer.sample(step, workload.sync, min_time_s=0.0, min_iters=n,
-                                       max_iters=n, max_time_s=measure.timeout_s)
+                samples_ms = agreed_samples(timer, step, workload.sync, group, measure,
+                                            per_step_ms)
             workload.check()  # every rank: a JAX check is itself a collective
             planned = workload.planned_mem_bytes()
             cost = workload.cost
@@ -86,11 +109,12 @@ def measure_rank(point: Point, measure: Measure, group: Any) -> dict[str, Any] |
     try:
         timer.warmup(twin.step, twin.sync, warmup_iters=1)
         twin_ms = _median(timer.sample(twin.step, twin.sync, min_time_s=0.0,
-                                       min_iters=min(n, 20), max_iters=min(n, 20),
+                                       min_iters=min(len(samples_ms), 20),
+                                       max_iters=min(len(samples_ms), 20),
                                        max_time_s=measure.timeout_s).samples_ms)
     finally:
         twin.close()
-    mine = {"samples_ms": sampled.samples_ms, "twin_ms": twin_ms,
+    mine = {"samples_ms": samples_ms, "twin_ms": twin_ms,
             "peak_host_rss_bytes": host.peak_rss_bytes, "peak_device_mem_bytes": dev.peak_bytes,
             "compile_s": warm.compile_s, "warmup_s": warm.warmup_s}
     ranks = group.allgather_json(mine)
@@ -143,7 +167,7 @@ def rank0_reply(point: Point, ranks: list[dict[str, Any]], cost: dict[str, Any],
             "twin), t_step the distributed step's median; communication that overlaps "
             "compute is not in it"),
         **UNMEASURED_ENERGY,
-        "stop_reason": f"{len(samples)} steps agreed by every rank",
+        "stop_reason": f"{len(samples)} steps, their number agreed by every rank",
         "ranks": point.world_size,
         **extra,  # thread settings; table_update: what updates the item table (TorchRec)
     }

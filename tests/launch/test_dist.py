@@ -304,3 +304,27 @@ def test_report_scale_section(tmp_path):
     assert shards_needed(Point.from_dict({**p.to_dict(), "catalog_size": 10**5}), 2**34) == 1
     k = shards_needed(Point.from_dict({**p.to_dict(), "catalog_size": 10**9}), 2**34)
     assert k is not None and k >= 8
+
+
+def test_agreed_samples_reach_min_time_in_rounds():
+    from bench.launch.rank import agreed_samples
+    from bench.meters import StepTimer
+    from bench.point import Measure
+
+    clock = [0]
+
+    def fake_clock() -> int:
+        return clock[0]
+
+    def step():
+        clock[0] += 40_000_000  # 40 ms a step
+        return None
+
+    timer = StepTimer(clock_ns=fake_clock)
+    m = Measure(warmup_iters=1, min_time_s=1.0, min_iters=5, max_iters=100, max_time_s=10.0)
+    # the warm-up said 100 ms a step: 10 steps agreed first, 0.4 s; then rounds to 1 s
+    samples = agreed_samples(timer, step, lambda v: v, Group("torch", 0, 1), m, 100.0)
+    assert sum(samples) >= 1000.0 and len(samples) == 25
+    capped = Measure(warmup_iters=1, min_time_s=1.0, min_iters=5, max_iters=12, max_time_s=10.0)
+    assert len(agreed_samples(timer, step, lambda v: v, Group("torch", 0, 1), capped,
+                              100.0)) == 12
