@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from bench.analysis.plotdata import Entry, config_key, describe, source_names, varying_fields
 from bench.point import device_kind
 from bench.results import ResultsFile
+from recmodels.config import human_bytes
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
           "tab:pink", "tab:olive")
@@ -77,32 +78,45 @@ def scaling_figure(entries: Sequence[Entry]) -> Figure | None:
     several = len({source for source, _ in lines}) > 1
     for ax, kind in zip(axes, kinds):
         shown = [(k, v) for k, v in lines.items() if kind_of[k] == kind]
+        plotted: list[float] = []
+        sizes: set[int] = {1}
         for i, ((source, _), members) in enumerate(shown):
             color = COLORS[i % len(COLORS)]
-            ok = [(int(e.point["world_size"]), e.metric("samples_per_s")) for e in members
-                  if e.ok and e.metric("samples_per_s") is not None]
+            one = base.get((source, baseline_key(members[-1].point)))
+            ok = [(int(e.point["world_size"]), v) for e in members
+                  if e.ok and (v := e.metric("samples_per_s")) is not None]
+            if one and kind == "weak":  # its line starts at the one-rank point it is held to
+                ok = [(1, one), *ok]
             label = " ".join(filter(None, [source if several else "",
                                            describe(members[0].point, fields)]))
             if ok:
                 ax.plot([w for w, _ in ok], [t for _, t in ok], "o-", color=color,
                         label=label or "measured")
-            one = base.get((source, baseline_key(members[-1].point)))
+                plotted += [t for _, t in ok]
+            ws = sorted({int(e.point["world_size"]) for e in members} | {1})
+            sizes |= set(ws)
             if one:
-                ws = sorted({int(e.point["world_size"]) for e in members} | {1})
                 nodes = {int(e.point["world_size"]): int(e.point.get("nodes", 1))
                          for e in members}
-                ax.plot(ws, [one * ideal_devices(members[0], w, nodes.get(w, 1)) for w in ws],
-                        ":", color=color, alpha=0.7,
+                ideal = [one * ideal_devices(members[0], w, nodes.get(w, 1)) for w in ws]
+                ax.plot(ws, ideal, ":", color=color, alpha=0.7,
                         label="ideal (1 rank x devices)" if i == 0 else None)
-            for e in members:
+                plotted += ideal
+            for e in members:  # at the bottom edge, whatever the scale
                 if not e.ok:
-                    ax.plot([int(e.point["world_size"])], [0], "x", color=color, ms=9)
+                    ax.plot([int(e.point["world_size"])], [0.03], "x", color=color, ms=9,
+                            transform=ax.get_xaxis_transform())
         ax.set_xlabel("world size (ranks)")
         ax.set_ylabel("samples/s (all ranks)")
         ax.set_title(f"{kind} scaling: " + ("fixed global batch" if kind == "strong"
                                             else "fixed per-rank batch"), fontsize=10)
         ax.set_xscale("log", base=2)
-        ax.set_ylim(bottom=0)
+        ax.set_xticks(sorted(sizes), [str(w) for w in sorted(sizes)])
+        ax.set_xticks([], minor=True)
+        if plotted and max(plotted) > 20 * min(plotted):  # sizes far apart: a log axis
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7.5)
     fig.suptitle("throughput against world size (x: did not run)", fontsize=10.5)
@@ -136,9 +150,12 @@ def comm_figure(entries: Sequence[Entry]) -> Figure | None:
     comm_ax.set_title("exposed communication share (estimate: 1 - twin / step)", fontsize=10)
     eff_ax.set_ylabel("efficiency")
     comm_ax.set_ylabel("% of step time")
+    sizes = sorted({int(e.point["world_size"]) for v in lines.values() for e in v})
     for ax in (eff_ax, comm_ax):
         ax.set_xlabel("world size (ranks)")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(w) for w in sizes])
+        ax.set_xticks([], minor=True)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -172,7 +189,12 @@ def interconnect_figure(items: Sequence[tuple[str, str, Mapping[str, Any]]]) -> 
                           f"{op.replace('_', '-')} ({result.get('world_size')} ranks)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("message size per rank (bytes)")
+    sizes = sorted({r["bytes"] for _, _, res in items for rows in res["ops"].values()
+                    if isinstance(rows, list) for r in rows if isinstance(r, Mapping)})
+    if sizes:
+        ax.set_xticks(sizes, [human_bytes(b) for b in sizes], fontsize=8)
+        ax.set_xticks([], minor=True)
+    ax.set_xlabel("message size per rank")
     ax.set_ylabel("bus bandwidth (GB/s, nccl-tests busbw)")
     transport = {r.get("transport") for _, _, r in items if r.get("transport")}
     ax.set_title("interconnect roof" + (f": {', '.join(sorted(transport))}" if transport

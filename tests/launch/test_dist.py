@@ -268,6 +268,8 @@ def test_scale_figures_from_records(tmp_path):
     gfig = scaling_figure(entries([load(_results(tmp_path / "gpu", gpu))]))
     gideal = next(ln for ln in gfig.axes[0].get_lines() if ln.get_linestyle() == ":")
     assert list(gideal.get_ydata()) == [100.0, 200.0]  # one GPU per rank
+    weak_line = next(ln for ln in fig.axes[1].get_lines() if ln.get_marker() == "o")
+    assert list(weak_line.get_xdata()) == [1, 2]  # from the one-rank point it is held to
     crossed = [ln for ln in strong.get_lines() if ln.get_marker() == "x"]
     assert [list(ln.get_xdata()) for ln in crossed] == [[4]]
     comm = comm_figure(items)
