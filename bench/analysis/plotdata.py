@@ -42,6 +42,11 @@ _FIELD_TEXT: dict[str, Callable[[Any], str]] = {
     "batch_size": lambda v: f"B={v}",
     "n_neg": lambda v: f"neg={v}",
     "compile": lambda v: "compiled" if v else "eager",
+    "world_size": lambda v: f"W={v}",
+    "nodes": lambda v: f"{v} node{'s' if v != 1 else ''}",
+    "sharding": lambda v: f"{v} table",
+    "scaling": lambda v: f"{v} scaling",
+    "parallel": lambda v: "1 process" if v == "none" else str(v),
 }
 
 

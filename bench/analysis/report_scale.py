@@ -36,7 +36,10 @@ def scaling_rows(items: Sequence[Entry]) -> list[list[Any]]:
                      p.get("precision"), p.get("world_size"), p.get("batch_size"),
                      fmt(e.metric("samples_per_s")) if e.ok else e.status,
                      fmt(e.metric("speedup")), _pct(e.metric("scaling_efficiency")),
-                     _pct(e.metric("comm_share"))])
+                     _pct(e.metric("comm_share")) + (" (overhead)" if p.get("world_size") == 1
+                                                     and e.ok else ""),
+                     "; ".join(filter(None, [e.unstable and f"unstable: {e.unstable}",
+                                             e.record.metrics.get("scaling_note")])) or ""])
     return rows
 
 
@@ -117,15 +120,19 @@ def scale_section(files: Sequence[ResultsFile], items: Sequence[Entry]) -> str:
     scaling = scaling_rows(items)
     parts.append(table(["machine", "framework", "parallel", "table", "scaling", "model",
                         "precision", "world size", "batch", "samples/s", "speedup",
-                        "efficiency", "comm share (est.)"], scaling, numeric=(7, 8, 9, 10))
+                        "efficiency", "comm share (est.)", "flags"], scaling,
+                       numeric=(7, 8, 9, 10))
                  if scaling else "<p>No distributed points in these files (suite "
                                  "<code>scale</code> has some).</p>")
     parts.append('<p class="muted">batch: the global batch under strong scaling, each rank\'s '
-                 "under weak. Efficiency: samples/s / (world size x the same point's samples/s "
-                 "on one rank, same file). Comm share: an estimate, 1 - the compute-only "
+                 "under weak. Speedup: samples/s over the same point's on one rank (same file)."
+                 " Efficiency: speedup / the devices the ranks add: one per rank on GPUs and "
+                 "TPUs, one per host on CPUs (CPU ranks of one host share the cores the "
+                 "one-rank point used all of). Comm share: an estimate, 1 - the compute-only "
                  "twin's step (the same model on one process at the per-rank batch, no "
                  "collective) / the distributed step; communication hidden under compute is "
-                 "not in it.</p>")
+                 "not in it. On one rank there is no communication: the figure is the "
+                 "distributed machinery's overhead.</p>")
     ic = interconnect_rows(files)
     parts.append("<h3>Interconnect roof</h3>")
     parts.append(table(["machine", "backend", "collective", "peak busbw", "smallest message",

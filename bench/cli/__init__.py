@@ -243,7 +243,9 @@ def cmd_run(args) -> int:
              f"{len(suite.points)} points recorded; continue with: "
              f"{resume_command(args, outcome.path)}")
         return outcome.exit_code or EXIT_INTERRUPTED
-    if not outcome.counts.get("ok"):
+    if outcome.elsewhere:
+        _err(f"{outcome.elsewhere} multi-node point(s) ran here too; node 0 wrote them")
+    if not outcome.counts.get("ok") and not outcome.elsewhere:
         counts = ", ".join(f"{n} {s}" for s, n in outcome.counts.items()) or "no points"
         _err(f"recbench run: no point ran ok ({counts}); the reasons are in {outcome.path}")
         return EXIT_CHECK_FAILED

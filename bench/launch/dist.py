@@ -54,13 +54,21 @@ class Rendezvous:
     @classmethod
     def parse(cls, nnodes: int, node_rank: int, endpoint: str | None) -> Rendezvous:
         """From ``recbench run --nnodes --node-rank --rdzv-endpoint``; InputError when bad."""
-        if nnodes < 1 or not 0 <= node_rank < nnodes:
+        if nnodes < 1:
+            raise InputError(f"--nnodes {nnodes}: the hosts in the job, 1 or more")
+        if not 0 <= node_rank < nnodes:
             raise InputError(f"--node-rank {node_rank} must be in 0..{nnodes - 1} "
                              f"for --nnodes {nnodes}")
         if nnodes == 1:
+            if endpoint or node_rank:
+                raise InputError("--rdzv-endpoint and --node-rank are for multi-node runs: "
+                                 "add --nnodes N (the number of hosts)")
             return cls()
+        if not endpoint:
+            raise InputError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT, the same on "
+                             "every node (PORT and PORT+1 free on HOST)")
         m = re.fullmatch(r"\[?([^\s\]]+?)\]?:(\d{1,5})", endpoint or "")
-        if not m or not 0 < int(m.group(2)) < 65535:
+        if not m or not 0 < int(m.group(2)) < 65535:  # PORT + 1 (JAX's coordinator) too
             raise InputError(f"--rdzv-endpoint {endpoint!r}: write HOST:PORT (the same on "
                              f"every node; PORT and PORT+1 free on HOST) for --nnodes {nnodes}")
         return cls(nnodes, node_rank, m.group(1), int(m.group(2)))
@@ -142,11 +150,7 @@ def ranks_reason(point: Point) -> str | None:
             have = len(jax.local_devices(backend="gpu")) if jax.default_backend() == "gpu" else 0
         what = "GPUs"
     elif kind == "cpu":
-        try:
-            have = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            have = os.cpu_count() or 1
-        what = "cores"
+        have, what = host_devices("cpu"), "cores"
     else:
         return f"{kind} points run in one process here (torchrun starts CPU and CUDA ranks)"
     if per_host > have:
@@ -179,12 +183,13 @@ def failure_summary(log: str) -> str:
     """What torchrun says failed, in one line: a rank killed by a signal first (the others
     then fail on the lost connection), else the root-cause rank and how it ended."""
     failures = rank_failures(log)
-    # torchrun stops the survivors with SIGTERM: a rank killed otherwise is the cause
+    root = rank_failures(log[log.find("Root Cause"):]) if "Root Cause" in log else {}
+    # torchrun stops the survivors with SIGTERM (then SIGKILL): its root cause, when killed
+    # by a signal, is the rank that died first; else a rank killed otherwise than by SIGTERM
     killed = sorted((r for r, c in failures.items() if c < 0),
-                    key=lambda r: (failures[r] == -signal.SIGTERM, r))
+                    key=lambda r: (r not in root, failures[r] == -signal.SIGTERM, r))
     if killed:
         return f"rank {killed[0]} {_how(failures[killed[0]])}"
-    root = rank_failures(log[log.find("Root Cause"):]) if "Root Cause" in log else {}
     if root or failures:
         rank, code = next(iter((root or failures).items()))
         return f"rank {rank} {_how(code)}"
@@ -210,7 +215,9 @@ def launch_point(point: Point, measure: Measure, *, rdzv: Rendezvous | None = No
     """Run ``point`` as its ranks and return its reply (the worker's reply shape: status,
     reason, metrics, samples_ms, extra). Never raises for the point's own failures."""
     rdzv = rdzv or Rendezvous.from_env()
-    if point.nodes != rdzv.nnodes:
+    if point.nodes == 1:  # a one-host point runs on this host, whatever the run's nodes
+        rdzv = Rendezvous()
+    elif point.nodes != rdzv.nnodes:
         return {"status": "unsupported", "reason": (
             f"a {point.nodes}-node point needs `recbench run --nnodes {point.nodes} --node-rank "
             f"R --rdzv-endpoint HOST:PORT` on each of its nodes; this run has "
@@ -235,9 +242,12 @@ def launch_point(point: Point, measure: Measure, *, rdzv: Rendezvous | None = No
             except subprocess.TimeoutExpired:
                 proc.kill()  # its ranks follow (PR_SET_PDEATHSIG)
                 proc.wait()
+            where = (f"; a {point.nodes}-node point waits for every node: check that all "
+                     f"{point.nodes} started it with the same --rdzv-endpoint"
+                     if point.nodes > 1 else "")
             return {"status": "timeout", "reason": (
                 f"{point.world_size} ranks gave no result within {limit:g} s (the point's "
-                "limit less a grace); torchrun and its ranks stopped")}
+                f"limit less a grace); torchrun and its ranks stopped{where}")}
         log.seek(0)
         text = log.read().decode(errors="replace")
         first = out / "rank0.json"
@@ -255,29 +265,45 @@ def launch_point(point: Point, measure: Measure, *, rdzv: Rendezvous | None = No
         own = own_failure(replies, rank_failures(text))
         if own is not None:  # a rank that failed on its own and said why
             return own
-        tail = text[-LOG_TAIL_CHARS:].strip()
         return {"status": "crashed",
-                "reason": f"{failure_summary(text)} (torchrun exited with status {rc}); "
-                          f"torchrun's log ends: {tail}",
-                "extra": {"exit_status": rc}}
+                "reason": f"{failure_summary(text)} (torchrun exited with status {rc})",
+                "extra": {"exit_status": rc, "log_tail": text[-LOG_TAIL_CHARS:].strip()}}
 
 
 INTERCONNECT_TIMEOUT_S = 300.0
 
 
-def interconnect_jobs(points: list[Point]) -> dict[tuple[str, str], int]:
-    """(framework, device kind) -> ranks on one host, for the suite's multi-rank points: the
-    interconnect roof is measured where and how those points communicate."""
+def host_devices(kind: str, env: dict[str, Any] | None = None) -> int:
+    """Devices one host offers ranks of ``kind``: its GPUs (from the run's env), its cores."""
+    if kind == "cuda":
+        return len((env or {}).get("gpus") or [])
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def interconnect_jobs(points: list[Point], env: dict[str, Any] | None = None
+                      ) -> dict[tuple[str, str], int]:
+    """(framework, device kind) -> ranks on this host, for the suite's points with two or
+    more ranks on one host that this host can hold: the interconnect roof is measured where
+    and how those points communicate. (Across nodes it is not measured.) JAX has no FSDP or
+    table-wise points to serve."""
     jobs: dict[tuple[str, str], int] = {}
     for p in points:
-        if p.distributed and p.world_size > 1:
-            key = (p.framework, device_kind(p.device))
-            jobs[key] = max(jobs.get(key, 0), p.world_size // p.nodes)
+        per_host, kind = p.world_size // p.nodes, device_kind(p.device)
+        if (not p.distributed or p.nodes > 1 or per_host < 2 or kind not in ("cpu", "cuda")
+                or per_host > host_devices(kind, env)
+                or (p.framework == "jax" and (p.parallel == "fsdp"
+                                              or p.sharding == "table-wise"))):
+            continue
+        key = (p.framework, kind)
+        jobs[key] = max(jobs.get(key, 0), per_host)
     return jobs
 
 
-def measure_interconnect(points: list[Point], *, timeout_s: float = INTERCONNECT_TIMEOUT_S,
-                         log=print) -> dict[str, Any]:
+def measure_interconnect(points: list[Point], env: dict[str, Any] | None = None, *,
+                         timeout_s: float = INTERCONNECT_TIMEOUT_S, log=print) -> dict[str, Any]:
     """The interconnect roof (bench/machine/interconnect.py: all-reduce and all-to-all bus
     bandwidth over message sizes) for each framework and device kind the suite's multi-rank
     points use, with as many local ranks as the largest of them, through the same backend
@@ -286,7 +312,7 @@ def measure_interconnect(points: list[Point], *, timeout_s: float = INTERCONNECT
     from bench.machine.interconnect import launch_argv
 
     found: dict[str, Any] = {}
-    for (framework, kind), nproc in sorted(interconnect_jobs(points).items()):
+    for (framework, kind), nproc in sorted(interconnect_jobs(points, env).items()):
         key = f"{framework}/{kind}/{nproc}"
         log(f"measuring the interconnect roof ({framework}, {nproc} ranks on {kind}) ...")
         with tempfile.TemporaryDirectory(prefix="recbench-busbw-") as tmp, \

@@ -31,6 +31,8 @@ def describe_record(rec: R.PointRecord) -> str:
     scale = ""
     if m.get("scaling_efficiency") is not None:
         scale += f"  speedup {m['speedup']:.2f}x, efficiency {m['scaling_efficiency']:.0%}"
+        if m.get("scaling_note"):
+            scale += f" ({m['scaling_note']})"
     if m.get("comm_share") is not None:  # at one rank: the distributed machinery alone
         what = "communication" if (m.get("ranks") or 1) > 1 else "distributed overhead"
         scale += f"  {what} ~{m['comm_share']:.0%} of the step (estimate)"
@@ -59,11 +61,18 @@ class Progress:
             self.bar.set_description_str(point.label()[:60])
 
     def finished(self, rec: R.PointRecord, point: Point) -> None:
+        self._line(status_text(rec), point, describe_record(rec))
+
+    def elsewhere(self, point: Point, why: str) -> None:
+        """A point this process took part in but another wrote (node 0 of a multi-node run)."""
+        self._line("elsewhere", point, why)
+
+    def _line(self, status: str, point: Point, text: str) -> None:
         self.done += 1
         elapsed = time.monotonic() - self.start
         eta = elapsed / self.done * (self.total - self.done)
-        line = (f"[{self.done:>{len(str(self.total))}}/{self.total}] {status_text(rec):<17s} "
-                f"{point.label()}  {describe_record(rec)}")
+        line = (f"[{self.done:>{len(str(self.total))}}/{self.total}] {status:<17s} "
+                f"{point.label()}  {text}")
         if self.bar is not None:
             self.bar.write(line)
             self.bar.update(1)

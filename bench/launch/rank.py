@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     measure = Measure(**json.loads(args.measure))
     try:
         group = join(point.framework, measure.timeout_s)
+        # torchrun stops survivors with SIGTERM; JAX's runtime takes SIGTERM as a preemption
+        # notice and runs on (30 s until torchrun's SIGKILL): end at once instead
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         reply = measure_rank(point, measure, group)
     except Unsupported as e:
         _write(args.out / f"rank{rank}.json", {"status": "unsupported", "reason": str(e)})

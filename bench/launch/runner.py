@@ -99,7 +99,8 @@ def roof_devices(point: Point, env: dict[str, Any]) -> int:
     return devices_spanned(point.device, env)
 
 
-def add_scaling(metrics: dict[str, Any], point: Point, throughput: dict[str, float]) -> None:
+def add_scaling(metrics: dict[str, Any], point: Point, throughput: dict[str, float],
+                unstable: set[str] | frozenset[str] = frozenset()) -> None:
     """Speedup and scaling efficiency of a multi-rank point against the same point on one
     rank (``Point.scaling_baseline``) measured in the same results file: speedup = samples/s
     / the baseline's; efficiency = speedup / ``scaling_devices``, the devices the point has
@@ -117,6 +118,9 @@ def add_scaling(metrics: dict[str, Any], point: Point, throughput: dict[str, flo
     metrics["scaling_devices"] = devices
     metrics["speedup"] = mine / base if base and mine else None
     metrics["scaling_efficiency"] = mine / (devices * base) if base and mine else None
+    if base_id in unstable:
+        metrics["scaling_note"] = ("the one-rank baseline was flagged unstable: speedup and "
+                                   "efficiency are uncertain")
 
 
 # --- the sweep -----------------------------------------------------------------------------
@@ -131,6 +135,7 @@ class RunOutcome:
     exit_code: int = 0  # when interrupted: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)
     end: R.RunEnd | None = None  # the run-end line written (None when interrupted)
     serve: list[R.ServeRecord] = field(default_factory=list)  # [[serve]] records, this run
+    elsewhere: int = 0  # multi-node points this node ran and node 0 wrote
 
     @property
     def counts(self) -> Counter:
@@ -225,7 +230,7 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
         remeasure = roofs is None  # roofs given by the caller are not re-measured
         if roofs is None:
             roofs = measure_roofs_in_worker(suite.points, log=log)
-            interconnect = measure_interconnect(suite.points, log=log)
+            interconnect = measure_interconnect(suite.points, env, log=log)
         else:
             interconnect = {}
         header = R.RunHeader(run_id=R.make_run_id(), suite=suite.name, started_at=R.iso_utc(),
@@ -246,6 +251,7 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
     ooms = [Point.from_dict(r.point) for r in previous if r.status == "oom"]
     throughput = {r.id: (r.metrics or {}).get("samples_per_s") for r in previous
                   if r.status == "ok"}  # scaling efficiency's baselines
+    shaky = {r.id for r in previous if r.status == "ok" and "unstable" in r.flags}
     unrunnable: dict[tuple[str, ...], str] = {}  # probe_key -> why that kind of step fails
     todo = [p for p in suite.points if p.id not in done]
     outcome = RunOutcome(writer.path, previous=previous)
@@ -263,10 +269,12 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
         flags = {}
         if status == "ok":
             add_utilization(metrics, point, roofs or {}, env)
-            add_scaling(metrics, point, throughput)
-            throughput[point.id] = metrics.get("samples_per_s")
+            add_scaling(metrics, point, throughput, shaky)
             unstable = C.unstable_reason((metrics.get("step_ms") or {}).get("cv"), window)
             flags = {"unstable": unstable} if unstable else {}
+            throughput[point.id] = metrics.get("samples_per_s")
+            if unstable:
+                shaky.add(point.id)
         else:  # the analytic cost is known for every point, whatever happened to it
             metrics = {**analytic_cost(point), **metrics}
         extra = {k: v for k, v in (reply.get("extra") or {}).items() if v is not None}
@@ -343,7 +351,8 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
                     worker.close()
                     worker = None
                 if reply.get("status") == "remote":  # a multi-node point: node 0 records it
-                    log(f"{point.label()}: {reply['reason']}")
+                    progress.elsewhere(point, reply["reason"])
+                    outcome.elsewhere += 1
                     continue
                 status, reply = device_cannot(point, reply, memcap, unrunnable)
                 record(point, status, reply=reply, window=window.close())

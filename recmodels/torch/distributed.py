@@ -130,8 +130,8 @@ def support_reason(parallel: str, sharding: str, cfg: GenRecConfig, device_kind:
                 "before a GradScaler could unscale or skip it")
     if (table_optimizer or optimizer) == "adam" and device_kind == "cpu":
         return ("FBGEMM's CPU embedding kernels have no fused Adam (EXACT_SGD, EXACT_ADAGRAD, "
-                "EXACT_ROWWISE_ADAGRAD only); use optimizer=sgd, "
-                "table_optimizer='rowwise_adagrad' or a GPU")
+                "EXACT_ROWWISE_ADAGRAD only); use optimizer = sgd, or a GPU (from Python: "
+                "DistEngine(table_optimizer='rowwise_adagrad'))")
     return None
 
 

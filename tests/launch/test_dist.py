@@ -91,11 +91,15 @@ def test_rendezvous_parse_and_env():
     assert Rendezvous.from_env(r.to_env()) == r
     assert Rendezvous.from_env("") == Rendezvous()
     with pytest.raises(InputError, match="--rdzv-endpoint"):
-        Rendezvous.parse(2, 0, None)
-    with pytest.raises(InputError, match="--rdzv-endpoint"):
         Rendezvous.parse(2, 0, "host:99999")
     with pytest.raises(InputError, match="--node-rank 2"):
         Rendezvous.parse(2, 2, "h:1")
+    with pytest.raises(InputError, match="--nnodes 2 needs --rdzv-endpoint"):
+        Rendezvous.parse(2, 0, None)
+    with pytest.raises(InputError, match="--nnodes 0: the hosts"):
+        Rendezvous.parse(0, 0, None)
+    with pytest.raises(InputError, match="add --nnodes"):
+        Rendezvous.parse(1, 0, "h:1")
     argv = torchrun_argv(["-m", "x"], nproc_per_node=4, rdzv=r, port=29500)
     assert argv[1:3] == ["-m", "torch.distributed.run"]
     assert "--nnodes=2" in argv and "--node-rank=1" in argv and "--max-restarts=0" in argv
@@ -138,6 +142,9 @@ def test_failure_summary_names_the_root_cause():
     assert rank_failures(TORCHRUN_LOG) == {0: 1, 1: -9}
     stopped = TORCHRUN_LOG.replace("exitcode  : 1 (pid", "exitcode  : -15 (pid")
     assert failure_summary(stopped) == "rank 1 killed by signal SIGKILL"  # not the SIGTERM
+    # JAX's survivor outlived the SIGTERM and got SIGKILL too: the root cause is rank 1
+    both = TORCHRUN_LOG.replace("exitcode  : 1 (pid", "exitcode  : -9 (pid")
+    assert failure_summary(both) == "rank 1 killed by signal SIGKILL"
     lost = {0: {"status": "error", "reason": "RuntimeError: Connection reset by peer"}}
     assert own_failure(lost, {0: 1, 1: -9}) is None  # rank 1 was killed: crashed, not error
     oom = {1: {"status": "oom", "reason": "MemoryError"}}
@@ -200,6 +207,11 @@ def test_scaling_efficiency_against_the_one_rank_point():
     cpu = {"samples_per_s": 96.0}
     add_scaling(cpu, dist_point(), {dist_point(world_size=1).id: 100.0})
     assert cpu["scaling_devices"] == 1 and cpu["scaling_efficiency"] == pytest.approx(0.96)
+    assert "scaling_note" not in cpu
+    shaky = {"samples_per_s": 1000.0}
+    add_scaling(shaky, dist_point(), {dist_point(world_size=1).id: 100.0},
+                {dist_point(world_size=1).id})
+    assert "baseline was flagged unstable" in shaky["scaling_note"]
     base = dist_point(world_size=1)
     none = {"samples_per_s": 150.0}
     add_scaling(none, dist_point(), {})
@@ -222,10 +234,15 @@ def test_roof_devices_and_memory_estimate_per_rank():
         2 * analytic_cost(dist_point())["flops_per_step"]
 
 
-def test_interconnect_jobs_from_points():
+def test_interconnect_jobs_from_points(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
     pts = [dist_point(), dist_point(world_size=4), dist_point(framework="jax"),
-           dist_point(world_size=1), dist_point(world_size=4, nodes=2)]
-    assert interconnect_jobs(pts) == {("torch", "cpu"): 4, ("jax", "cpu"): 2}
+           dist_point(world_size=1), dist_point(world_size=4, nodes=2),
+           dist_point(world_size=8), dist_point(framework="jax", parallel="fsdp", world_size=4),
+           dist_point(device="cuda", world_size=4)]
+    # 8 ranks on a 4-core host, 2 per node, JAX's FSDP, GPUs the env lacks: nothing to measure
+    assert interconnect_jobs(pts, {"gpus": [{}, {}]}) == {("torch", "cpu"): 4,
+                                                          ("jax", "cpu"): 2}
 
 
 def _rec(point: Point, thr: float | None, status: str = "ok", **metrics) -> PointRecord:
