@@ -28,7 +28,6 @@ ok) and every measured point keeps its window as ``conditions``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shlex
 import sys
 import tempfile
@@ -45,10 +44,12 @@ from bench.launch.channel import (
     WorkerDied,
     WorkerTimeout,
 )
+from bench.launch.derived import add_scaling, add_utilization
 from bench.launch.dist import measure_interconnect
 from bench.launch.locks import results_lock
 from bench.launch.memcap import MemoryCap, host_oom_killed, make_memory_cap
 from bench.launch.progress import Progress
+from bench.launch.serve_runs import run_serve_specs
 from bench.launch.signals import exit_code
 from bench.machine import conditions as C
 from bench.machine.hardware import device_capacity_bytes, devices_spanned
@@ -60,67 +61,6 @@ from recmodels.config import human_bytes
 from recmodels.errors import InputError
 
 CONDITIONS_WINDOW_S = 0.5  # how long the run's start and end conditions are watched
-
-
-# --- what the runner decides without running a point ---------------------------------------
-
-
-def add_utilization(metrics: dict[str, Any], point: Point, roofs: dict[str, Any],
-                    env: dict[str, Any]) -> None:
-    """Achieved FLOP/s and bytes/s against the measured roofs and, where known, the
-    datasheet peak. A missing roof leaves the ratio null, never 0. Roofs are measured on one
-    device, so a ``KIND:all`` point is held to ``roof_devices`` times them (and to no
-    datasheet peak)."""
-    from bench.machine.datasheet import datasheet_for_env
-
-    dtype = ROOF_DTYPES.get(point.precision)
-    kind, n = device_kind(point.device), roof_devices(point, env)
-    roof = roofs.get(f"{kind}/{dtype}") or {}
-    flops, bw = roof.get("gemm_flops_per_s"), roof.get("mem_bytes_per_s")
-    flops, bw = (flops * n if flops else None), (bw * n if bw else None)
-    metrics["roof_devices"] = n
-    metrics["roof_flops_per_s"] = flops
-    metrics["utilization"] = metrics["achieved_flops_per_s"] / flops if flops else None
-    metrics["bandwidth_utilization"] = metrics["achieved_bytes_per_s"] / bw if bw else None
-    # KIND:all has no datasheet peak (roofs.datasheet_for_env): one chip's is not the step's
-    all_devices = point.device.endswith(":all") or n > 1
-    sheet = datasheet_for_env(env, point.device) if dtype and not all_devices else None
-    peak = (sheet or {}).get("flops_per_s", {}).get(dtype)
-    metrics["datasheet_flops_per_s"] = peak
-    metrics["utilization_datasheet"] = metrics["achieved_flops_per_s"] / peak if peak else None
-
-
-def roof_devices(point: Point, env: dict[str, Any]) -> int:
-    """How many measured roofs a point's step may use: its ranks' devices (GPUs, TPU chips;
-    CPU ranks of one host share that host's roof, so a CPU point counts its nodes), or
-    ``devices_spanned`` for a one-process point."""
-    if point.distributed:
-        return point.nodes if device_kind(point.device) == "cpu" else point.world_size
-    return devices_spanned(point.device, env)
-
-
-def add_scaling(metrics: dict[str, Any], point: Point, throughput: dict[str, float],
-                unstable: set[str] | frozenset[str] = frozenset()) -> None:
-    """Speedup and scaling efficiency of a multi-rank point against the same point on one
-    rank (``Point.scaling_baseline``) measured in the same results file: speedup = samples/s
-    / the baseline's; efficiency = speedup / ``scaling_devices``, the devices the point has
-    for the baseline's one: its ranks on GPUs and TPUs, its hosts on CPUs (CPU ranks of one
-    host split the cores the one-rank baseline used all of, so their ideal is the baseline's
-    throughput). Ideal 1.0 for strong scaling (fixed global batch) and weak scaling (fixed
-    per-rank batch) alike. Null without a baseline."""
-    if not point.distributed or point.world_size == 1:
-        return
-    base_id = point.scaling_baseline().id
-    base = throughput.get(base_id)
-    mine = metrics.get("samples_per_s")
-    devices = roof_devices(point, {})
-    metrics["scaling_baseline_id"] = base_id
-    metrics["scaling_devices"] = devices
-    metrics["speedup"] = mine / base if base and mine else None
-    metrics["scaling_efficiency"] = mine / (devices * base) if base and mine else None
-    if base_id in unstable:
-        metrics["scaling_note"] = ("the one-rank baseline was flagged unstable: speedup and "
-                                   "efficiency are uncertain")
 
 
 # --- the sweep -----------------------------------------------------------------------------
@@ -375,52 +315,6 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
         progress.close()
     return outcome
 
-
-
-def serve_timeout_s(spec: Any) -> float:
-    """Generous: every search run at its duration, draining a backlog, plus start-up."""
-    return spec.search_runs * (spec.duration_s * 4 + 30) + 300
-
-
-def run_serve_specs(suite: Suite, writer: R.ResultsWriter, outcome: RunOutcome,
-                    memcap: MemoryCap | None, log: Callable[[str], None]) -> None:
-    """The suite's [[serve]] specs with no record yet, each in a fresh worker (LoadGen runs
-    there, its logs beside the results file), recorded as ``serve`` lines of the same file."""
-    from bench.scenarios.serve import ServeSpec, sut_delay_ms
-
-    done = {r.id for r in writer.serve}
-    for fields in suite.serve:
-        spec = ServeSpec(**fields)  # the suite checked every field
-        point = spec.point(sut_delay_ms())
-        if R.point_id(point) in done:
-            continue
-        log(f"serve: {spec.scenario} {spec.workload} {spec.framework} {spec.preset} on "
-            f"{spec.device} ...")
-        log_root = writer.path.with_suffix("") / "loadgen" / R.point_id(point)
-        worker, reply = None, None
-        try:
-            worker = Worker(spec.framework, cap=memcap)
-            reply = worker.request({"cmd": "serve", "spec": dataclasses.asdict(spec),
-                                    "log_root": str(log_root)}, serve_timeout_s(spec))
-        except WorkerTimeout:
-            reply = {"status": "timeout", "reason": f"no result within {serve_timeout_s(spec):g}"
-                     " s; worker killed", "point": point, "metrics": {}}
-        except WorkerDied as e:
-            tail = e.stderr_tail[-STDERR_TAIL_CHARS:]
-            reply = {"status": "crashed", "reason": f"worker {e}" + (f"; stderr: {tail}"
-                                                                    if tail else ""),
-                     "point": point, "metrics": {}}
-        finally:
-            if worker is not None:  # a hung or dead worker is killed, a healthy one told to exit
-                failed = reply is None or reply["status"] in ("timeout", "crashed")
-                worker.kill() if failed else worker.close()
-        rec = R.ServeRecord.for_point(reply.get("point") or point, reply["status"],
-                                      reply.get("reason"), reply.get("metrics") or {})
-        writer.write(rec)
-        outcome.serve.append(rec)
-        rate = rec.metrics.get("max_rate_per_s")
-        log(f"serve: {rec.status}" + (f", max {rate:,.1f} requests/s" if rate else "")
-            + (f" ({rec.reason})" if rec.reason else ""))
 
 
 def device_cannot(point: Point, reply: dict[str, Any], cap: MemoryCap | None,

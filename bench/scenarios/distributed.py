@@ -126,7 +126,7 @@ def rank_rows(global_batch: dict[str, np.ndarray], rank: int, world: int
     return {k: v[rank * per:(rank + 1) * per] for k, v in global_batch.items()}
 
 
-def make_rank_engine(point: Point, group: Group) -> Any:
+def make_rank_engine(point: Point) -> Any:
     """The point's distributed engine on this rank's device."""
     cfg = point.model_config()
     matmul = "tf32" if point.precision == "tf32" else "highest"
@@ -149,7 +149,7 @@ def build_rank(point: Point, group: Group, caps: DeviceCaps) -> Workload:
     if reason:
         raise Unsupported(reason)
     cfg = point.model_config()
-    engine = make_rank_engine(point, group)
+    engine = make_rank_engine(point)
     local = rank_rows(random_batch(cfg, point.global_batch), group.rank, group.world)
     step, planned, check = train_closures(engine, engine.put(local))
     return Workload(point=point, step=step, sync=engine.sync,

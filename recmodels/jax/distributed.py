@@ -87,6 +87,16 @@ def initialize(timeout_s: float = 300.0) -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
+def local_device(devices: list[jax.Device]) -> jax.Device:
+    """The first of `devices` that this process drives (under jax.distributed the others
+    belong to other processes). Raises ValueError if there is none."""
+    mine = [d for d in devices if d.process_index == jax.process_index()]
+    if not mine:
+        raise ValueError(f"none of {len(devices)} devices belongs to process "
+                         f"{jax.process_index()}")
+    return mine[0]
+
+
 def support_reason(sharding: str, cfg: GenRecConfig, device_kind: str) -> str | None:
     """Why this sharding of cfg cannot run under JAX on `device_kind`, or None if it can."""
     if sharding not in SHARDINGS:
@@ -100,16 +110,6 @@ def support_reason(sharding: str, cfg: GenRecConfig, device_kind: str) -> str | 
     if cfg.catalog_size < 1:
         return f"catalog_size {cfg.catalog_size} leaves no item rows to shard"
     return None
-
-
-def local_device(devices: list[jax.Device]) -> jax.Device:
-    """The first of `devices` that this process drives (under jax.distributed the others
-    belong to other processes). Raises ValueError if there is none."""
-    mine = [d for d in devices if d.process_index == jax.process_index()]
-    if not mine:
-        raise ValueError(f"none of {len(devices)} devices belongs to process "
-                         f"{jax.process_index()}")
-    return mine[0]
 
 
 def make_mesh(devices: list[jax.Device], sharding: str) -> Mesh:

@@ -17,7 +17,7 @@ from bench.launch.dist import (
     torchrun_argv,
 )
 from bench.launch.rank import rank0_reply
-from bench.launch.runner import add_scaling, roof_devices
+from bench.launch.derived import add_scaling, roof_devices
 from bench.point import Point, point_id
 from bench.results import PointRecord, ResultsWriter, RunHeader, load
 from bench.scenarios.distributed import Group, iterations_for, rank_rows

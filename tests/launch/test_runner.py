@@ -339,7 +339,7 @@ def test_resume_keeps_records_of_points_no_longer_in_the_suite(tmp_path):
 
 
 def test_utilization_of_data_parallel_points_is_against_every_device():
-    from bench.launch.runner import add_utilization
+    from bench.launch.derived import add_utilization
     from bench.machine.hardware import devices_spanned
 
     roofs = {"cuda/bf16": {"gemm_flops_per_s": 500e12, "mem_bytes_per_s": 4e12},
@@ -531,7 +531,7 @@ def test_utilization_without_a_roof_is_null_never_zero():
     """No measured roof (--no-roofs, a roof that failed, int8 which has no GEMM roof) leaves
     every ratio null: 0 would read as a measured 0% utilisation. With a roof, the ratios are
     achieved / roof, worked by hand here."""
-    from bench.launch.runner import add_utilization
+    from bench.launch.derived import add_utilization
 
     env = {"gpus": []}
     achieved = {"achieved_flops_per_s": 2e10, "achieved_bytes_per_s": 5e9}
