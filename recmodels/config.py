@@ -141,6 +141,14 @@ def preset(name: str, **overrides) -> GenRecConfig:
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 
+def padding_invariant(cfg: GenRecConfig) -> bool:
+    """Whether a batch's leading columns that are padding in every row can be dropped without
+    changing its loss or gradients (splits.trim_padding): true for SASRec blocks and for HSTU
+    with positions from the oldest item. Not for HSTU with right-aligned positions (its
+    attention divisor is the padded width) or the LSTM (padding steps move its state)."""
+    return cfg.block == "sasrec" or (cfg.block == "hstu" and cfg.positions == "left")
+
+
 def parse_overrides(items: list[str]) -> dict:
     """["n_head=3", "dropout=0.1"] -> {"n_head": 3, "dropout": 0.1}, typed by the field."""
     fields = {f.name: f for f in dataclasses.fields(GenRecConfig)}

@@ -14,7 +14,13 @@ from recmodels.torch.blocks import (
     SASRecBlock,
     attention_mask,
 )
-from recmodels.torch.engine import Engine, make_optimizer, set_matmul_precision, train_step
+from recmodels.torch.engine import (
+    COMPILE_MODES,
+    Engine,
+    make_optimizer,
+    set_matmul_precision,
+    train_step,
+)
 from recmodels.torch.kv_cache import KVCache, decode, generate, prefill, rank
 from recmodels.torch.losses import (
     LOSSES,
@@ -25,7 +31,7 @@ from recmodels.torch.losses import (
 )
 from recmodels.torch.model import GenRec, positions, recommend, score_candidates, score_catalog
 
-__all__ = ["DTYPES", "INIT_STD", "LOSSES", "CausalSelfAttention", "Engine", "FeedForward",
+__all__ = ["COMPILE_MODES", "DTYPES", "INIT_STD", "LOSSES", "CausalSelfAttention", "Engine", "FeedForward",
            "GenRec", "HSTUBlock", "KVCache", "SASRecBlock", "attention_mask", "bce_loss",
            "decode", "full_softmax_loss", "generate", "loss_fn", "make_optimizer", "positions",
            "prefill", "rank", "recommend", "sampled_softmax_loss", "score_candidates",

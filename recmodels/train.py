@@ -128,14 +128,19 @@ def resolve_device(framework: str, device: str) -> str:
 
 
 def make_engine(framework: str, cfg: GenRecConfig, *, device: str, seed: int = 0,
-                optimizer: str = "adam", lr: float = 1e-3, precision: str = "fp32"):
-    """An Engine of either framework; `precision` tf32 allows TF32 for fp32 matmuls."""
+                optimizer: str = "adam", lr: float = 1e-3, precision: str = "fp32",
+                compile: str = "eager"):
+    """An Engine of either framework; `precision` tf32 allows TF32 for fp32 matmuls;
+    `compile` a torch.compile mode for torch (torch_model.COMPILE_MODES; JAX always jits)."""
+    kw = {}
     if framework == "torch":
         from recmodels.torch_model import Engine
+
+        kw["compile"] = compile
     else:
         from recmodels.jax_model import Engine
     return Engine(cfg, seed=seed, optimizer=optimizer, lr=lr, device=device,
-                  matmul_precision="tf32" if precision == "tf32" else "highest")
+                  matmul_precision="tf32" if precision == "tf32" else "highest", **kw)
 
 
 def compute_dtype(precision: str) -> str:

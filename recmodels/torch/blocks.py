@@ -23,6 +23,55 @@ from recmodels.config import GenRecConfig
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INIT_STD = 0.02  # GPT-2's initialiser for every matrix and embedding
 
+# SplitMix64 (Steele, Lea & Flood 2014, "Fast splittable pseudorandom number generators";
+# the constants of java.util.SplittableRandom), written as signed int64: tensor products wrap.
+_GAMMA = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX1, _MIX2 = -4658895280553007687, -7723592293110705685  # 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _shr(z: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic: the sign bit is masked off)."""
+    return (z >> n) & ((1 << (64 - n)) - 1)
+
+
+def keep_mask(shape: torch.Size, p: float, seed: torch.Tensor) -> torch.Tensor:
+    """A counter-based dropout mask: element i is kept when the top 24 bits of
+    SplitMix64's i-th output after the state (seed + i) * gamma are >= p * 2^24 (P(keep) = 1 - p to 6e-8).
+
+    The mask is a pure function of (seed, i), so torch.compile fuses it into the op that uses
+    it: one pass over the data, no random-number state to step per element (inductor's own
+    CPU dropout draws each element from a Philox call and costs ~20x more here).
+    """
+    n = 1
+    for s in shape:
+        n *= s
+    # (i + seed) * gamma: SplitMix64's i-th state from the initial state seed * gamma (the
+    # seed is added first so that inductor keeps the product out of its index arithmetic)
+    z = (torch.arange(n, dtype=torch.int64, device=seed.device).view(shape) + seed) * _GAMMA
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    z = z ^ _shr(z, 31)
+    return _shr(z, 40) >= int(round(p * (1 << 24)))
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout. Eager: F.dropout. Under torch.compile: the counter-based mask of
+    keep_mask, seeded by one draw from torch's generator per call (same distribution, other
+    random numbers; so eager and compiled agree exactly only with dropout off)."""
+    if not training or p == 0.0:
+        return x
+    if not torch.compiler.is_compiling():
+        return F.dropout(x, p, True)
+    seed = torch.randint(-(2**62), 2**62, (), device=x.device)
+    return x * keep_mask(x.shape, p, seed).to(x.dtype) * (1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through `dropout` (no parameters: state_dicts are unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
 
 def attention_mask(seq: torch.Tensor) -> torch.Tensor:
     """[B, T] ids -> [B, 1, T, T] bool, True where query t may attend to key s.
@@ -84,7 +133,7 @@ class FeedForward(nn.Module):
         reference = cfg.sasrec_layout == "reference"
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.act = F.relu if reference else F.gelu
-        self.drop = nn.Dropout(cfg.dropout if reference else 0.0)
+        self.drop = Dropout(cfg.dropout if reference else 0.0)
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +152,7 @@ class SASRecBlock(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, rel: torch.Tensor, norm: int,
                 ctx: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -134,7 +183,7 @@ class HSTUBlock(nn.Module):
         self.rel_bias = nn.Parameter(torch.zeros(2 * cfg.seq_len - 1))
         self.ln_attn = nn.LayerNorm(cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, rel: torch.Tensor, norm: int,
                 ctx: tuple[torch.Tensor, torch.Tensor] | None = None):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from recmodels.config import GenRecConfig
+from recmodels.config import GenRecConfig, padding_invariant
 from recmodels.torch.blocks import DTYPES
 from recmodels.torch.kv_cache import (
     RANK_CHUNK,
@@ -21,15 +21,21 @@ from recmodels.torch.kv_cache import (
     rank,
 )
 from recmodels.torch.losses import loss_fn
+from recmodels.splits import trim_padding
 from recmodels.torch.model import GenRec, recommend, score_candidates, score_catalog
+
+COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
 
 # --- optimisation
 
 
-def make_optimizer(model: GenRec, name: str = "adam", lr: float = 1e-3) -> torch.optim.Optimizer:
-    """Adam with SASRec's betas (0.9, 0.98), or plain SGD."""
+def make_optimizer(model: GenRec, name: str = "adam", lr: float = 1e-3,
+                   fused: bool = False) -> torch.optim.Optimizer:
+    """Adam with SASRec's betas (0.9, 0.98), or plain SGD. fused: torch's one-kernel Adam
+    (CPU and CUDA; the same update, one pass over each tensor instead of ~10)."""
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8)
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8,
+                                fused=fused or None)
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr)
     raise ValueError(f"unknown optimizer {name!r}")
@@ -37,12 +43,13 @@ def make_optimizer(model: GenRec, name: str = "adam", lr: float = 1e-3) -> torch
 
 def train_step(model: GenRec, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                autocast_dtype: torch.dtype | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
-    """Forward, backward and one optimizer step; returns the (unsynchronised) loss."""
+               scaler: torch.amp.GradScaler | None = None, loss=loss_fn) -> torch.Tensor:
+    """Forward, backward and one optimizer step; returns the (unsynchronised) loss.
+    `loss`: loss_fn or a torch.compile of it (Engine.compile)."""
     opt.zero_grad(set_to_none=True)
     with torch.autocast(batch["seq"].device.type, dtype=autocast_dtype,
                         enabled=autocast_dtype is not None):
-        loss = loss_fn(model, batch)
+        loss = loss(model, batch)
     if scaler is not None:  # fp16 needs loss scaling; bf16 and fp32 do not
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -60,6 +67,13 @@ def set_matmul_precision(mode: str) -> None:
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
 
 
+def compiled_graphs() -> int:
+    """Graphs TorchDynamo has compiled in this process (its unique_graphs counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 class Engine:
     """The small API both frameworks expose: train a step, score, recommend, save/load.
 
@@ -70,18 +84,23 @@ class Engine:
     framework = "torch"
 
     def __init__(self, cfg: GenRecConfig, *, seed: int = 0, optimizer: str = "adam",
-                 lr: float = 1e-3, device: str = "cpu", matmul_precision: str = "highest"):
+                 lr: float = 1e-3, device: str = "cpu", matmul_precision: str = "highest",
+                 compile: str = "eager"):
         self.cfg = cfg
         self.device = torch.device(device)
         set_matmul_precision(matmul_precision)
         torch.manual_seed(seed)
         self.model = GenRec(cfg).to(self.device, DTYPES[cfg.param_dtype])
         self.optimizer, self.lr = optimizer, lr
-        self.opt = make_optimizer(self.model, optimizer, lr)
+        self.fused = self.device.type in ("cpu", "cuda")
+        self.opt = make_optimizer(self.model, optimizer, lr, self.fused)
+        self.compile_mode, self._loss, self._graphs0 = "eager", loss_fn, 0
         mixed = cfg.compute_dtype != cfg.param_dtype
         self.autocast_dtype = DTYPES[cfg.compute_dtype] if mixed else None
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if mixed and cfg.compute_dtype == "fp16" else None)
+        if compile != "eager":
+            self.compile(compile)
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.asarray(v, dtype=np.int64)).to(self.device,
@@ -89,10 +108,19 @@ class Engine:
                 for k, v in batch.items()}
 
     def train_step(self, batch: dict) -> torch.Tensor:
+        """One step on a batch of numpy arrays (leading all-padding columns dropped first,
+        where that changes nothing: splits.trim_padding) or of put() tensors (as given)."""
         self.model.train()
         if isinstance(next(iter(batch.values())), np.ndarray):
+            if padding_invariant(self.cfg):
+                batch = trim_padding(batch)
             batch = self.put(batch)
-        return train_step(self.model, self.opt, batch, self.autocast_dtype, self.scaler)
+            if self.compile_mode != "eager":  # widths and the last batch vary: one graph
+                for v in batch.values():
+                    torch._dynamo.maybe_mark_dynamic(v, 0)
+                    torch._dynamo.maybe_mark_dynamic(v, 1)
+        return train_step(self.model, self.opt, batch, self.autocast_dtype, self.scaler,
+                          self._loss)
 
     def _eval(self, fn, *args):
         self.model.eval()
@@ -139,9 +167,27 @@ class Engine:
         """Beam search with the KV cache -> (items [B, W, S], log-probabilities [B, W])."""
         return self._eval(generate, seq, steps, beam)
 
-    def compile(self) -> None:
-        """torch.compile the model in place (state_dict keys unchanged)."""
-        self.model.compile()
+    def compile(self, mode: str = "default") -> None:
+        """torch.compile the training loss (model, loss and their backward: one graph each)
+        and the model's forward for scoring, in `mode` (COMPILE_MODES; "reduce-overhead"
+        adds CUDA graphs on GPUs, "max-autotune" searches GEMM kernels too). state_dict keys
+        are unchanged. Compilation happens at the first call of each; count graphs with
+        compiled_graphs(). Raises ValueError for an unknown mode."""
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}: choose one of "
+                             f"{', '.join(COMPILE_MODES)}")
+        if mode == "eager":
+            return
+        kw = {} if mode == "default" else {"mode": mode}
+        self._graphs0 = compiled_graphs()
+        self._loss = torch.compile(loss_fn, **kw)
+        self.model.compile(**kw)
+        self.compile_mode = mode
+
+    def compiled_graphs(self) -> int:
+        """Graphs torch.compile has built in this process since compile() (0 when eager):
+        a count that grows after warm-up means steps are recompiling."""
+        return compiled_graphs() - self._graphs0 if self.compile_mode != "eager" else 0
 
     def quantize_int8(self) -> None:
         """Dynamic int8 quantisation of the Linear and LSTM weights, for CPU inference
@@ -177,4 +223,4 @@ class Engine:
         self.model.load_state_dict({k: torch.tensor(np.asarray(v), dtype=own[k].dtype)
                                     for k, v in tensors.items()})
         # Fresh optimizer state, as in JAX: a loaded model's next step starts Adam anew.
-        self.opt = make_optimizer(self.model, self.optimizer, self.lr)
+        self.opt = make_optimizer(self.model, self.optimizer, self.lr, self.fused)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from recmodels.config import GenRecConfig
-from recmodels.torch.blocks import INIT_STD, HSTUBlock, SASRecBlock, attention_mask
+from recmodels.torch.blocks import INIT_STD, Dropout, HSTUBlock, SASRecBlock, attention_mask
 
 
 def positions(seq: torch.Tensor, cfg: GenRecConfig, extra: int = 0) -> torch.Tensor:
@@ -54,7 +54,7 @@ class GenRec(nn.Module):
             block = SASRecBlock if cfg.block == "sasrec" else HSTUBlock
             self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
