@@ -33,6 +33,12 @@ OPTIMIZERS = ("adam", "sgd")
 PARALLELS = ("none", "dp", "fsdp")
 SHARDINGS = ("dense", "row-wise", "table-wise")
 SCALINGS = ("strong", "weak")
+# torch.compile modes (recmodels.torch.engine.COMPILE_MODES, repeated here so that the harness's
+# bottom layer need not import torch). "reduce-overhead" adds CUDA graphs on GPUs; JAX always
+# jits, so a JAX point carries "eager" and reads "jit" wherever modes are shown (mode_text).
+COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
+# Suite files and result records from before the modes: compile = false / true.
+_COMPILE_BOOL = {False: "eager", True: "default"}
 DEFAULT_N_NEG = {"bce": 1, "sampled_softmax": 128, "full_softmax": 1}
 # tf32 is fp32 storage with a TF32 matmul mode; int8 quantises at the workload, not in config
 COMPUTE_DTYPE = {"fp32": "fp32", "tf32": "fp32", "int8": "fp32", "bf16": "bf16", "fp16": "fp16"}
@@ -47,7 +53,9 @@ POSITIVE_INT_FIELDS = ("n_neg", "catalog_size", "seq_len", "batch_size", "n_cand
 # Point ids (Point.id): the fields below existed when ids were first written and are always
 # hashed, so no id in a file changes; a field added later goes into ID_DEFAULTS with its
 # default and is hashed only where it differs. point_id is the one rule: Point.id and the
-# results files (bench.results.point_id) both use it.
+# results files (bench.results.point_id) both use it. ``compile`` was a boolean when ids were
+# first written: "eager" hashes as false and "default" as true (_id_compile), so those points
+# keep their ids; the other modes hash as their names.
 ID_FIELDS_V1 = ("framework", "workload", "preset", "block", "loss", "n_neg", "catalog_size",
                 "seq_len", "batch_size", "precision", "device", "compile", "optimizer")
 ID_DEFAULTS: dict[str, Any] = {
@@ -68,6 +76,30 @@ def _canonical(value: Any) -> str:
                       default=plain)
 
 
+def compile_mode(value: Any) -> Any:
+    """A point's ``compile`` as a mode name: the booleans of old suite files and records map to
+    "eager" (false) and "default" (true); anything else is returned as it is."""
+    return _COMPILE_BOOL[value] if isinstance(value, bool) else value
+
+
+def mode_text(framework: Any, compile: Any = "eager") -> str:
+    """How a point's step ran: "jit" for JAX (it always jits), else the torch.compile mode."""
+    return "jit" if framework == "jax" else str(compile_mode(compile))
+
+
+def framework_label(framework: Any, compile: Any = "eager") -> str:
+    """``"torch (eager)"``, ``"torch (reduce-overhead)"``, ``"jax (jit)"``: a framework as
+    every label, legend and table that names one shows it."""
+    return f"{framework} ({mode_text(framework, compile)})"
+
+
+def _id_compile(value: Any) -> Any:
+    """The value ``compile`` is hashed as: the boolean it was before the modes, where there
+    was one (eager: false, default: true), else the mode's name."""
+    mode = compile_mode(value)
+    return {"eager": False, "default": True}.get(mode, mode) if isinstance(mode, str) else mode
+
+
 def point_id(point: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
     """Stable id of a sweep point: first 12 hex of sha1 over its canonical JSON.
 
@@ -78,6 +110,8 @@ def point_id(point: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
     point on load. Any other change to a point's fields makes it a different point.
     """
     table = ID_DEFAULTS if defaults is None else defaults
+    if "compile" in point:
+        point = {**point, "compile": _id_compile(point["compile"])}
     kept = {k: v for k, v in point.items()
             if not (k in table and _canonical(v) == _canonical(table[k]))}
     return hashlib.sha1(_canonical(kept).encode("utf-8")).hexdigest()[:12]
@@ -108,7 +142,10 @@ def field_problem(name: str, value: Any, *, allow_auto: bool = False) -> str | N
         hint = f"; write {int(value)} (no decimal point)" if whole else ""
         return f"expected a positive integer, got {value!r}{hint}"
     if name == "compile":
-        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        if isinstance(value, bool) or (isinstance(value, str) and value in COMPILE_MODES):
+            return None
+        return (f"unknown compile mode {value!r}{suggest(value, COMPILE_MODES)}; choose one of "
+                f"{', '.join(COMPILE_MODES)} (or false = eager, true = default)")
     if name == "device":
         ok = isinstance(value, str) and bool(_DEVICE_RE.fullmatch(value))
         if ok or (allow_auto and value == "auto"):
@@ -135,7 +172,9 @@ class Point:
     batch_size: int
     precision: str  # "fp32" | "tf32" | "bf16" | "fp16" | "int8"
     device: str  # "cpu" | "cuda" | "cuda:N" | "tpu" | "mps" ("auto" is resolved before this)
-    compile: bool = False  # torch.compile; jax always jits, so jax points carry False
+    # torch.compile mode (COMPILE_MODES; true/false read as "default"/"eager"); jax always
+    # jits, so jax points carry "eager" (shown as "jit")
+    compile: str = "eager"
     optimizer: str = "adam"  # "adam" | "sgd"
     n_candidates: int = 2048  # K: candidates ranked per user (workload "rank")
     gen_steps: int = 4  # S: items generated per user (workload "generate")
@@ -163,8 +202,9 @@ class Point:
                 raise InputError(f"point: {f.name}: {problem}")
         if self.loss == "full_softmax":
             object.__setattr__(self, "n_neg", 1)  # unused: one value keeps ids unique
+        object.__setattr__(self, "compile", compile_mode(self.compile))
         if self.framework == "jax":
-            object.__setattr__(self, "compile", False)
+            object.__setattr__(self, "compile", "eager")
         self._check_scale_out()
 
     def _check_scale_out(self) -> None:
@@ -182,6 +222,11 @@ class Point:
                              f"{self.nodes} nodes; use a multiple of nodes")
         if self.world_size == 1:  # strong and weak are the same computation on one rank
             object.__setattr__(self, "scaling", "strong")
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step runs under torch.compile (any mode but eager)."""
+        return self.compile != "eager"
 
     @property
     def global_batch(self) -> int:
@@ -238,16 +283,16 @@ class Point:
                 and oom.params_total <= self.params_total)
 
     def label(self) -> str:
-        """A short human string, e.g. 'torch train tiny/sasrec C=23.7k T=50 B=128 bf16 cpu'."""
-        parts = [self.framework, self.workload, f"{self.preset}/{self.block}",
+        """A short human string, e.g. 'torch (eager) train tiny/sasrec C=23.7k T=50 B=128 bf16
+        cpu': the framework with the mode its step runs in (framework_label)."""
+        parts = [framework_label(self.framework, self.compile), self.workload,
+                 f"{self.preset}/{self.block}",
                  f"C={human(self.catalog_size)}", f"T={self.seq_len}", f"B={self.batch_size}",
                  self.precision, self.device]
         if self.loss != "bce":
             parts.append(self.loss + (f":{self.n_neg}" if self.loss == "sampled_softmax" else ""))
         elif self.n_neg != DEFAULT_N_NEG[self.loss]:
             parts.append(f"neg={self.n_neg}")
-        if self.compile:
-            parts.append("compiled")
         if self.optimizer != "adam":
             parts.append(self.optimizer)
         if self.workload == "rank":

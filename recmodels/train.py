@@ -28,6 +28,9 @@ FRAMEWORKS = ("torch", "jax")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "tpu", "mps")
 EVAL_PROTOCOLS = ("sampled", "full")
+# torch.compile modes (recmodels.torch.engine.COMPILE_MODES; named here so that validating
+# options does not import torch). JAX always jits: its runs take "eager" only.
+COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
 PAPER_EPOCHS = 200  # SASRec trains ~200 epochs on its datasets
 SYNTHETIC_EPOCHS = 8
 # Non-finite step losses in a row that mean divergence. fp16 loss scaling skips a step whose
@@ -72,16 +75,21 @@ class TrainOptions:
     device: str = "auto"
     eval: str = "sampled"
     eval_users: int = 10_000  # SASRec evaluates on a random 10,000 users when there are more
+    compile: str = "eager"  # torch.compile mode (COMPILE_MODES); JAX always jits
     overrides: dict = field(default_factory=dict)  # GenRecConfig fields (block, loss, seq_len...)
 
     def validate(self) -> None:
         checks = [("framework", FRAMEWORKS), ("precision", PRECISIONS), ("device", DEVICES),
-                  ("eval", EVAL_PROTOCOLS), ("optimizer", ("adam", "sgd"))]
+                  ("eval", EVAL_PROTOCOLS), ("optimizer", ("adam", "sgd")),
+                  ("compile", COMPILE_MODES)]
         for name, allowed in checks:
             value = getattr(self, name)
             base = value.split(":")[0] if name == "device" else value
             if base not in allowed:
                 raise InputError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+        if self.framework == "jax" and self.compile != "eager":
+            raise InputError(f"compile {self.compile!r} is a torch.compile mode, and JAX always "
+                             "jits its step: leave compile at eager for framework jax")
         index = self.device.partition(":")[2]
         if ":" in self.device and not index.isdigit():  # e.g. cuda:all (data parallel) or cuda:x
             raise InputError(f"bad device {self.device!r}: training runs on one device, "
@@ -208,7 +216,8 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         raise InputError(f"catalog_size {cfg.catalog_size} is smaller than the dataset's "
                          f"{data.n_items} items: drop the catalog_size override")
     engine = make_engine(opts.framework, cfg, device=device, seed=opts.seed,
-                         optimizer=opts.optimizer, lr=opts.lr, precision=opts.precision)
+                         optimizer=opts.optimizer, lr=opts.lr, precision=opts.precision,
+                         compile=opts.compile)
     epochs = opts.epochs or (PAPER_EPOCHS if opts.dataset in D.REGISTRY else SYNTHETIC_EPOCHS)
     n_batches = S.n_train_batches(split, opts.batch_size)
     st = data.stats()
@@ -286,6 +295,7 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         "dataset": data.name,
         "device": device,
         "precision": opts.precision,
+        "compile": "jit" if opts.framework == "jax" else opts.compile,  # as bench.point shows it
         "optimizer": opts.optimizer,
         "seed": opts.seed,
         "status": "ok" if reason is None else "diverged",

@@ -37,6 +37,39 @@ def test_train_refuses_an_unwritable_save_path_before_training(tmp_path, capsys)
     assert "epoch" not in err  # refused before any training
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--compile", "reduce_overhead"], "invalid choice: 'reduce_overhead'"),
+    (["train", "--framework", "jax", "--compile", "default"], "JAX always jits"),
+])
+def test_train_compile_bad_values_are_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "epoch" not in err
+
+
+def test_train_compile_mode_reaches_the_torch_engine_and_the_result(tmp_path, capsys,
+                                                                    monkeypatch):
+    import recmodels.train as T
+    from recmodels import data as D
+
+    path = tmp_path / "small.txt"
+    D.save_user_item(D.synthetic(n_users=60, n_items=40, mean_len=8, seed=3), path)
+    asked = []
+
+    def make_engine(framework, cfg, **kw):  # the mode as asked; eager here, to stay fast
+        asked.append(kw.get("compile"))
+        return real(framework, cfg, **{**kw, "compile": "eager"})
+
+    real = T.make_engine
+    monkeypatch.setattr(T, "make_engine", make_engine)
+    assert main(["train", "--dataset", str(path), "--epochs", "1", "--compile",
+                 "reduce-overhead", "--json"]) == 0
+    assert asked == ["reduce-overhead"] and _json(capsys)["compile"] == "reduce-overhead"
+    assert main(["train", "--dataset", str(path), "--epochs", "1"]) == 0
+    assert asked[-1] == "eager" and "torch (eager) tiny on" in capsys.readouterr().out
+    assert T.TrainOptions(framework="jax").compile == "eager"  # JAX's default is valid
+
+
 def test_data_fetch_without_a_name_is_exit_2(capsys):
     assert main(["data", "fetch"]) == 2
     assert "dataset name" in capsys.readouterr().err
@@ -142,7 +175,7 @@ def test_a_shipped_suite_on_a_missing_device_is_refused(capsys, monkeypatch):
     monkeypatch.setenv("RECBENCH_GPUS", "0")
     assert main(["run", "--suite", "gpu-quick"]) == 2
     err = capsys.readouterr().err
-    assert "suite 'gpu-quick' has 55 points on cuda" in err and "--device cpu" in err
+    assert "suite 'gpu-quick' has 96 points on cuda" in err and "--device cpu" in err
 
 
 def test_a_run_with_no_ok_point_exits_1(one_point, tmp_path, capsys, monkeypatch):

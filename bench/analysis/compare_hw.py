@@ -38,7 +38,7 @@ from bench.analysis.plotdata import (
     field_text,
     group,
 )
-from bench.point import device_kind
+from bench.point import device_kind, framework_label
 from bench.results import ResultsFile
 from recmodels.config import human
 
@@ -51,13 +51,15 @@ METRICS = (
 )
 _LABEL_ORDER = ("framework", "workload", "preset", "block", "catalog_size", "seq_len",
                 "batch_size", "precision")
-_DEFAULTS = {"loss": "bce", "compile": False, "optimizer": "adam"}
+_DEFAULTS = {"loss": "bce", "compile": "eager", "optimizer": "adam"}
 
 
 def config_label(point: dict[str, Any]) -> str:
-    """``"torch train tiny/sasrec C=2k T=20 B=8 fp32"``: a point without its device."""
+    """``"torch (eager) train tiny/sasrec C=2k T=20 B=8 fp32"``: a point without its device;
+    the framework with the mode it ran in (``"jax (jit)"``, ``"torch (reduce-overhead)"``)."""
     p = dict(point)
-    head = [str(p.get("framework")), str(p.get("workload")),
+    head = [framework_label(p.get("framework"), p.get("compile", "eager")),
+            str(p.get("workload")),
             f"{p.get('preset')}/{p.get('block', 'sasrec')}"]
     head += [field_text(k, p[k]) for k in ("catalog_size", "seq_len", "batch_size") if k in p]
     head.append(str(p.get("precision")))
@@ -66,8 +68,6 @@ def config_label(point: dict[str, Any]) -> str:
                     else str(p["loss"]))
     elif p.get("n_neg", 1) != 1:
         head.append(f"neg={p['n_neg']}")
-    if p.get("compile"):
-        head.append("compiled")
     if p.get("optimizer", "adam") != "adam":
         head.append(str(p["optimizer"]))
     known = {*_LABEL_ORDER, *_DEFAULTS, "n_neg", "device"}

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.point import ID_DEFAULTS, device_kind
+from bench.point import ID_DEFAULTS, compile_mode, device_kind, framework_label
 from bench.results import PointRecord, ResultsFile, load_many
 from recmodels.config import human, human_bytes
 from recmodels.errors import InputError
@@ -34,6 +34,7 @@ NO_ENERGY = (None, "unavailable")
 # The relative error bound of a point's energy figure (0.05: +-5%), where the meter records one.
 ENERGY_ERROR_KEY = "energy_rel_error"
 UNSTABLE = "unstable"  # the record flag of a point whose spread or conditions say it was disturbed
+RECOMPILED = "recompiled"  # the flag of a point whose timed steps recompiled (scenarios.step)
 
 # How a point field reads in a legend; unlisted fields print their bare value.
 _FIELD_TEXT: dict[str, Callable[[Any], str]] = {
@@ -41,7 +42,7 @@ _FIELD_TEXT: dict[str, Callable[[Any], str]] = {
     "seq_len": lambda v: f"T={v}",
     "batch_size": lambda v: f"B={v}",
     "n_neg": lambda v: f"neg={v}",
-    "compile": lambda v: "compiled" if v else "eager",
+    "compile": lambda v: str(compile_mode(v)),  # describe() names the framework with it
     "world_size": lambda v: f"W={v}",
     "nodes": lambda v: f"{v} node{'s' if v != 1 else ''}",
     "sharding": lambda v: f"{v} table",
@@ -116,6 +117,11 @@ class Entry:
     def unstable(self) -> str | None:
         """Why the run flagged this point ``unstable`` (record.flags), or None."""
         return self.record.flags.get(UNSTABLE)
+
+    @property
+    def recompiled(self) -> str | None:
+        """``"recompiled N times during timing"`` when its timed steps recompiled, or None."""
+        return self.record.flags.get(RECOMPILED)
 
     @property
     def workload(self) -> str:
@@ -220,8 +226,18 @@ def varying_fields(points: Iterable[Mapping[str, Any]], exclude: Iterable[str] =
 
 
 def describe(point: Mapping[str, Any], fields: Sequence[str]) -> str:
-    """``"tiny bf16 C=20k"``: the given fields of a point, as a legend reads them."""
-    return " ".join(field_text(k, point.get(k)) for k in fields)
+    """``"tiny bf16 C=20k"``: the given fields of a point, as a legend reads them. The
+    framework and the compile mode read as one, ``"torch (reduce-overhead)"``, ``"jax (jit)"``
+    (bench.point.framework_label): from either field, once."""
+    words, named = [], False
+    for k in fields:
+        if k in ("framework", "compile"):
+            if not named:
+                words.append(framework_label(point.get("framework"), point.get("compile")))
+            named = True
+        else:
+            words.append(field_text(k, point.get(k)))
+    return " ".join(words)
 
 
 def gain_per_doubling(b0: float, t0: float, b1: float, t1: float) -> float:

@@ -25,7 +25,9 @@ Figures (file stem ``<device>-<framework>-<workload>-<kind>``):
   energy       J per 1,000 training samples (train) or recommendations (infer), only where
                measured or estimated (provenance in the legend, estimates dotted)
   precision    speed-up of each precision over fp32 at the same point
-  frameworks   torch / JAX throughput at the same point (``<device>-<workload>-frameworks``)
+  frameworks   torch / JAX throughput at the same point (``<device>-<workload>-frameworks``),
+               a line per torch.compile mode, labelled "torch (eager) / jax (jit)"; every
+               legend names the framework with its mode where the mode varies
   serve-*      latency against offered rate, throughput against max batch, prefill/decode:
                bench/analysis/plots_serve.py (from ``serve`` records)
 Records that are not ok appear only on the memory figure (oom, infeasible); the report
@@ -82,7 +84,7 @@ from bench.analysis.plotstyle import (
     throughput_ci,
 )
 from bench.machine.roofs import ROOF_DTYPES
-from bench.point import device_kind
+from bench.point import device_kind, framework_label
 from bench.results import ResultsFile, safe_name
 from recmodels.config import human
 from recmodels.errors import InputError
@@ -323,8 +325,10 @@ def energy_figure(items: Sequence[Entry]) -> Figure | None:
 
 
 def _ratio_figure(pairs: list[tuple[Entry, Entry]], title: str, ylabel: str, one: str,
-                  drop: Sequence[str], always: Sequence[str]) -> Figure | None:
-    """Throughput of entry / throughput of its partner, vs batch size."""
+                  drop: Sequence[str], always: Sequence[str],
+                  suffix: str = "") -> Figure | None:
+    """Throughput of entry / throughput of its partner, vs batch size (``suffix`` ends each
+    line's legend label)."""
     if not pairs:
         return None
     ratio = {id(e): e.metric("samples_per_s") / p.metric("samples_per_s")  # type: ignore
@@ -333,7 +337,7 @@ def _ratio_figure(pairs: list[tuple[Entry, Entry]], title: str, ylabel: str, one
     series = make_series(items, drop=drop, always=always)
     styler = Styler(series)
     fig, (ax,) = new_figure(title, items)
-    xs = draw_lines(ax, series, lambda e: ratio[id(e)], styler)
+    xs = draw_lines(ax, series, lambda e: ratio[id(e)], styler, suffix)
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", gid="parity", label=one)
     batch_axis(ax, xs)
     ax.set_ylim(bottom=0)  # linear: ratios of a few x read better than on a log axis
@@ -357,17 +361,19 @@ def precision_figure(items: Sequence[Entry]) -> Figure | None:
 
 
 def framework_figure(items: Sequence[Entry]) -> Figure | None:
-    """torch vs JAX: torch's samples/s over JAX's at the same point of the same source
-    (``compile`` is ignored when matching: jax always jits; it shows in the legend)."""
+    """torch vs JAX: torch's samples/s over JAX's at the same point of the same source, one
+    line per torch.compile mode (``compile`` is ignored when matching: jax always jits). Every
+    label names the mode of each side: "tiny torch (reduce-overhead) / jax (jit)"."""
     ok = _ok(items, "samples_per_s")
     drop = ("framework", "compile")
     jax = {(e.source, config_key(e.point, drop)): e for e in ok
            if e.point.get("framework") == "jax"}
     pairs = [(e, jax[k]) for e in ok if e.point.get("framework") == "torch"
              and (k := (e.source, config_key(e.point, drop))) in jax]
-    return _ratio_figure(pairs, f"torch vs JAX throughput: {panel_text(ok, False)}",
-                         "torch / JAX throughput (samples/s ratio)", "JAX (= 1x)",
-                         SERIES_DROP, ("preset",))
+    jit = framework_label("jax")
+    return _ratio_figure(pairs, f"torch vs {jit} throughput: {panel_text(ok, False)}",
+                         f"torch / {jit} throughput (samples/s ratio)", f"{jit} (= 1x)",
+                         SERIES_DROP, ("preset", "compile"), suffix=f" / {jit}")
 
 
 # name, figure function, whether its panel is per framework (else both frameworks together)

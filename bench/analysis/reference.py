@@ -38,6 +38,7 @@ from bench.analysis.plotdata import (
     rate_text,
     varying_fields,
 )
+from bench.point import framework_label
 from bench.results import ResultsFile
 from recmodels.errors import InputError
 
@@ -191,8 +192,10 @@ def serve_html(files: Sequence[ResultsFile], names: Sequence[str], suite: str = 
     head = ["point"] + [c for _ in groups for c in SERVE_COLUMNS]
     rows = []
     for i, p in enumerate(specs):
-        label = " ".join(str(p[k]) for k in ("scenario", "framework", "workload", "preset")
-                         if k in p) + (f" K {p['n_candidates']}" if "n_candidates" in p else "")
+        # serving runs torch eager (step.support_reason) and JAX jitted: "torch (eager)"
+        label = " ".join(framework_label(p[k]) if k == "framework" else str(p[k])
+                         for k in ("scenario", "framework", "workload", "preset") if k in p)
+        label += f" K {p['n_candidates']}" if "n_candidates" in p else ""
         if "target_latency_ms" in p:
             label += f", p{p.get('percentile', 99):g} <= {p['target_latency_ms']:g} ms"
         rows.append([label] + [c for g in groups for c in serve_cells(found[g].get(i))])

@@ -7,8 +7,10 @@ headline), what is missing, status counts (with each non-ok point's reason), the
 of each machine, the measured roofs, a summary (best throughput per configuration, batch size
 aside, every field of the configuration in its own column; the largest model and batch that
 ran on each device; the OOM frontier; a cross-hardware table when there are two or more
-machines), then the figures of bench.analysis.plots. A point flagged ``unstable`` says so in
-every table it appears in. Bytes are binary (GiB, GiB/s) throughout.
+machines), then the figures of bench.analysis.plots. A point flagged ``unstable`` (or
+``recompiled``: its timed steps compiled new graphs) says so in every table it appears in; the
+framework is named with the mode its step ran in ("torch (reduce-overhead)", "jax (jit)").
+Bytes are binary (GiB, GiB/s) throughout.
 
 Input without a single ok record is not an error here (``recbench plot`` refuses it): the
 page is then the useful answer, saying what ran, what failed and why.
@@ -47,7 +49,7 @@ from bench.analysis.plotdata import (
 )
 from bench.analysis.plots import DPI, default_out_dir, iter_figures
 from bench.analysis.report_scale import scale_section
-from bench.point import device_kind
+from bench.point import device_kind, framework_label
 from bench.results import STATUSES, ResultsFile
 from recmodels.config import human
 from recmodels.errors import InputError
@@ -143,11 +145,20 @@ def loss_text(p: dict[str, Any]) -> str:
     return f"{loss}:{p.get('n_neg')}" if loss == "sampled_softmax" else loss
 
 
+def _flags(e: Entry) -> list[tuple[str, str]]:
+    """The entry's flags the report shows, (name, why): unstable, recompiled."""
+    return [(name, why) for name, why in (("unstable", e.unstable),
+                                          ("recompiled", e.recompiled)) if why]
+
+
 def flag_cell(flagged: Sequence[Entry]) -> Any:
-    """``unstable`` (reason on hover) when any of the entries is flagged, else empty."""
-    why = "; ".join(f"B={e.batch_size}: {e.unstable}" for e in flagged if e.unstable)
-    return Cell(f"unstable ({sum(1 for e in flagged if e.unstable)})", "flag", why) if why \
-        else ""
+    """``unstable (n)`` and ``recompiled (n)`` (reasons on hover) for the entries that carry
+    those flags, else empty."""
+    hits = [(e, name, why) for e in flagged for name, why in _flags(e)]
+    names = list(dict.fromkeys(name for _, name, _ in hits))
+    words = [f"{n} ({sum(1 for _, name, _ in hits if name == n)})" for n in names]
+    return Cell(", ".join(words), "flag", "; ".join(f"B={e.batch_size}: {why}"
+                                                    for e, _, why in hits)) if hits else ""
 
 
 def best_throughput_rows(items: Sequence[Entry]) -> list[list[Any]]:
@@ -155,8 +166,8 @@ def best_throughput_rows(items: Sequence[Entry]) -> list[list[Any]]:
     size: block, loss, catalog and T each in their own column, so that "tiny" on one row is
     one model); the knee over that line's batch sizes; flags of the line's points."""
     ok = [e for e in items if e.ok and e.metric("samples_per_s")]
-    other = varying_fields([e.point for e in ok],
-                           exclude=(*CONFIG_COLUMNS, "device", "batch_size", "n_neg"))
+    other = varying_fields([e.point for e in ok],  # the framework cell names the mode
+                           exclude=(*CONFIG_COLUMNS, "compile", "device", "batch_size", "n_neg"))
     rows = []
     for _, members in group(ok, lambda e: (e.source, e.device, config_key(
             e.point, drop=("device", "batch_size")))).items():
@@ -165,8 +176,9 @@ def best_throughput_rows(items: Sequence[Entry]) -> list[list[Any]]:
                  [e.metric("samples_per_s") or 0.0 for e in members])
         p = best.point
         util = best.metric("utilization") if best.roof_dtype() else None
-        rows.append([best.source, best.device, p.get("framework"), p.get("workload"),
-                     p.get("preset"), p.get("block", "sasrec"), loss_text(p),
+        rows.append([best.source, best.device, framework_label(p.get("framework"),
+                                                               p.get("compile")),
+                     p.get("workload"), p.get("preset"), p.get("block", "sasrec"), loss_text(p),
                      field_text("catalog_size", p.get("catalog_size"))[2:], p.get("seq_len"),
                      p.get("precision"), describe(p, other) if other else "",
                      _fmt(best.metric("samples_per_s")), best.batch_size,
@@ -211,7 +223,8 @@ def frontier_rows(items: Sequence[Entry]) -> list[list[Any]]:
     lines = group(pool, lambda e: (e.source, e.device,
                                    config_key(e.point, drop=("device", "batch_size"))))
     shown = ("framework", "workload", "preset", "precision")
-    other = varying_fields([e.point for e in pool], exclude=(*shown, "device", "batch_size"))
+    other = varying_fields([e.point for e in pool],
+                           exclude=(*shown, "compile", "device", "batch_size"))
     for (src, dev, _), members in lines.items():
         failed = [e for e in members if e.status in _FAILED]
         if not failed:
@@ -220,8 +233,8 @@ def frontier_rows(items: Sequence[Entry]) -> list[list[Any]]:
         first = min(failed, key=lambda e: e.batch_size)
         ok = [e.batch_size for e in members if e.ok]
         est = first.metric("est_mem_bytes")
-        rows.append([src, dev, p.get("framework"), p.get("workload"),
-                     describe(p, ["preset", *other]), p.get("precision"),
+        rows.append([src, dev, framework_label(p.get("framework"), p.get("compile")),
+                     p.get("workload"), describe(p, ["preset", *other]), p.get("precision"),
                      max(ok) if ok else "none", first.batch_size, first.status,
                      FRONTIER_KIND[first.status], f"{est / GiB:.2f} GiB" if est else "-"])
     return rows
@@ -241,6 +254,15 @@ def status_table(files: Sequence[ResultsFile]) -> str:
                          e.record.reason or ""] for e in failed])
         body += (f"<details open><summary>{len(failed)} point(s) not ok, with reasons"
                  f"</summary>{detail}</details>")
+    flagged = [e for e in entries(files) if e.ok and (e.unstable or e.recompiled)]
+    if flagged:
+        detail = table(["machine", "point", "flags"],
+                       [[e.source, compare_hw.config_label(e.point) + f" [{e.device}]",
+                         "; ".join(f"{name}: {why}" for name, why in _flags(e))]
+                        for e in flagged])
+        body += (f"<details open><summary>{len(flagged)} ok point(s) flagged (unstable: "
+                 "disturbed; recompiled: the timed steps compiled new graphs, a bug), with "
+                 f"reasons</summary>{detail}</details>")
     return body
 
 
@@ -297,10 +319,13 @@ def summary_section(files: Sequence[ResultsFile], items: Sequence[Entry]) -> str
     parts.append('<div class="wide">' + table(head, best, numeric) + "</div>" if best
                  else "<p>No ok records: nothing measured.</p>")
     parts.append('<p class="muted">One row per configuration: every point field but the batch '
-                 "size (other: fields beyond these that vary, e.g. compile). Knee: the first "
+                 "size (other: fields beyond these that vary, e.g. optimizer); the framework "
+                 "names the mode its step ran in: torch's torch.compile mode (eager: none), "
+                 "jax (jit). Knee: the first "
                  "batch size from which the next measured batch gains less than 10% throughput "
                  "per doubling of the batch. Flags: how many of the row's points the run "
-                 "flagged unstable (disturbed); the reasons on hover and in the status section."
+                 "flagged unstable (disturbed), or recompiled while timed (a bug: their times "
+                 "include compilation); the reasons on hover and in the status section."
                  " n: the timed samples behind the median (p90 is null below 20, p99 below "
                  "100, the median's 95% CI below 6)."
                  " No roof: the precision has no measured GEMM roof (int8).</p>")

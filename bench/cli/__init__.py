@@ -353,7 +353,7 @@ def package_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from recmodels.config import BLOCKS, LOSSES, PRESETS
-    from recmodels.train import DEVICES, EVAL_PROTOCOLS, FRAMEWORKS, PRECISIONS
+    from recmodels.train import COMPILE_MODES, DEVICES, EVAL_PROTOCOLS, FRAMEWORKS, PRECISIONS
 
     p = _Parser(prog="recbench", description="Hardware and compute benchmarks for "
                 "generative recommenders (a GPT over item IDs) in PyTorch and JAX.")
@@ -372,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--precision", choices=PRECISIONS, default="fp32")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    t.add_argument("--compile", choices=COMPILE_MODES, default="eager", metavar="MODE",
+                   help=f"torch.compile mode of the torch step: {', '.join(COMPILE_MODES)} "
+                        "(default eager; reduce-overhead adds CUDA graphs on GPUs). JAX "
+                        "always jits: eager only")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (cuda:N ok)")
     t.add_argument("--eval", choices=EVAL_PROTOCOLS, default="sampled",

@@ -28,7 +28,7 @@ def cmd_train(args) -> int:
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         precision=args.precision, optimizer=args.optimizer, seed=args.seed,
                         device=args.device, eval=args.eval, eval_users=args.eval_users,
-                        overrides=overrides)
+                        compile=args.compile, overrides=overrides)
     try:
         result, engine = train(opts, return_engine=True)
     except (InputError, KeyboardInterrupt):
@@ -77,7 +77,8 @@ def _format_speed(r: dict) -> str:
 
 
 def format_train_result(r: dict) -> str:
-    head = (f"{r['framework']} {r['preset']} on {r['dataset']} ({r['epochs']} epochs, "
+    head = (f"{r['framework']} ({r.get('compile', 'eager')}) {r['preset']} on {r['dataset']} "
+            f"({r['epochs']} epochs, "
             f"{r['precision']}, {r['device']})")
     if r["status"] != "ok":
         return "\n".join([head, f"  status     {r['status']}: {r['reason']} "

@@ -9,6 +9,7 @@ from collections import Counter
 
 from bench import results as R
 from bench.point import Point
+from bench.scenarios.step import RECOMPILED
 from recmodels.config import human, human_bytes
 
 
@@ -21,6 +22,15 @@ def _clock(seconds: float) -> str:
 def status_text(rec: R.PointRecord) -> str:
     """``ok``, or ``ok (unstable)`` when the record carries the unstable flag."""
     return f"{rec.status} (unstable)" if "unstable" in rec.flags else rec.status
+
+
+def compile_text(rec: R.PointRecord) -> str:
+    """``"  recompiled 3 times during timing"`` for a point whose timed steps recompiled
+    (record flag ``recompiled``), and the record's compile note (e.g. no CUDA graphs on a
+    CPU), each after two spaces; "" when there is neither."""
+    note = (rec.metrics or {}).get("compile_note")
+    parts = [rec.flags[RECOMPILED]] if RECOMPILED in rec.flags else []
+    return "".join(f"  {p}" for p in (*parts, *([note] if note else [])))
 
 
 def describe_record(rec: R.PointRecord) -> str:
@@ -39,7 +49,7 @@ def describe_record(rec: R.PointRecord) -> str:
     return (f"{m['step_ms']['median']:.2f} ms/step (median of {m['step_ms']['n']})  "
             f"{m['samples_per_s']:,.0f} samples/s  "
             f"{human(m['achieved_flops_per_s'], 'FLOP/s')} (analytic FLOPs / median)"
-            f"{scale}{unstable}")
+            f"{scale}{unstable}{compile_text(rec)}")
 
 
 class Progress:
@@ -111,6 +121,9 @@ def summary_table(records: list[R.PointRecord], end: R.RunEnd | None = None) -> 
     for r in records:
         if "unstable" in r.flags:
             lines.append(f"unstable: {Point.from_dict(r.point).label()}: {r.flags['unstable']}")
+        if RECOMPILED in r.flags:
+            lines.append(f"recompiled: {Point.from_dict(r.point).label()}: "
+                         f"{r.flags[RECOMPILED]} (a step that recompiles is a bug)")
     if end is not None:
         lines += [f"{name}: {why}" for name, why in end.flags.items()]
         c = end.conditions

@@ -55,7 +55,7 @@ from bench.machine import conditions as C
 from bench.machine.hardware import device_capacity_bytes, devices_spanned
 from bench.machine.roofs import ROOF_DTYPES
 from bench.point import Point, device_kind
-from bench.scenarios.step import analytic_cost, probe_key
+from bench.scenarios.step import analytic_cost, probe_key, recompile_flag
 from bench.suites.suite import Suite
 from recmodels.config import human_bytes
 from recmodels.errors import InputError
@@ -212,6 +212,7 @@ def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path
             add_scaling(metrics, point, throughput, shaky)
             unstable = C.unstable_reason((metrics.get("step_ms") or {}).get("cv"), window)
             flags = {"unstable": unstable} if unstable else {}
+            flags |= recompile_flag(metrics)  # a step that recompiled while timed: a bug
             throughput[point.id] = metrics.get("samples_per_s")
             if unstable:
                 shaky.add(point.id)

@@ -143,7 +143,13 @@ def measure_point(point: Point, measure: Measure,
     ``process`` describes the worker process (see ProcessMemory); in-process callers (tests,
     the pytest-benchmark front door) leave it None: a shared process."""
     from bench.point import device_kind
-    from bench.scenarios.step import DeviceCaps, Unsupported, build, support_reason
+    from bench.scenarios.step import (
+        DeviceCaps,
+        Unsupported,
+        build,
+        compile_metrics,
+        support_reason,
+    )
 
     if point.distributed:  # its ranks are torchrun's (bench/launch/dist.py)
         from bench.launch.dist import launch_point, ranks_reason
@@ -166,6 +172,7 @@ def measure_point(point: Point, measure: Measure,
             timer = meters.StepTimer()
             with meters.DeviceMemoryMeter(reset_peak, read_peak) as dev:
                 warm = timer.warmup(step, workload.sync, warmup_iters=measure.warmup_iters)
+                counts_warm = workload.compile_counts()  # what compiling built, before timing
                 kind = device_kind(point.device)
                 suffix = point.device.partition(":")[2]
                 index = None if suffix == "all" else int(suffix or 0)  # None: every device
@@ -173,6 +180,7 @@ def measure_point(point: Point, measure: Measure,
                                        min_iters=measure.min_iters,
                                        max_iters=measure.max_iters,
                                        max_time_s=measure.max_time_s)
+                counts_timed = workload.compile_counts()  # more graphs now: it recompiled
                 # Energy has its own window after the timed samples: the step repeated for
                 # >= 20 counter periods, aligned to counter updates (meters.EnergyWindow).
                 energy = meters.measure_energy_window(
@@ -206,6 +214,7 @@ def measure_point(point: Point, measure: Measure,
         "tokens_per_s": workload.tokens_per_step / median_s,
         "compile_s": warm.compile_s,
         "warmup_s": warm.warmup_s,
+        **compile_metrics(point, counts_warm, counts_timed),
         **cost,
         "achieved_flops_per_s": cost["flops_per_step"] / median_s,
         "achieved_bytes_per_s": cost["bytes_per_step"] / median_s,

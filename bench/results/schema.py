@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from bench.point import point_id  # the one id rule, shared with Point.id
+from bench.point import compile_mode, point_id  # the one id rule, shared with Point.id
 from recmodels.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -270,6 +270,8 @@ class PointRecord:
         if not isinstance(metrics, dict):
             raise InputError("point record field 'metrics' must be an object")
         point = dict(_require(d, "point", dict, "point record"))
+        if "compile" in point:  # a boolean before the modes: false is eager, true default
+            point["compile"] = compile_mode(point["compile"])
         _require(d, "id", str, "point record")
         try:
             return cls(

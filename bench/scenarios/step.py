@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.point import SERVING_WORKLOADS, Point, device_kind
+from bench.point import SERVING_WORKLOADS, Point, device_kind, mode_text
 from recmodels import config as C
 from recmodels.memory import memory_estimate
 
@@ -67,7 +67,7 @@ def support_reason(point: Point, caps: DeviceCaps) -> str | None:
         if (fw, point.workload, kind) != ("torch", "infer", "cpu"):
             return ("int8 is PyTorch dynamic quantisation for CPU inference only "
                     "(torch, infer, cpu)")
-        if point.block == "lstm" and point.compile:
+        if point.block == "lstm" and point.compiled:
             return "torch.compile does not support dynamically quantised LSTMs"
     if prec == "tf32" and not (kind == "cuda" and caps.ampere_or_newer):
         return f"tf32 is an NVIDIA tensor-core mode (compute capability >= 8.0); not on {kind}"
@@ -75,11 +75,11 @@ def support_reason(point: Point, caps: DeviceCaps) -> str | None:
         return f"bf16 needs compute capability >= 8.0; {caps.name} is {caps.compute_capability}"
     if prec == "fp16" and kind == "tpu":
         return "TPUs have no fp16 matrix units: use bf16"
-    if point.compile and kind == "tpu":
+    if point.compiled and kind == "tpu":
         return "torch.compile does not apply on TPU"
     if point.workload in SERVING_WORKLOADS and point.block == "lstm":
         return f"{point.workload} needs an attention block (its KV cache); lstm has none"
-    if point.workload in SERVING_WORKLOADS and point.compile:
+    if point.workload in SERVING_WORKLOADS and point.compiled:
         return (f"{point.workload} is not compiled: torch.compile wraps the model's forward, "
                 "which the serving paths (recmodels/torch/kv_cache.py) do not call")
     if point.workload in SERVING_WORKLOADS and point.device.endswith(":all"):
@@ -103,7 +103,7 @@ def distributed_reason(point: Point, caps: DeviceCaps) -> str | None:
                 "device (parallel = 'none')")
     if point.precision == "int8":
         return "int8 is dynamic quantisation for CPU inference; scale-out points train"
-    if point.compile:
+    if point.compiled:
         return "distributed torch points run eager here (torch.compile is not applied to them)"
     if point.global_batch % point.world_size:
         return (f"global batch {point.global_batch} does not split evenly over "
@@ -189,6 +189,9 @@ class Workload:
     # Metrics beyond the step's own time, measured once after the timed loop (synced, so
     # outside it): generate's prefill_ms and decode_step_ms, update's reencode_ms.
     extra_metrics: Callable[[], dict[str, float]] = lambda: {}
+    # What torch.compile has built so far ({"graphs", "cudagraph_skips"}, see compile_counts);
+    # read after warm-up and after the timed loop, the two go to compile_metrics.
+    compile_counts: Callable[[], dict[str, int | None]] = lambda: dict(NO_COUNTS)
 
     def close(self) -> None:
         """Drop every device buffer this workload holds."""
@@ -196,6 +199,7 @@ class Workload:
         self.extra_metrics = lambda: {}  # its closure holds the engine
         self.planned_mem_bytes = lambda: None  # its closure holds the engine and the batch
         self.check = lambda: None  # so does this one
+        self.compile_counts = lambda: dict(NO_COUNTS)  # and this one
         self.engine = None
         gc.collect()
 
@@ -232,8 +236,8 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
                          precision=point.precision)
     if point.precision == "int8":
         engine.quantize_int8()
-    if point.compile:
-        engine.compile()
+    if point.compiled:  # after quantisation: the int8 model is the one that runs
+        engine.compile(point.compile)
     batch = random_batch(cfg, point.batch_size)
     if point.workload == "train":
         step, planned, check = train_closures(engine, engine.put(batch))
@@ -256,7 +260,77 @@ def build(point: Point, caps: DeviceCaps | None = None) -> Workload:
                     cost=analytic_cost(point), peak_fns=peak_fns(point, engine),
                     planned_mem_bytes=planned, check=check, engine=engine,
                     extra_metrics=extra_metrics if point.workload in SERVING_WORKLOADS
-                    else (lambda: {}))
+                    else (lambda: {}), compile_counts=compile_counts(point, engine))
+
+
+# --- compiled steps: what torch.compile built, and recompilation -----------------------------
+
+NO_COUNTS: dict[str, int | None] = {"graphs": None, "cudagraph_skips": None}
+# torch.compile modes that wrap the compiled graphs in CUDA graphs on an NVIDIA GPU
+# (reduce-overhead; max-autotune turns them on too); elsewhere inductor runs without them.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+RECOMPILED = "recompiled"  # the record flag of a point whose timed steps compiled new graphs
+
+
+def _cudagraph_skips() -> int:
+    """Graphs inductor has run without CUDA graphs in this process (its counter; a skip is
+    logged with the reason, e.g. a CPU tensor or a mutated input)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
+def compile_counts(point: Point, engine: Any) -> Callable[[], dict[str, int | None]]:
+    """A reader of what torch.compile has built for ``engine`` so far: ``graphs`` (the graphs
+    TorchDynamo compiled since Engine.compile, 0 when eager) and, for a CUDA-graph mode on a
+    GPU, ``cudagraph_skips`` (graphs inductor ran without CUDA graphs since this call).
+    JAX points: None for both (jit compiles once per shape; it has no such count here)."""
+    if point.framework != "torch":
+        return lambda: dict(NO_COUNTS)
+    cuda_graphs = point.compile in CUDA_GRAPH_MODES and device_kind(point.device) == "cuda"
+    skips0 = _cudagraph_skips() if cuda_graphs else 0
+
+    def counts() -> dict[str, int | None]:
+        return {"graphs": int(engine.compiled_graphs()),
+                "cudagraph_skips": _cudagraph_skips() - skips0 if cuda_graphs else None}
+
+    return counts
+
+
+def compile_metrics(point: Point, warm: dict[str, int | None],
+                    timed: dict[str, int | None]) -> dict[str, Any]:
+    """The compile metrics of a point from its counts after warm-up (``warm``) and after the
+    timed loop (``timed``): ``compile_mode`` (the torch.compile mode, "jit" for JAX),
+    ``compiled_graphs`` (after warm-up), ``recompiles`` (graphs added during the timed steps:
+    a step that recompiles is a bug, flagged by recompile_flag), and for compiled torch points
+    ``cuda_graphs`` (whether the step ran as CUDA graphs) with a ``compile_note`` where a
+    CUDA-graph mode ran without them. None where the framework gives no count (JAX)."""
+    g0, g1 = warm.get("graphs"), timed.get("graphs")
+    out: dict[str, Any] = {"compile_mode": mode_text(point.framework, point.compile),
+                           "compiled_graphs": g0,
+                           "recompiles": None if g0 is None or g1 is None else g1 - g0}
+    if point.framework != "torch" or not point.compiled:
+        return out
+    kind = device_kind(point.device)
+    skips = timed.get("cudagraph_skips")
+    out["cuda_graphs"] = point.compile in CUDA_GRAPH_MODES and kind == "cuda" and not skips
+    if point.compile in CUDA_GRAPH_MODES and kind != "cuda":
+        out["compile_note"] = (f"{point.compile} on {kind}: TorchInductor without CUDA graphs "
+                               "(they need an NVIDIA GPU)")
+    elif skips:
+        out["compile_note"] = (f"inductor ran {skips} graph(s) without CUDA graphs (its "
+                               "cudagraph_skips counter; the worker's log says why)")
+    return out
+
+
+def recompile_flag(metrics: dict[str, Any]) -> dict[str, str]:
+    """``{"recompiled": "recompiled N times during timing"}`` when the timed steps compiled
+    new graphs (metrics ``recompiles`` > 0), else {}. The point stays ok: its step times
+    include the recompilations, and the flag says so wherever the point is shown."""
+    n = metrics.get("recompiles")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return {}
+    return {RECOMPILED: f"recompiled {n} time{'s' if n != 1 else ''} during timing"}
 
 
 def peak_fns(point: Point, engine: Any) -> tuple[Callable | None, Callable | None]:
@@ -391,7 +465,7 @@ def probe(point: Point, caps: DeviceCaps | None = None) -> str | None:
     Out-of-memory never comes from a 2 x 4 step, so every failure is the device's."""
     if point.distributed:  # its failures are its own (bench/launch/dist.py says which rank)
         return None
-    tiny = Point(**{**point.to_dict(), **PROBE_SHAPE, "compile": False})
+    tiny = Point(**{**point.to_dict(), **PROBE_SHAPE, "compile": "eager"})
     try:
         caps = caps or device_caps(tiny.framework, tiny.device)
         reason = support_reason(tiny, caps)

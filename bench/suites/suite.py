@@ -20,6 +20,12 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
     serve = true            # run the [[serve]] points (its own and included ones'); --set
                             # framework/preset/precision/device/... reach them too
 
+    [defaults]              # optional; axis values for every [[grid]] of this file that does
+    compile = ["eager"]     # not set that axis itself (any grid axis; lists, as in a grid).
+                            # The one place a suite's default compile mode is set (the GPU
+                            # suites: ["reduce-overhead", "eager"], compiled with an eager
+                            # baseline beside it); included files keep their own
+
     [[grid]]                # one or more; each is a cartesian product of its axes;
     framework = ["torch", "jax"]      # the suite is the union of all grids, de-duplicated
     workload = ["train", "infer"]
@@ -34,7 +40,10 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
     seq_len = [50]                    # optional, default the preset's
     device = ["auto"]                 # optional, default ["auto"]; cpu | cuda | cuda:N | tpu | mps;
                                       # KIND:all = JAX data parallel over every such device
-    compile = [false]                 # optional; torch.compile (jax always jits)
+    compile = ["eager"]               # optional, default ["eager"]; the torch.compile mode:
+                                      # eager | default | reduce-overhead (CUDA graphs on GPUs)
+                                      # | max-autotune; false/true (older files) read as
+                                      # eager/default. jax always jits: its points are "eager"
     optimizer = ["adam"]              # optional, default ["adam"]     (adam | sgd)
     parallel = ["dp"]                 # optional, default ["none"] (one process); dp (DDP /
                                       # jax.distributed Mesh) | fsdp (FSDP2): ranks by torchrun
@@ -54,7 +63,9 @@ A suite is a small TOML file (the shipped ones live in ``bench/suites/``)::
 Every grid axis is a list, even with one value. ``framework``, ``workload``, ``preset``,
 ``batch_size`` and ``precision`` are required in each grid.
 
-Normalisation (so that equal work has one id): jax points always carry ``compile = false``;
+Normalisation (so that equal work has one id): jax points always carry ``compile = "eager"``
+(labels show them as ``jax (jit)``); booleans read as modes (false: eager, true: default), and
+eager and default points keep the ids they had as false and true (bench.point.point_id);
 full_softmax points carry ``n_neg = 1`` (unused). An infer point keeps its suite's ``loss``
 and ``optimizer`` although inference scores the whole catalog and updates nothing.
 
@@ -97,7 +108,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.point import POSITIVE_INT_FIELDS, Measure, Point, field_problem, suggest
+from bench.point import (
+    POSITIVE_INT_FIELDS,
+    Measure,
+    Point,
+    compile_mode,
+    field_problem,
+    suggest,
+)
 from recmodels.errors import InputError
 from recmodels.textio import utf8_text
 
@@ -117,7 +135,7 @@ GRID_AXES = tuple(f.name for f in dataclasses.fields(Point))
 _REQUIRED_AXES = ("framework", "workload", "preset", "batch_size", "precision")
 _AXIS_DEFAULTS: dict[str, list[Any]] = {
     "block": ["sasrec"], "loss": ["bce"], "n_neg": [None], "catalog_size": [None],
-    "seq_len": [None], "device": ["auto"], "compile": [False], "optimizer": ["adam"],
+    "seq_len": [None], "device": ["auto"], "compile": ["eager"], "optimizer": ["adam"],
     "n_candidates": [2048], "gen_steps": [4], "beam_width": [16],
     "world_size": [1], "nodes": [1], "parallel": ["none"], "sharding": ["dense"],
     "scaling": ["strong"],
@@ -236,7 +254,8 @@ def parse_cap(value: object) -> int | str:
     return n
 
 
-_TABLES = ("suite", "measure", "runner", "grid", "exclude", "serve")  # [[serve]]: serve_grid.py
+_TABLES = ("suite", "measure", "runner", "defaults", "grid", "exclude",
+           "serve")  # [[serve]]: serve_grid.py
 _SECTION_KEYS = {
     "measure": tuple(f.name for f in dataclasses.fields(Measure)),
     "runner": ("skip_after_oom", "isolation", "mem_cap", "serve"),
@@ -329,17 +348,32 @@ class _Source:
         return value
 
 
-_PLURAL = {"compile": "booleans", "device": "device strings", **{k: "positive integers"
+_PLURAL = {"compile": "compile modes", "device": "device strings", **{k: "positive integers"
            for k in POSITIVE_INT_FIELDS}}
 
 
-def _grid_axis(src: _Source, grid: Mapping[str, Any], i: int, axis: str) -> list[Any]:
+def _grid_axis(src: _Source, grid: Mapping[str, Any], i: int, axis: str,
+               defaults: Mapping[str, list[Any]]) -> list[Any]:
     path = f"grid[{i}].{axis}"
     if axis not in grid:
+        if axis in defaults:  # this file's [defaults], checked by _defaults
+            return defaults[axis]
         if axis in _AXIS_DEFAULTS:
             return _AXIS_DEFAULTS[axis]
         raise src.error(path, f"missing; every [[grid]] needs {', '.join(_REQUIRED_AXES)}")
-    values, key = grid[axis], f"grid.{axis}"
+    return _axis_values(src, grid[axis], path, axis, f"grid.{axis}")
+
+
+def _defaults(src: _Source, raw: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The [defaults] table: per grid axis, the values of a [[grid]] that does not set it."""
+    table = src.table(raw, "defaults", GRID_AXES)
+    return {axis: _axis_values(src, values, f"defaults.{axis}", axis)
+            for axis, values in table.items()}
+
+
+def _axis_values(src: _Source, values: Any, path: str, axis: str,
+                 key: str | None = None) -> list[Any]:
+    """A grid axis's list of values, each checked (field_problem); else a one-line error."""
     if not isinstance(values, list):
         hint = f"; write {axis} = [{json.dumps(values)}]" if not field_problem(
             axis, values, allow_auto=True) else ""
@@ -370,7 +404,7 @@ def _exclude_rules(src: _Source, raw: Mapping[str, Any]) -> list[dict[str, list[
                     where = f"exclude[{i}].{axis}" + (f"[{j}]" if isinstance(value, list) else "")
                     raise src.error(where, problem + (" (excludes match resolved devices)"
                                                       if v == "auto" else ""))
-            rule[axis] = values
+            rule[axis] = [compile_mode(v) for v in values] if axis == "compile" else values
         rules.append(rule)
     return rules
 
@@ -464,12 +498,13 @@ def parse_suite(raw: dict[str, Any], *, source: str, path: Path | None = None,
     if not run_serve:  # this file's [runner] (or --set runner.serve=false) drops them all
         serve = []
     grids = src.tables(raw, "grid")
+    defaults = _defaults(src, raw)
     if not grids and not origin and not serve:
         raise src.error("grid", "no [[grid]] table; add at least one, or include a suite "
                         "(see bench/suites/suite.py)")
     points: dict[Point, None] = {}  # insertion-ordered set: the union, de-duplicated
     for i, grid in enumerate(grids):
-        axes = [_grid_axis(src, grid, i, a) for a in GRID_AXES]
+        axes = [_grid_axis(src, grid, i, a, defaults) for a in GRID_AXES]
         size = 1
         for values in axes:
             size *= len(values)

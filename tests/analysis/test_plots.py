@@ -7,6 +7,7 @@ cuda points and a few on its CPU), single (one ok point), no_ok (oom + crashed o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -217,12 +218,38 @@ def test_precision_and_framework_ratios(cpu_a) -> None:
                                      / f.metrics["samples_per_s"]) for r, f in zip(bf16, fp32)])
     frameworks = [e for e in entries([cpu_a]) if panel_of(e)[::2] == ("cpu", "train")]
     fig = plots.framework_figure(frameworks)
-    xy = series_lines(fig.axes[0])["tiny"]  # only fp32 has both frameworks
+    xy = series_lines(fig.axes[0])["tiny torch (eager) / jax (jit)"]  # only fp32 has both
     jax = [metric(cpu_a, framework="jax", precision="fp32", batch_size=b) for b in (8, 32, 128)]
     np.testing.assert_allclose(xy[:, 1], [f.metrics["samples_per_s"] / j.metrics["samples_per_s"]
                                           for f, j in zip(fp32, jax)])
     assert [ln.get_ydata()[0] for ln in fig.axes[0].get_lines() if ln.get_gid() == "parity"] == [1]
-    assert "torch vs JAX throughput: train on cpu" in fig.get_suptitle()
+    assert "torch vs jax (jit) throughput: train on cpu" in fig.get_suptitle()
+    assert "jax (jit) (= 1x)" in legend_texts(fig)
+
+
+def _as_mode(file, mode, framework="torch"):
+    """`file`'s records of `framework`, each as if its step ran in torch.compile `mode`, and
+    with twice the throughput."""
+    return [dataclasses.replace(r, point={**r.point, "compile": mode},
+                                metrics={**r.metrics, "samples_per_s":
+                                         2 * r.metrics["samples_per_s"]})
+            for r in file.records if r.ok and r.point["framework"] == framework]
+
+
+def test_every_framework_comparison_names_the_mode_of_each_side(cpu_a) -> None:
+    both = dataclasses.replace(cpu_a, records=[*cpu_a.records, *_as_mode(cpu_a,
+                                                                         "reduce-overhead")])
+    frameworks = [e for e in entries([both]) if panel_of(e)[::2] == ("cpu", "train")]
+    fig = plots.framework_figure(frameworks)
+    lines = series_lines(fig.axes[0])
+    assert set(lines) == {"tiny torch (eager) / jax (jit)",
+                          "tiny torch (reduce-overhead) / jax (jit)"}
+    np.testing.assert_allclose(lines["tiny torch (reduce-overhead) / jax (jit)"][:, 1],
+                               2 * lines["tiny torch (eager) / jax (jit)"][:, 1])
+    # a torch panel with two modes: its legend names the mode of each line
+    fig = plots.throughput_figure(panel([both]))
+    assert {"tiny fp32 torch (eager)", "tiny fp32 torch (reduce-overhead)"} <= set(
+        series_lines(fig.axes[0]))
 
 
 def test_single_point_gives_the_figures_that_make_sense() -> None:

@@ -75,7 +75,7 @@ def test_headline_machines_side_by_side(headline: str, ref_cpu, ref_gpu) -> None
     c = rec(ref_cpu, framework="torch", workload="train", batch_size=16, precision="fp32",
             block="sasrec").metrics
     g = rec(ref_gpu, workload="train", batch_size=16, precision="fp32").metrics
-    assert t["torch tiny B=16 fp32"] == [
+    assert t["torch (eager) tiny B=16 fp32"] == [
         fmt(c["samples_per_s"]), f'{fmt(c["step_ms"]["median"])} (n={c["step_ms"]["n"]})',
         f"{c['utilization']:.1%}", "-",
         fmt(c["energy_j_per_1k_recs"]), "measured-counter (no error bound recorded)",
@@ -85,16 +85,17 @@ def test_headline_machines_side_by_side(headline: str, ref_cpu, ref_gpu) -> None
         f"{g['utilization_datasheet']:.1%}", fmt(g["energy_j_per_1k_recs"]),
         "measured-counter (±5%)", fmt(g["samples_per_s"] / 300.0)]
     c64 = rec(ref_cpu, batch_size=64).metrics
-    assert t["torch tiny B=64 fp32"][0] == f"{fmt(c64['samples_per_s'])} [unstable]"
+    assert t["torch (eager) tiny B=64 fp32"][0] == f"{fmt(c64['samples_per_s'])} [unstable]"
     assert re.search(r'<td class="n flag" title="CV 23% &gt; 10%">[\d,.]+ \[unstable\]</td>',
                      train)
-    assert t["torch tiny B=16 bf16"][4:7] == ["-", "unavailable", "-"]
-    assert t["torch tiny B=256 fp32"][:7] == ["not run", *["-"] * 6]  # only on the GPU box
-    assert t["jax tiny B=256 fp32"][0] == "oom" and t["jax tiny B=256 fp32"][7] == "not run"
+    assert t["torch (eager) tiny B=16 bf16"][4:7] == ["-", "unavailable", "-"]
+    assert t["torch (eager) tiny B=256 fp32"][:7] == ["not run", *["-"] * 6]  # only on the GPU
+    jax = t["jax (jit) tiny B=256 fp32"]
+    assert jax[0] == "oom" and jax[7] == "not run"
     assert "lstm" not in headline and "int8" not in headline
     i = rows(infer)
     assert "recommendations/s" in i["point"] and "J per 1,000 recommendations" in i["point"]
-    assert i["torch tiny B=16 fp32"][5] == "estimated (no error bound recorded)"
+    assert i["torch (eager) tiny B=16 fp32"][5] == "estimated (no error bound recorded)"
     assert "CV 23% &gt; 10%" in headline.split("</table>")[-1]  # the reasons under the tables
 
 
@@ -112,11 +113,12 @@ def test_machine_without_reference_points_gets_a_line(headline: str) -> None:
 
 def test_best_throughput_is_keyed_by_the_full_configuration(ref_cpu) -> None:
     best = {tuple(map(str, r[2:10])): r for r in report.best_throughput_rows(entries([ref_cpu]))}
-    # the LSTM block at tiny is its own row, not "torch train tiny fp32"
-    assert ("torch", "train", "tiny", "lstm", "bce", "20k", "50", "fp32") in best
-    sasrec = best[("torch", "train", "tiny", "sasrec", "bce", "20k", "50", "fp32")]
+    # the LSTM block at tiny is its own row, not "torch train tiny fp32"; the framework cell
+    # names the mode the step ran in
+    assert ("torch (eager)", "train", "tiny", "lstm", "bce", "20k", "50", "fp32") in best
+    sasrec = best[("torch (eager)", "train", "tiny", "sasrec", "bce", "20k", "50", "fp32")]
     assert sasrec[12] == 64 and sasrec[-1].text == "unstable (1)"
-    int8 = best[("torch", "infer", "tiny", "sasrec", "bce", "20k", "50", "int8")]
+    int8 = best[("torch (eager)", "infer", "tiny", "sasrec", "bce", "20k", "50", "int8")]
     assert int8[14] == "20" and int8[15] == "no roof"  # n (samples) next to the median
 
 
@@ -208,4 +210,5 @@ def test_cross_hardware_table_marks_unstable_points() -> None:
     assert (row.config["batch_size"], row.config["precision"]) == (128, "fp32")
     text = compare_hw.format_table(t)
     assert "T=20 B=128 fp32 !" in text
-    assert "torch train tiny/sasrec C=2k T=20 B=128 fp32: A unstable (CV 23% > 10%)" in text
+    assert "torch (eager) train tiny/sasrec C=2k T=20 B=128 fp32: A unstable (CV 23% > 10%)" \
+        in text

@@ -103,7 +103,8 @@ def test_text_from_files_is_escaped(page: str) -> None:
 def test_summary_numbers(page: str) -> None:
     # knee of cpu-box-a's torch tiny fp32 line; the oom frontier of its small fp32 line
     # every field of the configuration has its column: block, loss, catalog, T
-    assert re.search(r"<td>cpu-box-a</td><td>cpu</td><td>torch</td><td>train</td><td>tiny</td>"
+    assert re.search(r"<td>cpu-box-a</td><td>cpu</td><td>torch \(eager\)</td><td>train</td>"
+                     r"<td>tiny</td>"
                      r"<td>sasrec</td><td>bce</td><td>2k</td><td class=\"n\">20</td>"
                      r"<td>fp32</td><td class=\"n\">24,060</td><td class=\"n\">512</td>.*?"
                      r"<td>32</td><td class=\"flag\" title=\"B=128: CV 23% &gt; 10%\">"
@@ -240,7 +241,7 @@ def test_cross_hardware_lists_every_unmatched_point(hand) -> None:
     assert "only in A (box-a): 1" in text and "only in B (box-b): 1" in text
     assert "B=64 fp32: A oom, B ok" in text and "throughput: 4x (n=2" in text
     md = compare_hw.to_markdown(t)
-    assert md.count("\n| torch train") == 2 and "| B/A |" in md
+    assert md.count("\n| torch (eager) train") == 2 and "| B/A |" in md
     js = compare_hw.to_json(t)
     assert js["geomean"]["samples_per_s"] == pytest.approx(4.0)
     assert len(js["only_a"]) == len(js["only_b"]) == len(js["not_comparable"]) == 1
@@ -285,7 +286,7 @@ def test_oom_frontier_keeps_lines_of_one_preset_apart(tmp_path: Path) -> None:
     path = _file(tmp_path, "box-f", "cpu", [rec(8, 1000), rec(64, 1000), rec(8, 10**6),
                                             rec(16, 10**6, "oom")])
     rows = report.frontier_rows(report.entries([load(path)]))
-    assert rows == [["box-f", "cpu", "torch", "train", "tiny C=1M", "fp32", 8, 16, "oom",
+    assert rows == [["box-f", "cpu", "torch (eager)", "train", "tiny C=1M", "fp32", 8, 16, "oom",
                      "measured", "1.00 GiB"]]
 
 

@@ -219,8 +219,8 @@ def test_points_on_one_side_only_are_listed(pair, capsys):
                 [record(point(32), seed=3), record(point(64), seed=4)])
     rc, out, _ = run(capsys, b, n)
     assert rc == 0
-    assert "only in base: torch train tiny/sasrec C=5k T=50 B=128 fp32 cpu" in out
-    assert "only in new: torch train tiny/sasrec C=5k T=50 B=64 fp32 cpu" in out
+    assert "only in base: torch (eager) train tiny/sasrec C=5k T=50 B=128 fp32 cpu" in out
+    assert "only in new: torch (eager) train tiny/sasrec C=5k T=50 B=64 fp32 cpu" in out
     assert "(1 only in base, 1 only in new)" in out.splitlines()[-1]
 
 
@@ -249,7 +249,7 @@ def test_markdown_has_the_summary_and_tables(pair, capsys):
     lines = out.splitlines()
     assert lines[0].startswith("### ❌ recbench compare: FAIL: 1 regressed, 1 unchanged")
     table = lines.index("| status | point | metric | base | new | change | 95% CI | p |")
-    assert "❌ regressed | torch train tiny/sasrec C=5k T=50 B=32" in lines[table + 2]
+    assert "❌ regressed | torch (eager) train tiny/sasrec C=5k T=50 B=32" in lines[table + 2]
     assert "| step_ms | 10 | 12.5 | +2" in lines[table + 2]
     assert lines[table + 3] == ""  # only the regressed point is in the first table
     assert table < lines.index("<details><summary>All points and metrics</summary>")
@@ -373,7 +373,7 @@ def test_a_zero_step_time_is_exit_2_not_a_division_by_zero(pair, capsys):
     for metric in ("samples_per_s", "step_ms"):
         rc, _, err = run(capsys, b, n, "--metric", metric)
         assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-        assert "base torch train tiny/sasrec" in err and "got 0.0 at index 3" in err
+        assert "base torch (eager) train tiny/sasrec" in err and "got 0.0 at index 3" in err
     assert run(capsys, b, n, "--metric", "peak_mem_bytes")[0] == 0  # samples not needed
 
 

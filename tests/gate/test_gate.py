@@ -144,7 +144,8 @@ def test_a_commit_that_doubles_the_train_step_fails_the_gate(throwaway, tmp_path
     assert "regressed" in proc.stdout and "FAIL: 1 regressed" in proc.stdout
     text = md.read_text()
     assert text.startswith("### ❌ recbench gate: FAIL: 1 regressed")
-    assert "| ❌ regressed | torch train tiny/sasrec C=5k T=50 B=32 fp32 cpu | step_ms |" in text
+    assert "| ❌ regressed | torch (eager) train tiny/sasrec C=5k T=50 B=32 fp32 cpu | step_ms |" \
+        in text
     assert worktrees(repo) == [f"worktree {repo}"]
     print(f"slowdown gate: exit {proc.returncode}, {took:.0f} s")
 
@@ -346,7 +347,7 @@ def test_the_suite_runs_as_pytest_benchmark_benchmarks(tmp_path):
                            capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert first.returncode == 0, first.stdout[-2000:]
     (bench,) = json.loads((tmp_path / "b.json").read_text())["benchmarks"]
-    assert bench["name"] == "test_step[torch train tiny/sasrec C=5k T=50 B=32 fp32 cpu]"
+    assert bench["name"] == "test_step[torch (eager) train tiny/sasrec C=5k T=50 B=32 fp32 cpu]"
     assert bench["stats"]["rounds"] == 30 and bench["group"] == "torch train"  # ci's min_iters
     info = bench["extra_info"]
     assert info["flops_per_step"] > 0 and info["params_dense"] > 0 and info["params_embedding"] > 0

@@ -54,6 +54,51 @@ def test_committed_file_pairs_with_freshly_built_records():
     assert stored == [r.id for r in f.records]  # today's rule keeps the ids written then
 
 
+# Ids written when compile was a boolean (commit e900a36 and before): torch tiny train B=128 fp32
+# on cpu, eager and compiled; jax (always false); small bf16 B=1024 on cuda, compiled.
+OLD_IDS = [({"framework": "torch", "compile": False}, "97a4e0472744"),
+           ({"framework": "torch", "compile": True}, "3fcc1022913e"),
+           ({"framework": "jax", "compile": False}, "edf12a9c6938"),
+           ({"framework": "torch", "compile": True, "preset": "small", "batch_size": 1024,
+             "precision": "bf16", "device": "cuda", "catalog_size": 100_000, "seq_len": 200},
+            "2bcce3a19ebe")]
+
+
+def _old_point(**kw) -> dict:
+    return {"framework": "torch", "workload": "train", "preset": "tiny", "block": "sasrec",
+            "loss": "bce", "n_neg": 1, "catalog_size": 23715, "seq_len": 50, "batch_size": 128,
+            "precision": "fp32", "device": "cpu", "compile": False, "optimizer": "adam", **kw}
+
+
+@pytest.mark.parametrize(("fields", "known"), OLD_IDS)
+def test_compile_modes_keep_the_ids_of_the_booleans_they_replace(fields, known):
+    old = _old_point(**fields)  # a record's point as written then
+    mode = {False: "eager", True: "default"}[old["compile"]]
+    assert point_id(old) == known
+    assert Point.from_dict(old).id == known and Point.from_dict(old).compile == mode
+    assert Point.from_dict({**old, "compile": mode}).id == known
+    rec = PointRecord.from_json({"kind": "point", "id": known, "point": old, "status": "ok"})
+    assert rec.id == known and rec.point["compile"] == mode  # read as the mode it was
+    others = {Point.from_dict({**old, "compile": m}).id for m in ("reduce-overhead",
+                                                                  "max-autotune")}
+    if old["framework"] == "torch":  # the new modes are new points
+        assert len(others) == 2 and known not in others
+    else:  # jax always jits: one point whatever the file says
+        assert others == {known}
+
+
+def test_every_committed_results_file_keeps_its_ids():
+    paths = sorted((REPO / "results").glob("*/*.jsonl"))
+    assert len(paths) >= 4
+    for path in paths:
+        f = load(path)
+        stored = [json.loads(line)["id"] for line in path.read_text().splitlines()[1:]
+                  if line.strip() and json.loads(line).get("kind") == "point"]
+        assert stored == [r.id for r in f.records], path
+        assert {r.point["compile"] for r in f.records} <= {"eager", "default"}
+        assert all(Point.from_dict(r.point).id == r.id for r in f.records)
+
+
 def test_a_new_axis_at_its_default_leaves_ids_alone():
     p = Point(framework="torch", workload="train", preset="tiny", batch_size=8,
               precision="fp32", device="cpu").to_dict()

@@ -3,6 +3,7 @@ selection, device resolution, ordering, and the Point API."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 import textwrap
@@ -60,9 +61,26 @@ def test_shipped_suites_load_with_expected_sizes():
     assert {"quick", "standard", "full", "ci"} <= set(available_suites())
     names = ("reference", "quick", "standard", "gpu-quick", "full", "ci", "scale")
     sizes = {name: len(load_suite(name).points) for name in names}
-    assert sizes == {"reference": 72, "quick": 112, "standard": 352, "gpu-quick": 127,
-                     "full": 898, "ci": 8, "scale": 24}
+    assert sizes == {"reference": 72, "quick": 112, "standard": 352, "gpu-quick": 168,
+                     "full": 1284, "ci": 8, "scale": 24}
     # quick, standard, gpu-quick: reference + extras
+
+
+def test_gpu_suites_run_torch_compiled_beside_an_eager_baseline():
+    for name in ("gpu-quick", "full"):
+        s = load_suite(name)
+        own = [p for p in s.points if p not in s.origin and not p.distributed]
+        torch_pts = [p for p in own if p.framework == "torch"]
+        compiled = {p for p in torch_pts if p.compile == "reduce-overhead"}
+        eager = {dataclasses.replace(p, compile="eager") for p in compiled}
+        assert compiled and eager <= set(torch_pts)  # every compiled point has its eager twin
+        assert {p.compile for p in own if p.framework == "jax"} == {"eager"}  # shown as jit
+        assert all(p.compile == "eager" for p in s.origin)  # the reference points stay eager
+        assert all(p.compile == "eager" for p in s.points if p.distributed)
+    full = {p.compile for p in load_suite("full").points if p.framework == "torch"}
+    assert full == {"eager", "default", "reduce-overhead", "max-autotune"}
+    for name in ("quick", "standard", "reference", "ci", "scale"):  # CPU default: eager
+        assert {p.compile for p in load_suite(name).points} == {"eager"}
 
 
 def test_quick_meets_its_minimum_sweep():
@@ -121,11 +139,15 @@ def test_defaults_fill_from_preset_and_loss(tmp_path):
     s = load_suite(write(tmp_path, BASE_GRID))
     p = s.points[0]
     assert (p.block, p.loss, p.n_neg, p.optimizer, p.compile) == ("sasrec", "bce", 1, "adam",
-                                                                   False)
+                                                                   "eager")
     assert (p.catalog_size, p.seq_len) == (PRESETS["tiny"].catalog_size, PRESETS["tiny"].seq_len)
     assert pt(loss="sampled_softmax").n_neg == 128
     assert pt(loss="full_softmax", n_neg=7).n_neg == 1  # unused: normalised
-    assert pt(framework="jax", compile=True).compile is False  # jax always jits
+    assert pt(framework="jax", compile=True).compile == "eager"  # jax always jits
+    assert pt(framework="jax", compile="max-autotune").compile == "eager"
+    assert pt(compile=True).compile == "default" and pt(compile=False).compile == "eager"
+    assert pt(compile=True) == pt(compile="default") and pt(compile="default").compiled
+    assert not pt().compiled
 
 
 def test_exclude_scalar_and_list_values(tmp_path):
@@ -178,6 +200,42 @@ def test_wrong_types(tmp_path):
     assert "runner.skip_after_oom" in msg and "true or false" in msg
     msg = load_error(tmp_path, BASE_GRID + "compile = [1]\n")
     assert "grid[0].compile[0]" in msg
+    msg = load_error(tmp_path, BASE_GRID + 'compile = ["eager", "reduce_overhead"]\n')
+    assert "grid[0].compile[1]" in msg and "did you mean 'reduce-overhead'" in msg
+    assert "eager, default, reduce-overhead, max-autotune" in msg
+    msg = load_error(tmp_path, BASE_GRID + 'compile = "default"\n')
+    assert "grid[0].compile" in msg and 'write compile = ["default"]' in msg
+    msg = load_error(tmp_path, '[defaults]\ncompile = ["fast"]\n' + BASE_GRID)
+    assert "defaults.compile[0]" in msg and "unknown compile mode 'fast'" in msg
+    msg = load_error(tmp_path, '[defaults]\ncompiles = ["eager"]\n' + BASE_GRID)
+    assert "defaults.compiles" in msg and "did you mean 'compile'" in msg
+
+
+def test_compile_modes_and_the_booleans_of_older_files(tmp_path):
+    modes = load_suite(write(tmp_path, BASE_GRID + 'compile = ["max-autotune", "eager"]\n'))
+    assert {p.compile for p in modes.points if p.framework == "torch"} == {"max-autotune",
+                                                                         "eager"}
+    assert {p.compile for p in modes.points if p.framework == "jax"} == {"eager"}  # once
+    assert len(modes.points) == 12  # 8 torch + 4 jax
+    old = load_suite(write(tmp_path, BASE_GRID + "compile = [false, true]\n", "old.toml"))
+    new = load_suite(write(tmp_path, BASE_GRID + 'compile = ["eager", "default"]\n', "new.toml"))
+    assert old.points == new.points and [p.id for p in old.points] == [p.id for p in new.points]
+    assert {p.compile for p in old.points} == {"eager", "default"}
+    # an [[exclude]] in either spelling matches
+    ex = load_suite(write(tmp_path, BASE_GRID + "compile = [false, true]\n"
+                          "[[exclude]]\ncompile = true\n", "ex.toml"))
+    assert {p.compile for p in ex.points} == {"eager"} and len(ex.points) == 8
+
+
+def test_defaults_table_fills_only_the_grids_that_do_not_set_the_axis(tmp_path):
+    s = load_suite(write(tmp_path, '[defaults]\ncompile = ["reduce-overhead", "eager"]\n'
+                         + BASE_GRID + BASE_GRID.replace('["tiny"]', '["small"]')
+                         + 'compile = ["default"]\n'))
+    tiny = {p.compile for p in s.points if p.preset == "tiny" and p.framework == "torch"}
+    small = {p.compile for p in s.points if p.preset == "small" and p.framework == "torch"}
+    assert tiny == {"reduce-overhead", "eager"} and small == {"default"}
+    s = load_suite(s.path, overrides=["compile=eager"])  # --set reaches every grid
+    assert {p.compile for p in s.points} == {"eager"}
 
 
 def test_unknown_values(tmp_path):
@@ -259,7 +317,7 @@ def test_set_grid_axis_shorthand_and_lists(tmp_path):
                                     "compile=true,false", "device=cuda:1"])
     assert {p.batch_size for p in s.points} == {16, 48}
     assert {p.precision for p in s.points} == {"bf16"}
-    assert {p.compile for p in s.points if p.framework == "torch"} == {True, False}
+    assert {p.compile for p in s.points if p.framework == "torch"} == {"default", "eager"}
     assert {p.device for p in s.points} == {"cuda:1"}
 
 
@@ -433,6 +491,9 @@ def test_point_validation_and_label():
         pt(preset="huge")
     with pytest.raises(InputError, match="missing field"):
         Point.from_dict({"framework": "torch"})
-    assert pt(precision="bf16").label() == "torch train tiny/sasrec C=23.7k T=50 B=128 bf16 cpu"
-    label = pt(loss="sampled_softmax", compile=True, optimizer="sgd").label()
-    assert label.endswith("sampled_softmax:128 compiled sgd")
+    assert pt(precision="bf16").label() == ("torch (eager) train tiny/sasrec C=23.7k T=50 B=128 "
+                                            "bf16 cpu")
+    label = pt(loss="sampled_softmax", compile="reduce-overhead", optimizer="sgd").label()
+    assert label.startswith("torch (reduce-overhead) train") and label.endswith(
+        "sampled_softmax:128 sgd")
+    assert pt(framework="jax", compile=True).label().startswith("jax (jit) train tiny")
