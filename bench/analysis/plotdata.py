@@ -34,7 +34,7 @@ NO_ENERGY = (None, "unavailable")
 # The relative error bound of a point's energy figure (0.05: +-5%), where the meter records one.
 ENERGY_ERROR_KEY = "energy_rel_error"
 UNSTABLE = "unstable"  # the record flag of a point whose spread or conditions say it was disturbed
-RECOMPILED = "recompiled"  # the flag of a point whose timed steps recompiled (scenarios.step)
+RECOMPILED = "recompiled"  # the flag of a point whose timed steps recompiled (compiled.py)
 
 # How a point field reads in a legend; unlisted fields print their bare value.
 _FIELD_TEXT: dict[str, Callable[[Any], str]] = {

@@ -9,7 +9,7 @@ from collections import Counter
 
 from bench import results as R
 from bench.point import Point
-from bench.scenarios.step import RECOMPILED
+from bench.scenarios.compiled import RECOMPILED
 from recmodels.config import human, human_bytes
 
 

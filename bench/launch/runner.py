@@ -55,7 +55,8 @@ from bench.machine import conditions as C
 from bench.machine.hardware import device_capacity_bytes, devices_spanned
 from bench.machine.roofs import ROOF_DTYPES
 from bench.point import Point, device_kind
-from bench.scenarios.step import analytic_cost, probe_key, recompile_flag
+from bench.scenarios.compiled import recompile_flag
+from bench.scenarios.step import analytic_cost, probe_key
 from bench.suites.suite import Suite
 from recmodels.config import human_bytes
 from recmodels.errors import InputError

@@ -143,13 +143,8 @@ def measure_point(point: Point, measure: Measure,
     ``process`` describes the worker process (see ProcessMemory); in-process callers (tests,
     the pytest-benchmark front door) leave it None: a shared process."""
     from bench.point import device_kind
-    from bench.scenarios.step import (
-        DeviceCaps,
-        Unsupported,
-        build,
-        compile_metrics,
-        support_reason,
-    )
+    from bench.scenarios.compiled import compile_metrics
+    from bench.scenarios.step import DeviceCaps, Unsupported, build, support_reason
 
     if point.distributed:  # its ranks are torchrun's (bench/launch/dist.py)
         from bench.launch.dist import launch_point, ranks_reason

@@ -14,12 +14,8 @@ from bench import results as R
 from bench.launch.progress import Progress, describe_record, summary_table
 from bench.launch.worker import measure_point
 from bench.point import COMPILE_MODES, Measure, Point
-from bench.scenarios.step import (
-    DeviceCaps,
-    compile_metrics,
-    recompile_flag,
-    support_reason,
-)
+from bench.scenarios.compiled import compile_metrics, recompile_flag
+from bench.scenarios.step import DeviceCaps, support_reason
 from bench.suites.suite import load_suite
 
 MEASURE = Measure(warmup_iters=1, min_time_s=0.0, min_iters=3, max_iters=3, max_time_s=5.0)
