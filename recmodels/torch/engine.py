@@ -67,6 +67,13 @@ def set_matmul_precision(mode: str) -> None:
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
 
 
+def packed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch and ``tok`` [N]: the flat indices of its positions with an item or a target,
+    which loss_fn then computes packed (blocks.Packing)."""
+    used = (batch["seq"] != 0) | (batch["pos"] != 0)
+    return {**batch, "tok": np.flatnonzero(used)}
+
+
 def compiled_graphs() -> int:
     """Graphs TorchDynamo has compiled in this process (its unique_graphs counter)."""
     from torch._dynamo.utils import counters
@@ -103,24 +110,31 @@ class Engine:
             self.compile(compile)
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.asarray(v, dtype=np.int64)).to(self.device,
+        return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)).to(self.device,
                                                                       non_blocking=True)
                 for k, v in batch.items()}
 
     def train_step(self, batch: dict) -> torch.Tensor:
-        """One step on a batch of numpy arrays (leading all-padding columns dropped first,
-        where that changes nothing: splits.trim_padding) or of put() tensors (as given)."""
+        """One step on a batch of numpy arrays or of put() tensors (computed as given).
+        Numpy batches, where config.padding_invariant holds, lose their leading all-padding
+        columns (splits.trim_padding) and are computed packed (blocks.Packing): the same loss
+        and update at a fraction of the work on real, mostly padded histories."""
         self.model.train()
         if isinstance(next(iter(batch.values())), np.ndarray):
             if padding_invariant(self.cfg):
-                batch = trim_padding(batch)
+                # compiled: widths in steps of 8, so a compiler sees few distinct sizes
+                batch = packed(trim_padding(batch, 1 if self.compile_mode == "eager" else 8))
             batch = self.put(batch)
-            if self.compile_mode != "eager":  # widths and the last batch vary: one graph
+            if self.compile_mode != "eager":  # sizes vary from batch to batch: one graph
                 for v in batch.values():
-                    torch._dynamo.maybe_mark_dynamic(v, 0)
-                    torch._dynamo.maybe_mark_dynamic(v, 1)
-        return train_step(self.model, self.opt, batch, self.autocast_dtype, self.scaler,
+                    for dim in range(min(v.dim(), 2)):
+                        torch._dynamo.maybe_mark_dynamic(v, dim)
+        graphs = self.compile_mode == "reduce-overhead" and self.device.type == "cuda"
+        if graphs:  # a new iteration of the CUDA graph trees: earlier outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = train_step(self.model, self.opt, batch, self.autocast_dtype, self.scaler,
                           self._loss)
+        return loss.clone() if graphs else loss  # kept across steps (the train loop's list)
 
     def _eval(self, fn, *args):
         self.model.eval()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from recmodels.config import GenRecConfig
+from recmodels.torch.blocks import Packing
 from recmodels.torch.model import GenRec
 
 # --- losses: h [B, T, d], pos [B, T], neg [B, T, R]; positions with pos == 0 are ignored.
@@ -45,10 +46,18 @@ LOSSES = {"bce": bce_loss, "sampled_softmax": sampled_softmax_loss,
 
 
 def loss_fn(model: GenRec, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean loss over the positions that have a target."""
-    h = model(batch["seq"])
-    per_pos = LOSSES[model.cfg.loss](h, model.item_emb.weight, batch["pos"], batch["neg"],
-                                     model.cfg)
-    mask = batch["pos"] != 0
+    """Mean loss over the positions that have a target. A batch with ``tok`` [N] (the flat
+    indices of every position with an item or a target, see Engine.train_step) is computed
+    packed: only those positions, the same loss (blocks.Packing)."""
+    pos, neg = batch["pos"], batch["neg"]
+    if "tok" in batch:
+        seq, tok = batch["seq"], batch["tok"]
+        h = model(seq, Packing(tok, seq.shape[0], seq.shape[1]))[None]  # [1, N, d]
+        pos = pos.reshape(-1).index_select(0, tok)[None]
+        neg = neg.reshape(-1, neg.shape[-1]).index_select(0, tok)[None]
+    else:
+        h = model(batch["seq"])
+    per_pos = LOSSES[model.cfg.loss](h, model.item_emb.weight, pos, neg, model.cfg)
+    mask = pos != 0
     # where, not a product: full softmax gives inf at padded positions and inf * 0 is nan
     return torch.where(mask, per_pos, 0.0).sum() / mask.sum().clamp(min=1)

@@ -11,7 +11,14 @@ import torch
 import torch.nn as nn
 
 from recmodels.config import GenRecConfig
-from recmodels.torch.blocks import INIT_STD, Dropout, HSTUBlock, SASRecBlock, attention_mask
+from recmodels.torch.blocks import (
+    INIT_STD,
+    Dropout,
+    HSTUBlock,
+    Packing,
+    SASRecBlock,
+    attention_mask,
+)
 
 
 def positions(seq: torch.Tensor, cfg: GenRecConfig, extra: int = 0) -> torch.Tensor:
@@ -72,23 +79,30 @@ class GenRec(nn.Module):
             self.item_emb.weight[0].zero_()
 
     def embed(self, seq: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T] item ids (and [B|1, T] position rows) -> [B, T, d] block input."""
+        """[B, T] item ids (and [B|1, T] position rows) -> [B, T, d] block input; also
+        [N] ids and [N] positions -> [N, d]."""
         valid = (seq != 0).unsqueeze(-1)
         x = self.item_emb(seq) * math.sqrt(self.cfg.d_model)
         if pos is None:
             return self.drop(x) * valid
         return self.drop(x + self.pos_emb(pos)) * valid
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """[B, T] item ids -> [B, T, d] hidden states."""
+    def forward(self, seq: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        """[B, T] item ids -> [B, T, d] hidden states; with a packing (training, where
+        config.padding_invariant holds) -> [N, d], the states of its tokens only."""
         if self.cfg.block == "lstm":
             x, _ = self.lstm(self.embed(seq))
+            return self.ln_f(x)
+        pos = positions(seq, self.cfg)
+        mask, rel = attention_mask(seq), relative(pos, pos)
+        norm = attention_norm(self.cfg, seq.shape[1])
+        if packing is None:
+            x = self.embed(seq, pos)
         else:
-            pos = positions(seq, self.cfg)
-            x, mask, rel = self.embed(seq, pos), attention_mask(seq), relative(pos, pos)
-            norm = attention_norm(self.cfg, seq.shape[1])
-            for blk in self.blocks:
-                x, _ = blk(x, mask, rel, norm)
+            pos_tok = pos.expand(seq.shape).reshape(-1).index_select(0, packing.tok)
+            x = self.embed(seq.reshape(-1).index_select(0, packing.tok), pos_tok)
+        for blk in self.blocks:
+            x, _ = blk(x, mask, rel, norm, packing=packing)
         return self.ln_f(x)
 
 

@@ -153,11 +153,13 @@ def two_ranks(launches):
 
 
 def one_process(c: dict, steps: int = ranks.STEPS):
-    """The reference: plain Engine on the whole global batch -> (losses, parameters)."""
+    """The reference: plain Engine on the whole global batch -> (losses, parameters).
+    The batch goes in as put() tensors, so it is computed as the ranks compute it: padded,
+    not packed (packing is compared with the padded step in test_models)."""
     cfg = ranks.case_config(c)
     engine = Engine(cfg, optimizer=c["optimizer"], lr=c["lr"])
     engine.load_state_dict(file_weights(cfg))
-    batch = ranks.global_batch(cfg)
+    batch = engine.put(ranks.global_batch(cfg))
     losses = [float(engine.train_step(batch)) for _ in range(steps)]
     return np.array(losses), engine.state_dict()
 

@@ -1,0 +1,133 @@
+"""The torch train step's fast paths compute what the plain step computes: trimmed and packed
+batches, fused Adam, counter-based dropout, torch.compile modes (issue 15)."""
+
+import numpy as np
+import pytest
+import torch
+
+from recmodels import parity
+from recmodels import torch_model as tm
+from recmodels.config import padding_invariant, preset
+from recmodels.splits import trim_padding
+from recmodels.torch import blocks
+from recmodels.torch.engine import packed
+
+
+def tiny(**kw):
+    return preset("tiny", **{"catalog_size": 300, "seq_len": 16, "dropout": 0.0, **kw})
+
+
+def short_batch(cfg, b=8, longest=7, seed=0):
+    """parity's batch with every history at most `longest` items: mostly padding."""
+    batch = parity.parity_batch(cfg, b, seed)
+    for v in batch.values():
+        v[:, : cfg.seq_len - longest] = 0
+    return batch
+
+
+def test_trim_padding_drops_only_columns_no_row_uses():
+    seq = np.zeros((3, 12), np.int64)
+    seq[0, -3:], seq[1, -5:] = 1, 2
+    batch = {"seq": seq, "pos": seq.copy(), "neg": np.stack([seq] * 2, -1), "user": np.arange(3)}
+    exact = trim_padding(batch, 1)
+    assert exact["seq"].shape == (3, 5) and exact["neg"].shape == (3, 5, 2)
+    assert (exact["seq"] == seq[:, -5:]).all() and exact["user"] is batch["user"]
+    assert np.shares_memory(exact["seq"], seq)  # views, not copies
+    assert trim_padding(batch, 8)["seq"].shape == (3, 8)  # rounded up to the multiple
+    assert trim_padding(batch, 16) is batch  # 16 > 12: nothing to drop
+    empty = {"seq": np.zeros((2, 9), np.int64), "pos": np.zeros((2, 9), np.int64)}
+    assert trim_padding(empty, 1)["seq"].shape == (2, 1)  # never zero-wide
+
+
+def test_padding_invariant_configs():
+    assert padding_invariant(tiny()) and padding_invariant(tiny(sasrec_layout="reference"))
+    assert padding_invariant(tiny(block="hstu", positions="left"))
+    assert not padding_invariant(tiny(block="hstu"))  # right-aligned: divides by the width
+    assert not padding_invariant(tiny(block="lstm"))  # padding steps move the LSTM's state
+
+
+def test_packed_lists_every_position_with_an_item_or_a_target():
+    seq = np.array([[0, 0, 3, 4], [0, 5, 6, 7]])
+    pos = np.array([[0, 0, 4, 9], [0, 6, 7, 0]])  # a padded target at [1, 3] is still kept
+    tok = packed({"seq": seq, "pos": pos})["tok"]
+    assert tok.tolist() == [2, 3, 5, 6, 7]
+
+
+@pytest.mark.parametrize("arch", [{}, {"sasrec_layout": "reference"},
+                                  {"block": "hstu", "positions": "left"}],
+                         ids=["prenorm", "reference", "hstu-left"])
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "full_softmax"])
+def test_packed_step_equals_the_padded_step(arch, loss):
+    """Numpy batches take the trimmed, packed path; put() tensors the padded one. With SGD
+    (no division by a gradient's size) three steps agree to rounding."""
+    cfg = tiny(loss=loss, **arch)
+    sides = [tm.Engine(cfg, optimizer="sgd", lr=0.5, seed=3) for _ in range(2)]
+    for i in range(3):
+        batch = short_batch(cfg, seed=i)
+        fast, plain = float(sides[0].train_step(batch)), float(sides[1].train_step(
+            sides[1].put(batch)))
+        assert fast == pytest.approx(plain, rel=1e-6)
+    a, b = sides[0].state_dict(), sides[1].state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    moved = tm.Engine(cfg, optimizer="sgd", lr=0.5, seed=3).state_dict()
+    assert max(np.abs(a[k] - moved[k]).max() for k in a) > 1e-3  # the steps did train
+
+
+def test_packing_is_not_used_where_it_would_change_the_loss():
+    """HSTU with right-aligned positions divides attention by the padded width: its numpy
+    batches must be computed padded (else the loss would change)."""
+    cfg = tiny(block="hstu")
+    batch = short_batch(cfg)
+    e1, e2 = tm.Engine(cfg, seed=1), tm.Engine(cfg, seed=1)
+    assert float(e1.train_step(batch)) == float(e2.train_step(e2.put(batch)))
+
+
+def test_keep_mask_is_bernoulli_and_seeded():
+    n = 400_000
+    a = blocks.keep_mask(torch.Size([n]), 0.3, torch.tensor(11))
+    b = blocks.keep_mask(torch.Size([n]), 0.3, torch.tensor(12))
+    sd = (0.3 * 0.7 / n) ** 0.5
+    assert abs(a.float().mean().item() - 0.7) < 5 * sd
+    assert abs((a & b).float().mean().item() - 0.49) < 5 * sd  # seeds give independent masks
+    assert torch.equal(a, blocks.keep_mask(torch.Size([n]), 0.3, torch.tensor(11)))
+    # neighbours are not correlated (a counter hash, not a slowly moving sequence)
+    assert abs((a[1:] & a[:-1]).float().mean().item() - 0.49) < 5 * sd
+    assert blocks.keep_mask(torch.Size([1000]), 0.0, torch.tensor(5)).all()
+
+
+def test_dropout_scales_and_keeps_its_rate_eager():
+    x = torch.ones(200_000)
+    y = blocks.dropout(x, 0.25, True)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.75) < 0.005 and torch.allclose(y[y != 0], torch.tensor(1 / 0.75))
+    assert blocks.dropout(x, 0.25, False) is x
+
+
+def test_compile_modes_are_checked():
+    eng = tm.Engine(tiny())
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'.*max-autotune"):
+        eng.compile("fast")
+    eng.compile("eager")
+    assert eng.compile_mode == "eager" and eng.compiled_graphs() == 0
+
+
+def test_compiled_step_agrees_with_eager_and_does_not_recompile():
+    """torch.compile of the training loss: the same losses and weights as eager (dropout off,
+    SGD), one graph for batches of every width and the epoch's smaller last batch, and a
+    counter-based dropout mask that trains when dropout is on."""
+    cfg = tiny()
+    eager = tm.Engine(cfg, optimizer="sgd", lr=0.5, seed=2)
+    comp = tm.Engine(cfg, optimizer="sgd", lr=0.5, seed=2, compile="default")
+    assert comp.compile_mode == "default"
+    shapes = [(8, 7), (8, 3), (8, 12), (5, 9)]  # widths 8 and 16 after rounding; B 8 and 5
+    graphs = []
+    for i, (b, longest) in enumerate(shapes):
+        batch = short_batch(cfg, b=b, longest=longest, seed=i)
+        assert float(comp.train_step(batch)) == pytest.approx(float(eager.train_step(batch)),
+                                                              rel=1e-5)
+        graphs.append(comp.compiled_graphs())
+    assert graphs[-1] == graphs[1] >= 1  # after the first dynamic recompile, no more
+    a, b = comp.state_dict(), eager.state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
