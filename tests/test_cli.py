@@ -88,7 +88,8 @@ def test_parity_failure_exits_1(capsys, monkeypatch):
     from recmodels import torch_model
 
     orig = torch_model.GenRec.forward
-    monkeypatch.setattr(torch_model.GenRec, "forward", lambda self, seq: orig(self, seq) * 1.01)
+    monkeypatch.setattr(torch_model.GenRec, "forward",
+                        lambda self, seq, packing=None: orig(self, seq, packing) * 1.01)
     assert main(["parity", "--preset", "tiny", "--block", "sasrec", "--loss", "bce"]) == 1
     assert "parity FAILED" in capsys.readouterr().out
 
