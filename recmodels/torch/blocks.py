@@ -37,8 +37,8 @@ def _shr(z: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def keep_mask(shape: torch.Size, p: float, seed: torch.Tensor) -> torch.Tensor:
-    """A counter-based dropout mask: element i is kept when the top 24 bits of
-    SplitMix64's i-th output after the state (seed + i) * gamma are >= p * 2^24 (P(keep) = 1 - p to 6e-8).
+    """A counter-based dropout mask: element i is kept when the top 24 bits of SplitMix64's
+    output for the state (seed + i) * gamma are >= p * 2^24 (P(keep) = 1 - p to 6e-8).
 
     The mask is a pure function of (seed, i), so torch.compile fuses it into the op that uses
     it: one pass over the data, no random-number state to step per element (inductor's own
@@ -53,7 +53,7 @@ def keep_mask(shape: torch.Size, p: float, seed: torch.Tensor) -> torch.Tensor:
     z = (z ^ _shr(z, 30)) * _MIX1
     z = (z ^ _shr(z, 27)) * _MIX2
     z = z ^ _shr(z, 31)
-    return _shr(z, 40) >= int(round(p * (1 << 24)))
+    return _shr(z, 40) >= round(p * (1 << 24))
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

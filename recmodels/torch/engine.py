@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from recmodels.config import GenRecConfig, padding_invariant
+from recmodels.splits import trim_padding
 from recmodels.torch.blocks import DTYPES
 from recmodels.torch.kv_cache import (
     RANK_CHUNK,
@@ -21,10 +22,10 @@ from recmodels.torch.kv_cache import (
     rank,
 )
 from recmodels.torch.losses import loss_fn
-from recmodels.splits import trim_padding
 from recmodels.torch.model import GenRec, recommend, score_candidates, score_catalog
 
 COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # inductor replays CUDA graphs
 
 # --- optimisation
 
@@ -74,6 +75,21 @@ def packed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**batch, "tok": np.flatnonzero(used)}
 
 
+def prepare(batch: dict[str, np.ndarray], cfg: GenRecConfig, compile_mode: str,
+            device_type: str) -> dict[str, np.ndarray]:
+    """A numpy training batch as Engine.train_step computes it. Where config.padding_invariant
+    holds: trimmed (splits.trim_padding; compiled, to widths in steps of 8 so a compiler sees
+    few sizes) and packed, except under CUDA graphs (CUDA_GRAPH_MODES on "cuda"), which are
+    recorded per size: the token count, new at every batch, would re-record them every step,
+    so those step on the trimmed [B, T'] batch unpacked."""
+    if not padding_invariant(cfg):
+        return batch
+    batch = trim_padding(batch, 1 if compile_mode == "eager" else 8)
+    if compile_mode in CUDA_GRAPH_MODES and device_type == "cuda":
+        return batch
+    return packed(batch)
+
+
 def compiled_graphs() -> int:
     """Graphs TorchDynamo has compiled in this process (its unique_graphs counter)."""
     from torch._dynamo.utils import counters
@@ -121,15 +137,12 @@ class Engine:
         and update at a fraction of the work on real, mostly padded histories."""
         self.model.train()
         if isinstance(next(iter(batch.values())), np.ndarray):
-            if padding_invariant(self.cfg):
-                # compiled: widths in steps of 8, so a compiler sees few distinct sizes
-                batch = packed(trim_padding(batch, 1 if self.compile_mode == "eager" else 8))
-            batch = self.put(batch)
+            batch = self.put(prepare(batch, self.cfg, self.compile_mode, self.device.type))
             if self.compile_mode != "eager":  # sizes vary from batch to batch: one graph
                 for v in batch.values():
                     for dim in range(min(v.dim(), 2)):
                         torch._dynamo.maybe_mark_dynamic(v, dim)
-        graphs = self.compile_mode == "reduce-overhead" and self.device.type == "cuda"
+        graphs = self.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         if graphs:  # a new iteration of the CUDA graph trees: earlier outputs may be reused
             torch.compiler.cudagraph_mark_step_begin()
         loss = train_step(self.model, self.opt, batch, self.autocast_dtype, self.scaler,

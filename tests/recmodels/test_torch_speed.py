@@ -10,7 +10,7 @@ from recmodels import torch_model as tm
 from recmodels.config import padding_invariant, preset
 from recmodels.splits import trim_padding
 from recmodels.torch import blocks
-from recmodels.torch.engine import packed
+from recmodels.torch.engine import packed, prepare
 
 
 def tiny(**kw):
@@ -51,6 +51,21 @@ def test_packed_lists_every_position_with_an_item_or_a_target():
     pos = np.array([[0, 0, 4, 9], [0, 6, 7, 0]])  # a padded target at [1, 3] is still kept
     tok = packed({"seq": seq, "pos": pos})["tok"]
     assert tok.tolist() == [2, 3, 5, 6, 7]
+
+
+def test_prepare_packs_except_under_cuda_graphs():
+    """Eager: exact widths, packed. Compiled: widths in steps of 8. CUDA graphs (recorded
+    per size) on a GPU: trimmed but not packed; on CPU those modes have no CUDA graphs."""
+    cfg = tiny()
+    batch = short_batch(cfg, longest=5)
+    eager = prepare(batch, cfg, "eager", "cpu")
+    assert eager["seq"].shape == (8, 5) and "tok" in eager
+    assert prepare(batch, cfg, "default", "cuda")["seq"].shape == (8, 8)
+    for mode in ("reduce-overhead", "max-autotune"):
+        graphs = prepare(batch, cfg, mode, "cuda")
+        assert graphs["seq"].shape == (8, 8) and "tok" not in graphs
+        assert "tok" in prepare(batch, cfg, mode, "cpu")
+    assert prepare(batch, tiny(block="lstm"), "eager", "cpu") is batch
 
 
 @pytest.mark.parametrize("arch", [{}, {"sasrec_layout": "reference"},
@@ -106,7 +121,7 @@ def test_dropout_scales_and_keeps_its_rate_eager():
 
 def test_compile_modes_are_checked():
     eng = tm.Engine(tiny())
-    with pytest.raises(ValueError, match="unknown compile mode 'fast'.*max-autotune"):
+    with pytest.raises(ValueError, match=r"unknown compile mode 'fast'.*max-autotune"):
         eng.compile("fast")
     eng.compile("eager")
     assert eng.compile_mode == "eager" and eng.compiled_graphs() == 0
