@@ -7,6 +7,7 @@ import pytest
 
 from bench.analysis.plotdata import entries
 from bench.analysis.plots_scale import comm_figure, iter_scale_figures, scaling_figure
+from bench.launch.derived import add_scaling, roof_devices
 from bench.launch.dist import (
     Rendezvous,
     failure_summary,
@@ -17,7 +18,6 @@ from bench.launch.dist import (
     torchrun_argv,
 )
 from bench.launch.rank import rank0_reply
-from bench.launch.derived import add_scaling, roof_devices
 from bench.point import Point, point_id
 from bench.results import PointRecord, ResultsWriter, RunHeader, load
 from bench.scenarios.distributed import Group, iterations_for, rank_rows
