@@ -32,7 +32,7 @@ from recmodels.torch.losses import (
 from recmodels.torch.model import GenRec, positions, recommend, score_candidates, score_catalog
 
 __all__ = ["COMPILE_MODES", "DTYPES", "INIT_STD", "LOSSES", "CausalSelfAttention", "Engine",
-           "FeedForward", "GenRec", "HSTUBlock", "KVCache", "SASRecBlock", "attention_mask", "bce_loss",
-           "decode", "full_softmax_loss", "generate", "loss_fn", "make_optimizer", "positions",
-           "prefill", "rank", "recommend", "sampled_softmax_loss", "score_candidates",
+           "FeedForward", "GenRec", "HSTUBlock", "KVCache", "SASRecBlock", "attention_mask",
+           "bce_loss", "decode", "full_softmax_loss", "generate", "loss_fn", "make_optimizer",
+           "positions", "prefill", "rank", "recommend", "sampled_softmax_loss", "score_candidates",
            "score_catalog", "set_matmul_precision", "train_step"]
