@@ -57,12 +57,64 @@ def layer_norm(p: Params, name: str, x: jax.Array) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p[f"{name}.weight"] + p[f"{name}.bias"]
 
 
+# A counter-based hash for dropout masks: lowbias32 (C. Wellons, "Prospecting for hash
+# functions", 2018), a full-avalanche 32-bit mixer. The torch side's compiled dropout uses
+# SplitMix64 the same way (recmodels/torch/blocks.py keep_mask); JAX without x64 has no
+# 64-bit integers, hence the 32-bit mixer, applied twice to mix in both words of the key.
+_MIX1, _MIX2 = 0x7FEB352D, 0x846CA68B
+
+
+def _mix32(z: jax.Array) -> jax.Array:
+    z = (z ^ (z >> 16)) * jnp.uint32(_MIX1)
+    z = (z ^ (z >> 15)) * jnp.uint32(_MIX2)
+    return z ^ (z >> 16)
+
+
+def keep_mask(shape: tuple[int, ...], rate: float, rng: jax.Array) -> jax.Array:
+    """A dropout mask as a pure function of (key, element index): element i is kept when
+    mix(mix(i ^ k0) + k1) >= rate * 2^32, k0 and k1 the key's words (P(keep) = 1 - rate to
+    2^-32). Elementwise, so XLA fuses it into the ops that use it, forward and backward:
+    no random-number state, nothing stored (threefry's bits cost ~20 rounds an element and
+    a stored array). Raises ValueError past 2^32 elements (the counter is 32-bit)."""
+    n = math.prod(shape)
+    if n > 2**32:
+        raise ValueError(f"dropout over {n} elements: the mask's counter is 32-bit")
+    words = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+    k0, k1 = words.reshape(-1)[:2].astype(jnp.uint32)
+    i = jax.lax.iota(jnp.uint32, n).reshape(shape)
+    threshold = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+    return _mix32(_mix32(i ^ k0) + k1) >= threshold
+
+
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when rng is None (evaluation) or rate is 0."""
+    """Inverted dropout with keep_mask; identity when rng is None (evaluation) or rate is 0."""
     if rng is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    return jnp.where(keep_mask(x.shape, rate, rng), x / (1.0 - rate), 0).astype(x.dtype)
+
+
+@jax.custom_vjp
+def grad_barrier(x: jax.Array) -> jax.Array:
+    """The identity, whose cotangent XLA computes once and stores.
+
+    Without it XLA:CPU fuses the backward residual stream (each later block's LayerNorm and
+    residual gradient) into every consumer and recomputes it there: work quadratic in the
+    depth (small's backward ran at a fifth of its forward's FLOP rate). An
+    optimization_barrier is removed before fusion on CPU; a division is an op XLA's fusion
+    will not duplicate, so the cotangent is divided by ones it cannot fold (1 where x is
+    finite, NaN where it is not: the loss and every gradient are NaN there already)."""
+    return x
+
+
+def _barrier_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return x, jnp.where(jnp.isfinite(x), jnp.ones((), x.dtype), jnp.nan)
+
+
+def _barrier_bwd(ones: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (g / ones,)
+
+
+grad_barrier.defvjp(_barrier_fwd, _barrier_bwd)
 
 
 def with_context(k: jax.Array, v: jax.Array,
@@ -102,11 +154,12 @@ def causal_self_attention(p: Params, name: str, x: jax.Array, mask: jax.Array,
 
 def feed_forward(p: Params, name: str, x: jax.Array, cfg: GenRecConfig,
                  rng: jax.Array | None = None) -> jax.Array:
-    """Point-wise FFN: d -> d_ff -> d with GELU (exact erf form, as torch's default) in the
-    prenorm layout, or ReLU and dropout (reference)."""
+    """Point-wise FFN: d -> d_ff -> d with GELU (exact: x/2 (1 + erf(x/sqrt 2)), torch's
+    formula; jax.nn.gelu's erfc form costs both branches of erfc on CPU) in the prenorm
+    layout, or ReLU and dropout (reference)."""
     h = linear(p, f"{name}.fc1", x, cfg)
     h = (dropout(jax.nn.relu(h), cfg.dropout, rng) if cfg.sasrec_layout == "reference"
-         else jax.nn.gelu(h, approximate=False))
+         else 0.5 * h * (1.0 + jax.lax.erf(h * math.sqrt(0.5))))
     return linear(p, f"{name}.fc2", h, cfg)
 
 
@@ -116,6 +169,7 @@ def sasrec_block(p: Params, name: str, x: jax.Array, mask: jax.Array, rel: jax.A
     """prenorm: x + attn(LN(x)), then x + FFN(LN(x)). reference (kang205/SASRec model.py):
     h = LN(x), x = h + attn(q=h, k=v=x), then h = LN(x), h + FFN(h)."""
     reference = cfg.sasrec_layout == "reference"  # prenorm: the 2 keys it always drew
+    x = grad_barrier(x)
     r = list(jax.random.split(rng, 3 if reference else 2)) if rng is not None else [None] * 3
     if reference:
         h = layer_norm(p, f"{name}.ln1", x)
@@ -124,7 +178,7 @@ def sasrec_block(p: Params, name: str, x: jax.Array, mask: jax.Array, rel: jax.A
         return h + dropout(feed_forward(p, f"{name}.ffn", h, cfg, r[2]), cfg.dropout, r[1]), kv
     a, kv = causal_self_attention(p, f"{name}.attn", layer_norm(p, f"{name}.ln1", x), mask, cfg,
                                   ctx=ctx)
-    x = x + dropout(a, cfg.dropout, r[0])
+    x = grad_barrier(x + dropout(a, cfg.dropout, r[0]))
     return x + dropout(feed_forward(p, f"{name}.ffn", layer_norm(p, f"{name}.ln2", x), cfg),
                        cfg.dropout, r[1]), kv
 
@@ -140,6 +194,7 @@ def hstu_block(p: Params, name: str, x: jax.Array, mask: jax.Array, rel: jax.Arr
     from the oldest item (then a position's output does not depend on later ones).
     """
     b, t, d = x.shape
+    x = grad_barrier(x)
     u, v, q, k = jnp.split(jax.nn.silu(linear(p, f"{name}.uvqk",
                                               layer_norm(p, f"{name}.ln_in", x), cfg)), 4, -1)
     q, k, v = (z.reshape(b, t, cfg.n_head, d // cfg.n_head) for z in (q, k, v))
