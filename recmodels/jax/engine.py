@@ -75,12 +75,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: GenRecCon
     rng, step_rng = jax.random.split(state.rng)
     rng_arg = step_rng if cfg.dropout > 0 else None
 
+    scaled = cfg.compute_dtype == "fp16"  # else the scale is 1: no pass over the gradients
+
     def scaled_loss(p):
         loss = loss_fn(unpad(p, cfg), cfg, batch, rng_arg)
-        return loss * state.loss_scale, loss
+        return (loss * state.loss_scale if scaled else loss), loss
 
     grads, loss = jax.grad(scaled_loss, has_aux=True)(state.params)
-    grads = jax.tree.map(lambda g: g / state.loss_scale, grads)
+    if scaled:
+        grads = jax.tree.map(lambda g: g / state.loss_scale, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(params, opt_state, rng, state.loss_scale), {"loss": loss}
