@@ -154,12 +154,12 @@ def causal_self_attention(p: Params, name: str, x: jax.Array, mask: jax.Array,
 
 def feed_forward(p: Params, name: str, x: jax.Array, cfg: GenRecConfig,
                  rng: jax.Array | None = None) -> jax.Array:
-    """Point-wise FFN: d -> d_ff -> d with GELU (exact: x/2 (1 + erf(x/sqrt 2)), torch's
-    formula; jax.nn.gelu's erfc form costs both branches of erfc on CPU) in the prenorm
-    layout, or ReLU and dropout (reference)."""
+    """Point-wise FFN: d -> d_ff -> d with GELU (exact erf form, as torch's default) in the
+    prenorm layout, or ReLU and dropout (reference). (jax.nn.gelu's erfc form, not
+    x/2 (1 + erf(x/sqrt 2)): XLA:CPU stores erf's result apart, +270 MiB at B=1024, T=100.)"""
     h = linear(p, f"{name}.fc1", x, cfg)
     h = (dropout(jax.nn.relu(h), cfg.dropout, rng) if cfg.sasrec_layout == "reference"
-         else 0.5 * h * (1.0 + jax.lax.erf(h * math.sqrt(0.5))))
+         else jax.nn.gelu(h, approximate=False))
     return linear(p, f"{name}.fc2", h, cfg)
 
 
