@@ -22,10 +22,12 @@ variant is skipped with the reason), and `jax` (jitted). Default: torch, torch-e
 torch-default, jax.
 
 How: with `--base REV` the base's tree is checked out (`git worktree add --detach`, removed at
-exit), and each side (the working tree "new", REV "base") is a persistent child process,
-this file in --child mode with PYTHONPATH and cwd the side's tree, answering JSON commands.
-Both sides load the same batches (written once by the working tree's code). Per thread
-count (`--threads 1 2`), both children and a roof child are pinned to that many cores
+exit), and each side (the working tree "new", REV "base") runs each framework in a
+persistent child process of its own (torch's OpenMP threads and XLA's thread pool never
+share a process), this file in --child mode with PYTHONPATH and cwd the side's tree,
+answering JSON commands. Both sides load the same batches (written once by the working
+tree's code). Per thread count (`--threads 1 2`), the children and a roof child are pinned
+to that many cores
 (os.sched_setaffinity before torch or JAX start, torch.set_num_threads), so torch and XLA
 use that many. Warm-up (engine build, compilation, the first steps, and the epoch's ragged
 last batch) is timed apart and reported as warm-up s; then `--rounds` rounds in ABBA order
@@ -455,6 +457,38 @@ def start(name: str, tree: Path, cores: list[int], tmp: Path, stack) -> Side:
     return side
 
 
+class Router:
+    """One side's children, one per framework, started at their first use: torch's OpenMP
+    threads and XLA's thread pool never share a process (on a pinned core, a pool that spins
+    after its own step takes time from the other framework's next one). Commands that name a
+    variant go to its framework's child; "drop" goes to every child; the rest to torch's."""
+
+    def __init__(self, name: str, tree: Path, cores: list[int], tmp: Path, stack):
+        self.name, self.tree, self.cores, self.tmp, self.stack = name, tree, cores, tmp, stack
+        self.kids: dict[str, Side] = {}
+
+    def kid(self, framework: str) -> Side:
+        if framework not in self.kids:
+            self.kids[framework] = start(f"{self.name}-{framework}", self.tree, self.cores,
+                                         self.tmp, self.stack)
+        return self.kids[framework]
+
+    def call(self, cmd: str, **kw) -> dict:
+        if kw.get("variant"):
+            return self.kid("jax" if kw["variant"] == "jax" else "torch").call(cmd, **kw)
+        if cmd == "drop":
+            for k in self.kids.values():
+                k.must(cmd, **kw)
+            return {"ok": True}
+        return self.kid("torch").call(cmd, **kw)
+
+    def must(self, cmd: str, **kw) -> dict:
+        out = self.call(cmd, **kw)
+        if not out.get("ok"):
+            raise ChildFailed(f"{self.name}: {cmd} failed: {out.get('reason')}")
+        return out
+
+
 def build_all(sides: dict, shape: str, variants: list[str], path: str, warmup: int,
               labels: dict) -> tuple[dict, dict]:
     """Build and warm up every variant on every side; a side that cannot: skipped on all."""
@@ -510,7 +544,7 @@ def run(args, tmp: Path, stack) -> dict:
             print(f"\n=== {n} thread(s), cores {cores}: fp32 GEMM roof "
                   + (f"{gflops(roof)} GFLOP/s" if roof else "not measured")
                   + (f" (the best of {each})" if each else ""))
-            sides = {s: start(s, trees[s], cores, tmp, local) for s in ("base", "new")
+            sides = {s: Router(s, trees[s], cores, tmp, local) for s in ("base", "new")
                      if s in trees}
             entry = {"threads": n, "cores": cores, "roof": roof_entry, "shapes": {}}
             report["runs"].append(entry)
