@@ -255,8 +255,9 @@ class Engine:
         if isinstance(next(iter(batch.values())), np.ndarray):
             if padding_invariant(self.cfg):
                 batch = trim_padding(batch)
-            batch = self.put(pad_rows(batch, self._rows_seen))
-            self._rows_seen = max(self._rows_seen, len(batch["seq"]))
+            batch = pad_rows(batch, self._rows_seen)
+            self._rows_seen = len(batch["seq"])  # this process's rows, as put() takes them
+            batch = self.put(batch)
         self.state, metrics = self._train_step(self.state, batch)
         return metrics["loss"]
 
