@@ -220,6 +220,9 @@ class Engine:
         self.state = TrainState(params, self._init_opt(params), dropout_key,
                                 jax.device_put(jnp.float32(scale), self._replicated))
         self._rows_seen = 0  # the most rows a numpy training batch has had (pad_rows)
+        # Trim padding columns only where one process holds the whole batch: processes
+        # trimming their own rows could disagree on the width of the global batch.
+        self._trim = padding_invariant(cfg) and len(self.mesh.local_devices) == len(self.devices)
         self._train_step = jax.jit(partial(train_step, cfg=cfg, tx=tx), donate_argnums=0,
                                    out_shardings=(self._state_shardings, self._replicated))
         self._loss = jax.jit(partial(on_real_rows(loss_fn), cfg=cfg))
@@ -248,12 +251,12 @@ class Engine:
 
     def train_step(self, batch: dict) -> jax.Array:
         """One step on a batch of numpy arrays or of put() arrays (as given). Numpy batches
-        lose their leading all-padding columns where that changes nothing
-        (splits.trim_padding: at most T/8 widths, one compiled program each), and a batch
-        with fewer rows than the largest seen (an epoch's last) gains empty rows up to it,
-        which change no loss or gradient (no targets), so it reuses that program."""
+        lose their leading all-padding columns where that changes nothing (one process
+        only; splits.trim_padding: at most T/8 widths, one compiled program each), and a
+        batch with fewer rows than the largest seen (an epoch's last) gains empty rows up to
+        it, which change no loss or gradient (no targets), so it reuses that program."""
         if isinstance(next(iter(batch.values())), np.ndarray):
-            if padding_invariant(self.cfg):
+            if self._trim:
                 batch = trim_padding(batch)
             batch = pad_rows(batch, self._rows_seen)
             self._rows_seen = len(batch["seq"])  # this process's rows, as put() takes them
