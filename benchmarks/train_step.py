@@ -575,7 +575,10 @@ def run(args, tmp: Path, stack) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Shapes, variants and the method: see the module's "
+                                        "docstring (python -m pydoc benchmarks/train_step.py)",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--base", metavar="REV", help="A/B against this commit's model code")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
@@ -591,8 +594,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("rounds", "iters"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
-    if args.warmup < 0 or min(args.threads) < 1:
-        ap.error("--warmup must be >= 0 and --threads >= 1")
+    if args.warmup < 0:
+        ap.error("--warmup must be >= 0")
+    if min(args.threads) < 1:
+        ap.error("--threads must be >= 1")
+    args.threads = sorted(set(args.threads))
+    if args.json:  # checked now, not after minutes of measuring
+        folder = Path(args.json).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            ap.error(f"--json {args.json}: {folder} is not a writable folder")
     return args
 
 

@@ -126,9 +126,17 @@ class Engine:
             self.compile(compile)
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)).to(self.device,
-                                                                      non_blocking=True)
-                for k, v in batch.items()}
+        """numpy arrays -> contiguous int64 tensors on the device. Compiled, their batch and
+        length dimensions are marked dynamic: training widths, token counts and an epoch's
+        (or an evaluation's) smaller last batch then share one graph."""
+        out = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)).to(self.device,
+                                                                         non_blocking=True)
+               for k, v in batch.items()}
+        if self.compile_mode != "eager":
+            for v in out.values():
+                for dim in range(min(v.dim(), 2)):
+                    torch._dynamo.maybe_mark_dynamic(v, dim)
+        return out
 
     def train_step(self, batch: dict) -> torch.Tensor:
         """One step on a batch of numpy arrays or of put() tensors (computed as given).
@@ -138,10 +146,6 @@ class Engine:
         self.model.train()
         if isinstance(next(iter(batch.values())), np.ndarray):
             batch = self.put(prepare(batch, self.cfg, self.compile_mode, self.device.type))
-            if self.compile_mode != "eager":  # sizes vary from batch to batch: one graph
-                for v in batch.values():
-                    for dim in range(min(v.dim(), 2)):
-                        torch._dynamo.maybe_mark_dynamic(v, dim)
         graphs = self.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         if graphs:  # a new iteration of the CUDA graph trees: earlier outputs may be reused
             torch.compiler.cudagraph_mark_step_begin()

@@ -143,6 +143,12 @@ def test_compiled_step_agrees_with_eager_and_does_not_recompile():
                                                               rel=1e-5)
         graphs.append(comp.compiled_graphs())
     assert graphs[-1] == graphs[1] >= 1  # after the first dynamic recompile, no more
+    # evaluation (the compiled forward): a smaller last batch compiles nothing new either
+    seqs = short_batch(cfg, b=8, seed=9)["seq"]
+    np.testing.assert_allclose(comp.score_catalog(seqs), eager.score_catalog(seqs), atol=1e-5)
+    after_eval = comp.compiled_graphs()
+    comp.score_catalog(seqs[:5])
+    assert comp.compiled_graphs() == after_eval
     a, b = comp.state_dict(), eager.state_dict()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
