@@ -264,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
     if framework == "jax":
         import jax  # noqa: F401  (pay the import before the first point's clock starts)
+
+        from bench.scenarios.step import prepare_jax_process
+
+        prepare_jax_process()  # before this process's first JAX computation (a probe, roofs)
     else:
         import torch  # noqa: F401
     process = ProcessMemory(baseline_rss_bytes=meters.current_rss_bytes(), fresh=True)

@@ -55,6 +55,16 @@ class DeviceCaps:
         return self.compute_capability is not None and self.compute_capability >= (8, 0)
 
 
+
+def prepare_jax_process() -> None:
+    """Set glibc's malloc for XLA:CPU's per-step buffers (recmodels.jax.engine.
+    keep_host_memory) before a worker's first JAX computation: the setting reaches only
+    threads that have not allocated yet, and probes and roofs run before a point's Engine."""
+    from recmodels.jax.engine import keep_host_memory
+
+    keep_host_memory()
+
+
 def support_reason(point: Point, caps: DeviceCaps) -> str | None:
     """Why `point` cannot run on a device with `caps`, or None when it can."""
     fw, kind, prec = point.framework, caps.kind, point.precision
