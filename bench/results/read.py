@@ -10,7 +10,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.results.schema import PointRecord, ResultsWarning, RunEnd, RunHeader, ServeRecord
+from bench.results.schema import (
+    PointRecord,
+    ResultsWarning,
+    RunEnd,
+    RunHeader,
+    ServeRecord,
+    TTQRecord,
+)
 from recmodels.errors import InputError
 from recmodels.textio import strip_bom, utf8_problem
 
@@ -56,6 +63,7 @@ class ResultsFile:
     warnings: list[str] = field(default_factory=list)
     ends: list[RunEnd] = field(default_factory=list)  # run-end lines, in file order
     serve: list[ServeRecord] = field(default_factory=list)  # serving records, in file order
+    ttq: list[TTQRecord] = field(default_factory=list)  # time-to-quality records, in order
 
     @property
     def end(self) -> RunEnd | None:
@@ -125,6 +133,7 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
     records: list[PointRecord] = []
     ends: list[RunEnd] = []
     serve: list[ServeRecord] = []
+    ttq: list[TTQRecord] = []
     notes: list[str] = []
     last_no = numbered[-1][0]
     for no, raw in numbered[1:]:
@@ -155,6 +164,11 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
                 serve.append(ServeRecord.from_json(obj))
             except InputError as e:
                 raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
+        elif kind == "ttq":
+            try:
+                ttq.append(TTQRecord.from_json(obj))
+            except InputError as e:
+                raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
         elif kind == "run-end":
             try:
                 ends.append(RunEnd.from_json(obj))
@@ -168,7 +182,7 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
             msg = f"{p}:{no}: skipped a line of unknown kind {kind!r}"
             notes.append(msg)
             warnings.warn(msg, ResultsWarning, stacklevel=2)
-    return ResultsFile(p, header, records, notes, ends, serve)
+    return ResultsFile(p, header, records, notes, ends, serve, ttq)
 
 
 def load_many(paths_or_dirs: Iterable[str | os.PathLike[str]]) -> list[ResultsFile]:

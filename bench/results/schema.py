@@ -308,6 +308,25 @@ class ServeRecord(PointRecord):
     statuses: ClassVar[tuple[str, ...]] = SERVE_STATUSES
 
 
+# Time-to-quality records (`recbench ttq`): MLPerf Training's score for one configuration,
+# another kind again, so step readers never meet one and an older recbench skips the line.
+# ``point``: framework, preset, dataset, precision, device, compile, target ("hr@10" or
+# "ndcg@10"), target_value, runs, max_epochs, eval_every, batch_size, seed (the first run's).
+# ``metrics``: time_to_target_s (the mean over runs without the fastest and the slowest; null
+# unless ok), runs (per run: seed, status "converged" / "did-not-converge" / "diverged",
+# wall_s, train_s, eval_s, epochs, energy_j, curve), train_share / eval_share, energy_to_target_j
+# and energy_provenance, the paper's quality where the dataset is in the registry.
+TTQ_STATUSES = (*STATUSES, "did-not-converge")  # two or more runs missed the target
+
+
+@dataclass
+class TTQRecord(PointRecord):
+    """One time-to-quality measurement (``{"kind": "ttq", ...}``); ``samples_ms`` is empty."""
+
+    kind: ClassVar[str] = "ttq"
+    statuses: ClassVar[tuple[str, ...]] = TTQ_STATUSES
+
+
 @dataclass
 class RunEnd:
     """The last line of a finished run (``{"kind": "run-end", ...}``): the conditions at the

@@ -17,6 +17,7 @@ from bench.results.schema import (
     RunEnd,
     RunHeader,
     ServeRecord,
+    TTQRecord,
     dumps,
     safe_name,
 )
@@ -54,6 +55,7 @@ class ResultsWriter:
         self.header = header
         self.records: list[PointRecord] = records or []  # those already in the file on open
         self.serve: list[ServeRecord] = []  # serving records, likewise (never in .records)
+        self.ttq: list[TTQRecord] = []  # time-to-quality records, likewise
         self._fh: IO[str] | None = fh
 
     @classmethod
@@ -127,6 +129,7 @@ class ResultsWriter:
             raise InputError(f"cannot append to results file {p}: {e.strerror or e}") from e
         writer = cls(p, fh, loaded.header, loaded.records)
         writer.serve = list(loaded.serve)
+        writer.ttq = list(loaded.ttq)
         return writer
 
     def write(self, record: PointRecord) -> None:
@@ -134,7 +137,12 @@ class ResultsWriter:
         if not isinstance(record, PointRecord):
             raise TypeError(f"write() takes a PointRecord, not {type(record).__name__}")
         self._write_line(record.to_json())
-        (self.serve if isinstance(record, ServeRecord) else self.records).append(record)
+        if isinstance(record, ServeRecord):
+            self.serve.append(record)
+        elif isinstance(record, TTQRecord):
+            self.ttq.append(record)
+        else:
+            self.records.append(record)
 
     def write_end(self, end: RunEnd) -> None:
         """Append the run-end line (the run's conditions and roofs at its end); on disk when
