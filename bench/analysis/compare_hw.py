@@ -19,6 +19,14 @@ of each side is kept, since a GPU counter and a CPU RSS are different measures),
 sample (only where both sides *measured* it, by counter or sampling; estimates are never
 compared as measurements). Each ratio has a geometric mean over the rows where both sides
 have the value.
+
+Time to quality (``ttq`` records, `recbench ttq`): when both sides have them, the table gains
+a second part, :class:`TTQTable`: the time to target (MLPerf's score) of the same work on each
+machine and its ratio to the first (base) machine. The same work: the point fields minus the
+device, the first run's seed, the number of runs and the epoch cap (dataset, target and target
+value, framework and mode, preset, precision, batch size, evaluation interval, overrides must
+be equal). A record that did not converge has no time and no ratio; it is listed, not dropped.
+With several records of one configuration on a machine, the fastest ok one stands for it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.analysis.compare_ttq import TTQTable, format_ttq, ttq_across, ttq_json, ttq_markdown
 from bench.analysis.plotdata import (
     MEASURED_ENERGY,
     Entry,
@@ -135,6 +144,7 @@ class CrossTable:
     only_b: list[Unmatched]
     geomeans: dict[str, float | None]  # per METRICS key, over the rows that have the ratio
     counts: dict[str, int]  # rows in each geomean
+    ttq: TTQTable | None = None  # time to quality, when both sides have ttq records
 
 
 def _side_name(files: Sequence[ResultsFile], other: Sequence[ResultsFile]) -> str:
@@ -165,11 +175,12 @@ def geomean(values: Iterable[float]) -> float | None:
 
 
 def cross_hardware(files_a: Any, files_b: Any, device_a: str | None = None,
-                   device_b: str | None = None) -> CrossTable:
+                   device_b: str | None = None, with_ttq: bool = True) -> CrossTable:
     """Match A's and B's records by configuration (point minus device) and compute B / A.
 
     ``files_a``/``files_b``: ResultsFiles or paths (a file, a directory, or a list of them).
     ``device_a``/``device_b``: only that device (``cuda:1``) or device kind (``cuda``).
+    ``with_ttq``: add the time-to-quality part (``.ttq``) when both sides have ttq records.
     """
     fa, fb = as_files(_as_list(files_a)), as_files(_as_list(files_b))
     name_a, name_b = _side_name(fa, fb), _side_name(fb, fa)
@@ -198,7 +209,8 @@ def cross_hardware(files_a: Any, files_b: Any, device_a: str | None = None,
         rows.append(row)
     geo = {k: geomean(r.ratios[k] for r in rows if r.ratios.get(k)) for k, *_ in METRICS}
     counts = {k: sum(1 for r in rows if r.ratios.get(k)) for k, *_ in METRICS}
-    return CrossTable(name_a, name_b, rows, not_comparable, only_a, only_b, geo, counts)
+    ttq = ttq_across([(name_a, fa), (name_b, fb)], [device_a, device_b]) if with_ttq else None
+    return CrossTable(name_a, name_b, rows, not_comparable, only_a, only_b, geo, counts, ttq)
 
 
 cross_hardware_table = cross_hardware  # the name bench/gate/compare.py was first promised
@@ -243,6 +255,11 @@ def _devices(t: CrossTable) -> tuple[str, str]:
     return tuple(",".join(sorted({getattr(r, s).device for r in rows}
                                  | {u.side.device for u in only})) or "-"
                  for s, only in (("a", t.only_a), ("b", t.only_b)))  # type: ignore[return-value]
+
+
+def _has_steps(t: CrossTable) -> bool:
+    """Whether either side has a step record (matched or not)."""
+    return bool(t.rows or t.not_comparable or t.only_a or t.only_b)
 
 
 def _title(t: CrossTable) -> str:
@@ -298,7 +315,10 @@ def format_table(table: CrossTable) -> str:
                                   for j, (c, w) in enumerate(zip(r, widths))).rstrip())
             if i == 0:
                 head.append("-" * len(head[-1]))
-    return "\n".join(head + _summary(table) + _notes(table))
+    if table.ttq is not None and not _has_steps(table):  # ttq records only: no step part
+        return format_ttq(table.ttq)
+    text = "\n".join(head + _summary(table) + _notes(table))
+    return text + ("\n\n" + format_ttq(table.ttq) if table.ttq is not None else "")
 
 
 def to_markdown(table: CrossTable) -> str:
@@ -306,6 +326,8 @@ def to_markdown(table: CrossTable) -> str:
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
+    if table.ttq is not None and not _has_steps(table):  # ttq records only: no step part
+        return ttq_markdown(table.ttq)
     lines = [f"**Cross-hardware**: {esc(_title(table))}", ""]
     if table.rows:
         lines.append("| " + " | ".join(esc(c) for c in _COLUMNS) + " |")
@@ -320,12 +342,14 @@ def to_markdown(table: CrossTable) -> str:
         lines.append("")
         lines += [f"- {esc(s.strip())}" if not s.startswith("  ") else f"  - {esc(s.strip())}"
                   for s in notes]
+    if table.ttq is not None:
+        lines += ["", ttq_markdown(table.ttq)]
     return "\n".join(lines)
 
 
 def to_json(table: CrossTable) -> dict[str, Any]:
     """The table as JSON-ready data (ratios B/A; null where a side lacks the value)."""
-    return {
+    out = {
         "a": table.name_a, "b": table.name_b,
         "match": "point fields minus device", "ratio": "B / A",
         "metrics": {k: {"title": t, "column": c, "better": b} for k, t, c, b in METRICS},
@@ -335,3 +359,6 @@ def to_json(table: CrossTable) -> dict[str, Any]:
         "only_a": [asdict(u) for u in table.only_a],
         "only_b": [asdict(u) for u in table.only_b],
     }
+    if table.ttq is not None:  # only then: a file without ttq records reads as it did
+        out["ttq"] = ttq_json(table.ttq)
+    return out

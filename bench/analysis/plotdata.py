@@ -312,8 +312,10 @@ def status_counts(file: ResultsFile) -> dict[str, int]:
 
 
 def require_ok(files: Sequence[ResultsFile]) -> None:
-    """InputError naming the statuses when no file has a single ok record."""
-    if not any(r.ok for f in files for r in (*f.records, *f.serve)):
+    """InputError naming the statuses when no file has a single ok record (a time-to-quality
+    record that did not converge counts: its curves are drawn)."""
+    if not any(r.ok for f in files for r in (*f.records, *f.serve)) and not any(
+            r.ok or r.status == "did-not-converge" for f in files for r in f.ttq):
         counts: dict[str, int] = {}
         for r in (r for f in files for r in f.records):
             counts[r.status] = counts.get(r.status, 0) + 1

@@ -30,6 +30,8 @@ Figures (file stem ``<device>-<framework>-<workload>-<kind>``):
                legend names the framework with its mode where the mode varies
   serve-*      latency against offered rate, throughput against max batch, prefill/decode:
                bench/analysis/plots_serve.py (from ``serve`` records)
+  ttq-*        validation quality against wall time per (dataset, target), each run's curve,
+               the target and the time to target: bench/analysis/plots_ttq.py (``ttq`` records)
 Records that are not ok appear only on the memory figure (oom, infeasible); the report
 counts every status. Points flagged ``unstable`` are hollow markers (plotstyle). Bytes are
 binary everywhere (GiB, GiB/s).
@@ -64,6 +66,7 @@ from bench.analysis.plotdata import (
 )
 from bench.analysis.plots_scale import iter_scale_figures
 from bench.analysis.plots_serve import iter_serve_figures
+from bench.analysis.plots_ttq import iter_ttq_figures
 from bench.analysis.plotstyle import (
     DPI,
     SERIES_DROP,
@@ -414,6 +417,8 @@ def iter_figures(files: Sequence[ResultsFile]) -> Iterator[NamedFigure]:
         yield NamedFigure(safe_name(name, "figure name"), f"serve {kind}", panel, fig)
     for name, kind, panel, fig in iter_scale_figures(items, files):
         yield NamedFigure(safe_name(name, "figure name"), kind, panel, fig)
+    for name, panel, fig in iter_ttq_figures(files):
+        yield NamedFigure(safe_name(name, "figure name"), "time to quality", panel, fig)
 
 
 def plot_all(files: Sequence[Any], out_dir: str | Path, svg: bool = False) -> list[Path]:

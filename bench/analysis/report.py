@@ -7,7 +7,8 @@ headline), what is missing, status counts (with each non-ok point's reason), the
 of each machine, the measured roofs, a summary (best throughput per configuration, batch size
 aside, every field of the configuration in its own column; the largest model and batch that
 ran on each device; the OOM frontier; a cross-hardware table when there are two or more
-machines), then the figures of bench.analysis.plots. A point flagged ``unstable`` (or
+machines), time to quality where a file has ``ttq`` records (bench.analysis.report_ttq), then
+the figures of bench.analysis.plots. A point flagged ``unstable`` (or
 ``recompiled``: its timed steps compiled new graphs) says so in every table it appears in; the
 framework is named with the mode its step ran in ("torch (reduce-overhead)", "jax (jit)").
 Bytes are binary (GiB, GiB/s) throughout.
@@ -49,6 +50,7 @@ from bench.analysis.plotdata import (
 )
 from bench.analysis.plots import DPI, default_out_dir, iter_figures
 from bench.analysis.report_scale import scale_section
+from bench.analysis.report_ttq import has_ttq, ttq_section
 from bench.point import device_kind, framework_label
 from bench.results import STATUSES, ResultsFile
 from recmodels.config import human
@@ -85,6 +87,9 @@ def missing_notes(files: Sequence[ResultsFile]) -> list[str]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(status_counts(f).items()))
         if not f.records and f.serve:
             notes.append(f"{name}: serving records only ({len(f.serve)}; recbench serve): "
+                         "no step points")
+        elif not f.records and f.ttq:
+            notes.append(f"{name}: time-to-quality records only ({len(f.ttq)}; recbench ttq): "
                          "no step points")
         elif not f.records:
             notes.append(f"{name}: the file has no point records (the run wrote only its header)")
@@ -352,7 +357,8 @@ def summary_section(files: Sequence[ResultsFile], items: Sequence[Entry]) -> str
         parts.append("<h3>Cross-hardware</h3>")
         first = [f for f in files if f.machine_id == machines[0]]
         for other in machines[1:]:
-            t = compare_hw.cross_hardware(first, [f for f in files if f.machine_id == other])
+            t = compare_hw.cross_hardware(first, [f for f in files if f.machine_id == other],
+                                          with_ttq=False)  # the ttq section has its own
             parts.append(f"<pre>{esc(compare_hw.format_table(t))}</pre>")
     return "".join(parts)
 
@@ -388,18 +394,24 @@ def build_report(files: Sequence[Any]) -> str:
         section("roofs", "Measured roofs", roofs_section(files)),
         section("summary", "Summary", summary_section(files, items)),
         section("scale-out", "Scale-out", scale_section(files, items)),
+        *([section("time-to-quality", "Time to quality", ttq_section(files))]
+          if has_ttq(files) else []),
         section("figures", "Figures", figures_section(files)),
     ]
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("reference", "reference points"), ("missing", "missing"), ("status", "statuses"),
         ("environment", "environment"),
         ("roofs", "roofs"), ("summary", "summary"), ("scale-out", "scale-out"),
+        *([("time-to-quality", "time to quality")] if has_ttq(files) else []),
         ("figures", "figures")))
+    n_ttq = sum(len(f.ttq) for f in files)
+    ttq_count = f", {n_ttq} time-to-quality record(s)" if n_ttq else ""
     title = "recbench report: " + ", ".join(dict.fromkeys(source_names(files)))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n"
             f"<h1>{esc(title)}</h1><p class=\"muted\">{len(files)} result file(s), "
-            f"{len(items)} point record(s); generated {esc(when)}.</p><nav>{nav}</nav>\n"
+            f"{len(items)} point record(s){ttq_count}; generated {esc(when)}.</p>"
+            f"<nav>{nav}</nav>\n"
             + "".join(sections) + "</body></html>\n")
 
 
