@@ -169,7 +169,7 @@ def ttq_figure(series: Sequence[TTQSeries], dataset: str, target: str) -> Figure
                         gid="median-run", zorder=3,
                         label=f"{s.name}: median run (seed {r.seed}), {len(s.runs)} runs")
             else:
-                ax.plot(r.wall_s, r.quality, "-", color=c, linewidth=0.9, alpha=0.35,
+                ax.plot(r.wall_s, r.quality, ".-", color=c, linewidth=0.9, alpha=0.35,
                         gid="run", label="_nolegend_")
         t, y = s.time_to_target_s, s.target_value
         if t is not None and y is not None:
@@ -185,11 +185,12 @@ def ttq_figure(series: Sequence[TTQSeries], dataset: str, target: str) -> Figure
             ax.plot([], [], " ", gid="not-ok", label=f"{s.name}: {s.entry.status}")
     for v in sorted({s.target_value for s in series if s.target_value is not None}):
         ax.axhline(v, color="black", linestyle="--", linewidth=1, gid="target",
-                   label=f"target {target_text(target)} {v:g}")
+                   label=f"target: validation {target_text(target)} >= {v:g}")
     for v in sorted({s.paper for s in series if s.paper is not None}):
         ax.axhline(v, color="gray", linestyle=":", linewidth=1.2, gid="paper",
                    label=f"SASRec paper, test {target_text(target)} {v:.4f}")
-    ax.set_xlabel("wall time into the run (s; evaluation included)")
+    ax.set_xlabel("wall time from the run's first training step (s; compilation and "
+                  "evaluation included, setup apart)")
     ax.set_ylabel(f"validation {target_text(target)}")
     ax.set_xlim(left=0)
     ax.grid(True, alpha=0.3)

@@ -53,7 +53,8 @@ def _ok(walls: tuple[float, ...], point: dict[str, Any], energy: float | None = 
         "train_share": 0.8, "eval_share": 0.2, "epochs_to_target": 4,
         "energy_to_target_j": energy,
         "energy_provenance": "measured-counter" if energy else "unavailable",
-        "converged": len(walls), "paper_quality": paper, "runs": runs})
+        "converged": len(walls), "paper_quality": paper, "runs": runs,
+        "kept_runs": [walls.index(w) for w in kept]})
 
 
 def _dnc(point: dict[str, Any]) -> TTQRecord:
@@ -112,7 +113,8 @@ def test_one_line_per_series_each_run_target_and_time_to_target(two) -> None:
     assert "seed 1" in m.get_label() and list(m.get_xdata()) == [3.0, 6.0, 9.0, 12.0]
     assert list(m.get_ydata()) == pytest.approx([0.1625, 0.325, 0.4875, 0.65])
     [target] = [ln for ln in ax.lines if ln.get_gid() == "target"]
-    assert list(target.get_ydata()) == [0.6, 0.6] and target.get_label() == "target HR@10 0.6"
+    assert list(target.get_ydata()) == [0.6, 0.6]
+    assert target.get_label() == "target: validation HR@10 >= 0.6"
     [paper] = [ln for ln in ax.lines if ln.get_gid() == "paper"]
     assert paper.get_ydata()[0] == 0.741 and "0.7410" in paper.get_label()
     marks = {ln.get_label().split(": time")[0]: (ln.get_xdata()[0], ln.get_ydata()[0])
@@ -173,14 +175,14 @@ def test_report_table_numbers_and_did_not_converge(two) -> None:
     from bench.analysis.plots_ttq import ttq_entries
 
     rows = {(r[0], r[2], r[4], r[6]): r for r in map(_cells, ttq_rows(ttq_entries([a, b])))}
-    torch_a = rows[("machine-a", "torch (eager)", "fp32", "HR@10 0.6")]
+    torch_a = rows[("machine-a", "torch (eager)", "fp32", "HR@10 >= 0.6")]
     assert torch_a[7] == "12 s" and torch_a[9] == "3 of 3"
     assert torch_a[8] == "mean of 1 runs without the fastest and the slowest"
     assert torch_a[10:14] == ["80.0%", "20.0%", "not measured (unavailable)", "4"]
     assert torch_a[14] == "HR@10 0.7410, NDCG@10 0.5360" and torch_a[15] == "ok"
-    assert rows[("machine-b", "torch (eager)", "fp32", "HR@10 0.6")][12] == \
+    assert rows[("machine-b", "torch (eager)", "fp32", "HR@10 >= 0.6")][12] == \
         "250 J (measured-counter)"
-    dnc = rows[("machine-a", "torch (eager)", "bf16", "HR@10 0.6")]
+    dnc = rows[("machine-a", "torch (eager)", "bf16", "HR@10 >= 0.6")]
     assert dnc[7] == "did not converge" and dnc[8] == "-" and dnc[9] == "1 of 3"
     assert dnc[14] == "none recorded"
     assert dnc[15].startswith("did-not-converge: 2 of 3 runs did not reach")
@@ -190,6 +192,11 @@ def test_report_table_numbers_and_did_not_converge(two) -> None:
     assert "5 time-to-quality record(s)" in page
     assert "time-to-quality records only (3; recbench ttq)" in page
     section = page.split('id="time-to-quality"')[1].split("</section>")[0]
+    from bench.analysis.report_ttq import run_rows
+
+    scored = [(r[5], r[7]) for r in run_rows(ttq_entries([a])) if r[1] == "torch (eager)"
+              and r[2] == "fp32"]
+    assert scored == [(0, "no (dropped)"), (1, "yes"), (2, "no (dropped)")]
     assert ">did not converge<" in section and ">12 s<" in section
     assert section.count("<tr>") == 1 + 5 + 1 + 15 + 1 + 4  # head, records, runs, across
 
