@@ -6,14 +6,22 @@ code differs. The protocol is SASRec's: leave-one-out, evaluation of the last it
 100 sampled negatives on at most 10,000 users (or the whole catalog with `eval="full"`),
 and the most-popular-items baseline on the same users and candidates so that learning is
 visible.
+
+Evaluation during training (`eval_every`): validation and test every N epochs and at the last
+one, each a point of the result's `curve`; the reported test metrics are those of the best
+validation evaluation (SASRec's reference does the same), optionally with early stopping
+(`patience`) or a stop the first time validation reaches a target (`target`, for time to
+quality).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -36,6 +44,7 @@ SYNTHETIC_EPOCHS = 8
 # Non-finite step losses in a row that mean divergence. fp16 loss scaling skips a step whose
 # gradients overflow (torch GradScaler, optax.apply_if_finite): one such step is normal.
 MAX_NONFINITE_STREAK = 5
+SELECT_METRICS = ("hr@10", "ndcg@10")  # what best-validation selection and targets may use
 
 
 class Diverged(RuntimeError):
@@ -77,6 +86,10 @@ class TrainOptions:
     eval_users: int = 10_000  # SASRec evaluates on a random 10,000 users when there are more
     compile: str = "eager"  # torch.compile mode (COMPILE_MODES); JAX always jits
     overrides: dict = field(default_factory=dict)  # GenRecConfig fields (block, loss, seq_len...)
+    eval_every: int | None = None  # evaluate every N epochs and at the last; None: last only
+    select: str = "ndcg@10"  # the validation metric that picks the best evaluation
+    patience: int | None = None  # stop after P evaluations without a better one; None: never
+    target: tuple[str, float] | None = None  # (metric, value): stop once validation reaches it
 
     def validate(self) -> None:
         checks = [("framework", FRAMEWORKS), ("precision", PRECISIONS), ("device", DEVICES),
@@ -101,6 +114,17 @@ class TrainOptions:
             raise InputError(f"epochs must be a positive integer, got {self.epochs}")
         if not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
+        for name in ("eval_every", "patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.select not in SELECT_METRICS:
+            raise InputError(f"unknown selection metric {self.select!r}: choose one of "
+                             f"{', '.join(SELECT_METRICS)}")
+        if self.target is not None:
+            metric, value = self.target
+            if metric not in SELECT_METRICS or not 0 < value <= 1:
+                raise InputError(f"bad target {metric}={value}: write hr@10=X or ndcg@10=X "
+                                 "with 0 < X <= 1")
 
 
 def resolve_device(framework: str, device: str) -> str:
@@ -192,12 +216,38 @@ def _short(m: dict) -> dict:
     return {k: m[k] for k in ("hr@10", "ndcg@10") if k in m}
 
 
+def paper_figures(dataset: str) -> tuple[dict, dict]:
+    """(paper_quality, settings) of a registry dataset: the quality its paper reports
+    ({"hr@10", "ndcg@10"}) and the GenRecConfig fields the paper set for it (seq_len,
+    dropout); ({}, {}) for synthetic data and files."""
+    spec = D.REGISTRY.get(dataset)
+    if spec is None:
+        return {}, {}
+    return (dict(getattr(spec, "paper_quality", None) or {}),
+            dict(getattr(spec, "settings", None) or {}))
+
+
 def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
-          progress: bool | None = None, return_engine: bool = False):
+          progress: bool | None = None, return_engine: bool = False, keep_best: bool = False,
+          window: Callable[[object], AbstractContextManager] | None = None,
+          epoch_log: bool = True):
     """Train on the dataset's leave-one-out split, evaluate, and return the result object
     (and the trained engine when `return_engine`). A run that diverges (see `divergence`)
     stops at that epoch and is still a result: status "diverged", the reason and the epoch,
-    and null metrics."""
+    and null metrics.
+
+    Evaluation (validation, then test) runs every `opts.eval_every` epochs and after the last
+    one; each is a point of `curve`. `valid` and `test` are those of the best validation
+    evaluation by `opts.select` (`best_epoch`; the earliest wins a tie). Times: `train_s` is
+    the training loops', `eval_s` the evaluations', `wall_s` from the first training step to
+    the end of the last evaluation (both included); `setup_s` (data loading, engine
+    construction) comes before it.
+    `keep_best`: keep a copy of the weights at each new best evaluation (in `eval_s`) and put
+    them back into the engine at the end (its optimizer state is then fresh), so the returned
+    engine holds the weights the reported test metrics belong to.
+    `window(engine)`: a context manager (an energy meter) entered just before the first
+    training step and left after the last evaluation, the span `wall_s` times.
+    `epoch_log`: log a line per epoch (a line per evaluation is always logged)."""
     opts.validate()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     device = resolve_device(opts.framework, opts.device)
@@ -209,9 +259,11 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
             f"{data.name}: no user has 4 or more interactions, so the leave-one-out split "
             "leaves no training pair (each user gives its last two items to validation and "
             "test); use a dataset with longer histories")
+    paper, settings = paper_figures(opts.dataset)
+    # The paper's per-dataset settings are defaults: the user's own overrides win.
     cfg = preset(opts.preset, **{"catalog_size": data.n_items,
                                  "compute_dtype": compute_dtype(opts.precision),
-                                 **opts.overrides})
+                                 **settings, **opts.overrides})
     if cfg.catalog_size < data.n_items:
         raise InputError(f"catalog_size {cfg.catalog_size} is smaller than the dataset's "
                          f"{data.n_items} items: drop the catalog_size override")
@@ -221,41 +273,106 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
     epochs = opts.epochs or (PAPER_EPOCHS if opts.dataset in D.REGISTRY else SYNTHETIC_EPOCHS)
     n_batches = S.n_train_batches(split, opts.batch_size)
     st = data.stats()
+    every = opts.eval_every
     log(f"{opts.framework} {opts.preset} ({cfg.block}, {cfg.loss}, {opts.precision}) on "
         f"{data.name}: {st['users']} users, {st['items']} items, {st['actions']} actions; "
         f"{epochs} epoch{'s' if epochs != 1 else ''} x {n_batches} batches of "
-        f"{opts.batch_size} on {device}")
+        f"{opts.batch_size} on {device}; evaluation "
+        + (f"every {every} epoch{'s' if every != 1 else ''} and at the last" if every
+           else "after the last epoch"))
+    if settings:
+        mine = {k: opts.overrides[k] for k in settings if k in opts.overrides}
+        log(f"paper settings for {data.name}: "
+            + " ".join(f"{k}={v}" for k, v in settings.items()) + " (as defaults"
+            + (f"; your overrides win: {' '.join(f'{k}={v}' for k, v in mine.items())})"
+               if mine else ")"))
     use_bar = sys.stderr.isatty() if progress is None else progress
 
+    test_keys = ("hr@10", "ndcg@10", "auc", "accuracy", "precision", "recall", "f1")
+    pop = S.popularity(split)
+    kw = {"protocol": opts.eval, "batch_size": opts.batch_size, "max_users": opts.eval_users}
     epoch_s, history, n_seqs, streak, reason = [], [], 0, 0, None
-    for epoch in range(1, epochs + 1):
-        batches = S.train_batches(split, seq_len=cfg.seq_len, batch_size=opts.batch_size,
-                                  n_neg=cfg.n_neg, seed=opts.seed * 100_003 + epoch)
-        if use_bar:
-            from tqdm import tqdm
+    curve, best, since_best, best_state = [], None, 0, None
+    popularity = test_users = early_stopped = target_epoch = None
+    train_s = eval_s = 0.0
+    with window(engine) if window else contextlib.nullcontext():
+        t_start = time.perf_counter()
+        setup_s = t_start - t0
+        for epoch in range(1, epochs + 1):
+            batches = S.train_batches(split, seq_len=cfg.seq_len, batch_size=opts.batch_size,
+                                      n_neg=cfg.n_neg, seed=opts.seed * 100_003 + epoch)
+            if use_bar:
+                from tqdm import tqdm
 
-            batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{epochs}",
-                           leave=False, file=sys.stderr)
-        start = time.perf_counter()
-        losses, n_seqs = [], 0
-        for batch in batches:
-            losses.append(engine.train_step(batch))  # stays on the device: no sync per step
-            n_seqs += len(batch["seq"])
-        step_losses = np.array([float(x) for x in engine.sync(losses)])
-        epoch_s.append(time.perf_counter() - start)
-        why, streak = divergence(step_losses, streak, engine.all_finite())
-        finite = step_losses[np.isfinite(step_losses)]
-        # The mean of the steps that ran: a step fp16 loss scaling skipped has no loss to add.
-        loss = float(finite.mean()) if len(finite) and not why else None
-        skipped = len(step_losses) - len(finite)
-        history.append({"epoch": epoch, "loss": loss, "nonfinite_steps": skipped,
-                        "seconds": epoch_s[-1]})
-        log(f"epoch {epoch}/{epochs}  loss {'nan' if loss is None else f'{loss:.4f}'}  "
-            f"{epoch_s[-1]:.2f} s  {n_seqs / epoch_s[-1]:,.0f} seq/s"
-            + (f"  ({skipped} non-finite step losses)" if skipped and not why else ""))
-        if why:
-            reason = f"{why} at epoch {epoch}"
-            break
+                batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{epochs}",
+                               leave=False, file=sys.stderr)
+            start = time.perf_counter()
+            losses, n_seqs = [], 0
+            for batch in batches:
+                losses.append(engine.train_step(batch))  # stays on the device: no sync per step
+                n_seqs += len(batch["seq"])
+            step_losses = np.array([float(x) for x in engine.sync(losses)])
+            epoch_s.append(time.perf_counter() - start)
+            train_s += epoch_s[-1]
+            why, streak = divergence(step_losses, streak, engine.all_finite())
+            finite = step_losses[np.isfinite(step_losses)]
+            # The mean of the steps that ran: a step fp16 loss scaling skipped has no loss.
+            loss = float(finite.mean()) if len(finite) and not why else None
+            skipped = len(step_losses) - len(finite)
+            history.append({"epoch": epoch, "loss": loss, "nonfinite_steps": skipped,
+                            "seconds": epoch_s[-1]})
+            if epoch_log or why:
+                log(f"epoch {epoch}/{epochs}  loss {'nan' if loss is None else f'{loss:.4f}'}  "
+                    f"{epoch_s[-1]:.2f} s  {n_seqs / epoch_s[-1]:,.0f} seq/s"
+                    + (f"  ({skipped} non-finite step losses)" if skipped and not why else ""))
+            if why:
+                reason = f"{why} at epoch {epoch}"
+                break
+            if not (epoch == epochs or (every and epoch % every == 0)):
+                continue
+            e0 = time.perf_counter()
+            try:
+                v = evaluate(engine, split, "valid", seed=opts.seed + 1, **kw)
+                # the same users and candidates at every evaluation (fixed seeds), so the
+                # popularity baseline is scored once
+                t = evaluate(engine, split, "test", seed=opts.seed + 2,
+                             pop=pop if popularity is None else None, **kw)
+            except Diverged as e:
+                eval_s += time.perf_counter() - e0
+                reason = f"{e} after epoch {epoch}"
+                break
+            if popularity is None:
+                popularity = {"test": _short(t["popularity"])}
+            valid = _short(v["model"])
+            improved = best is None or valid[opts.select] > best["valid"][opts.select]
+            if improved:
+                since_best, test_users = 0, t["n_users"]
+                best = {"epoch": epoch, "valid": valid,
+                        "test": {k: t["model"][k] for k in test_keys if k in t["model"]}}
+                if keep_best:
+                    best_state = engine.state_dict()  # a host copy of the weights
+            else:
+                since_best += 1
+            eval_s += time.perf_counter() - e0
+            curve.append({"epoch": epoch, "wall_s": time.perf_counter() - t_start,
+                          "train_s": train_s, "eval_s": eval_s, "valid": valid,
+                          "test": _short(t["model"])})
+            c = curve[-1]
+            log(f"eval epoch {epoch}/{epochs}  valid hr@10 {valid['hr@10']:.4f} ndcg@10 "
+                f"{valid['ndcg@10']:.4f} | test hr@10 {c['test']['hr@10']:.4f} ndcg@10 "
+                f"{c['test']['ndcg@10']:.4f} | {c['wall_s']:.1f} s"
+                + ("  (best so far)" if improved and len(curve) > 1 else ""))
+            if opts.target is not None and valid[opts.target[0]] >= opts.target[1]:
+                target_epoch = epoch
+                log(f"target valid {opts.target[0]} >= {opts.target[1]:g} reached at epoch "
+                    f"{epoch}: stopping")
+                break
+            if opts.patience is not None and since_best >= opts.patience:
+                early_stopped = epoch
+                log(f"early stop at epoch {epoch}: {since_best} evaluations without a better "
+                    f"valid {opts.select} than epoch {best['epoch']}'s")
+                break
+        wall_s = time.perf_counter() - t_start
 
     # The first epoch includes JIT compilation and warm-up: it is reported on its own
     # (first_epoch_s), and the steady-state speed comes only from the epochs after it.
@@ -268,26 +385,17 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
     else:
         speed_note = ("one epoch only: its time (first_epoch_s) includes compilation and "
                       "warm-up, so there is no steady-state speed (there is from 2 epochs on)")
-    test_keys = ("hr@10", "ndcg@10", "auc", "accuracy", "precision", "recall", "f1")
-    valid = test = popularity = None
-    test_users = None
+    valid = test = None
     if reason is None:
-        pop = S.popularity(split)
-        kw = {"protocol": opts.eval, "batch_size": opts.batch_size,
-              "max_users": opts.eval_users}
-        try:
-            v = evaluate(engine, split, "valid", seed=opts.seed + 1, **kw)
-            t = evaluate(engine, split, "test", seed=opts.seed + 2, pop=pop, **kw)
-        except Diverged as e:
-            reason = f"{e} after epoch {len(history)}"
-        else:
-            valid, test_users = _short(v["model"]), t["n_users"]
-            test = {k: t["model"][k] for k in test_keys if k in t["model"]}
-            popularity = {"test": _short(t["popularity"])}
-            log(f"valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f} | "
-                f"test hr@10 {test['hr@10']:.4f} ndcg@10 {test['ndcg@10']:.4f} | "
-                f"popularity test hr@10 {popularity['test']['hr@10']:.4f}")
-    if reason is not None:
+        valid, test = best["valid"], best["test"]
+        log(f"best valid {opts.select} at epoch {best['epoch']}: valid hr@10 "
+            f"{valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f} | test hr@10 "
+            f"{test['hr@10']:.4f} ndcg@10 {test['ndcg@10']:.4f} | popularity test hr@10 "
+            f"{popularity['test']['hr@10']:.4f}")
+        if best_state is not None and best["epoch"] != curve[-1]["epoch"]:
+            engine.load_state_dict(best_state)
+    else:
+        popularity = test_users = None
         log(f"{reason}: diverged")
     result = {
         "framework": opts.framework,
@@ -302,6 +410,7 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         "reason": reason,
         "diverged_epoch": None if reason is None else len(history),
         "epochs": epochs,
+        "epochs_run": len(history),
         "batch_size": opts.batch_size,
         "sequences_per_epoch": n_seqs,
         "first_epoch_s": epoch_s[0],
@@ -311,9 +420,29 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         "speed_note": speed_note,
         "eval_protocol": f"{opts.eval}" + ("-100" if opts.eval == "sampled" else ""),
         "eval_users": test_users,
+        "eval_every": every,
+        "select": opts.select,
+        "best_epoch": None if reason is not None else best["epoch"],
+        "selection_note": f"valid and test are those of the best validation evaluation by "
+                          f"valid {opts.select} (best_epoch; the earliest wins a tie)",
+        "patience": opts.patience,
+        "early_stopped_epoch": early_stopped,
+        "target": None if opts.target is None else {
+            "metric": opts.target[0], "value": opts.target[1], "reached_epoch": target_epoch},
         "valid": valid,
         "test": test,
         "popularity": popularity,
+        "paper_quality": paper or None,
+        "paper_settings": settings or None,
+        "curve": curve,
+        "setup_s": setup_s,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "wall_s": wall_s,
+        "time_note": "wall_s runs from the first training step to the end of the last "
+                     "evaluation (compilation and evaluation included); train_s is the "
+                     "training loops' share, eval_s the evaluations'; setup_s (data loading, "
+                     "engine construction) comes before it",
         "dataset_stats": st,
         "config": asdict(cfg),
         "history": history,

@@ -388,7 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-neg", type=_positive_int, help="negatives per position")
     t.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override any model config field, e.g. n_head=2 or d_ff=128")
-    t.add_argument("--save", help="write the trained weights to this .safetensors file")
+    t.add_argument("--eval-every", type=_positive_int, metavar="N",
+                   help="evaluate validation and test every N epochs and at the last (the "
+                        "curve); default: after the last epoch only")
+    t.add_argument("--select", choices=("hr@10", "ndcg@10"), default="ndcg@10",
+                   help="validation metric that picks the best evaluation, whose test "
+                        "metrics are reported (default ndcg@10)")
+    t.add_argument("--patience", type=_positive_int, metavar="P",
+                   help="stop after P evaluations without a better validation metric")
+    t.add_argument("--save", help="write the weights of the best validation evaluation to "
+                                  "this .safetensors file")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     from bench.cli.train import cmd_train  # the train command lives beside this
 
@@ -437,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.cli.serve import add_serve_parser  # the serve command lives beside this
 
     add_serve_parser(sub)
+    from bench.cli.ttq import add_ttq_parser  # the ttq command lives beside this
+
+    add_ttq_parser(sub)
 
     # Commands that live next to what they drive; each module adds its own subparser (and
     # imports matplotlib, git helpers etc. only when its command runs).

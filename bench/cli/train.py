@@ -28,9 +28,12 @@ def cmd_train(args) -> int:
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         precision=args.precision, optimizer=args.optimizer, seed=args.seed,
                         device=args.device, eval=args.eval, eval_users=args.eval_users,
-                        compile=args.compile, overrides=overrides)
+                        compile=args.compile, overrides=overrides,
+                        eval_every=args.eval_every, select=args.select, patience=args.patience)
     try:
-        result, engine = train(opts, return_engine=True)
+        # --save keeps a copy of the weights at the best validation evaluation (train's
+        # keep_best): the saved weights are those the reported test metrics belong to
+        result, engine = train(opts, return_engine=True, keep_best=bool(args.save))
     except (InputError, KeyboardInterrupt):
         raise
     except Exception:
@@ -44,7 +47,9 @@ def cmd_train(args) -> int:
     elif args.save:
         weights.save(engine.state_dict(), engine.cfg, args.save)
         result["weights"] = str(args.save)
-        _err(f"weights saved to {args.save}")
+        result["weights_epoch"] = result["best_epoch"]
+        _err(f"weights of epoch {result['best_epoch']} (best valid {result['select']}) saved "
+             f"to {args.save}")
     if args.json:
         _print_json(result)
     else:
@@ -76,25 +81,87 @@ def _format_speed(r: dict) -> str:
             f"(training loop incl. batch sampling, evaluation excluded); {first}")
 
 
+def _with_paper(m: dict, paper: dict | None, key: str) -> str:
+    value = f"{m[key]:.4f}"
+    return f"{value} (paper {paper[key]:.4f})" if paper and key in paper else value
+
+
+CURVE_ROWS = 12  # a longer curve shows its first and last rows and the best one
+
+
+def format_curve(r: dict) -> list[str]:
+    """The evaluation curve, one row per evaluation (the best marked *), compacted to
+    CURVE_ROWS rows with an ellipsis."""
+    curve = r.get("curve") or []
+    if len(curve) < 2:  # one evaluation: the valid and test lines say it all
+        return []
+    rows = list(range(len(curve)))
+    if len(rows) > CURVE_ROWS:
+        best = next((i for i, c in enumerate(curve) if c["epoch"] == r.get("best_epoch")), 0)
+        half = CURVE_ROWS // 2
+        rows = sorted({*range(half), *range(len(curve) - half, len(curve)), best})
+    out = ["  curve      epoch  valid HR@10 NDCG@10   test HR@10 NDCG@10   wall s  (train s, "
+           "eval s)"]
+    prev = -1
+    for i in rows:
+        if i != prev + 1:
+            out.append("             ...")
+        c, prev = curve[i], i
+        mark = "*" if c["epoch"] == r.get("best_epoch") else " "
+        out.append(f"           {mark}{c['epoch']:5d}        {c['valid']['hr@10']:.4f}  "
+                   f"{c['valid']['ndcg@10']:.4f}       {c['test']['hr@10']:.4f}  "
+                   f"{c['test']['ndcg@10']:.4f}  {c['wall_s']:7.1f}  ({c['train_s']:.1f}, "
+                   f"{c['eval_s']:.1f})")
+    return out
+
+
+def _format_stop(r: dict) -> str | None:
+    notes = []
+    if r.get("early_stopped_epoch"):
+        notes.append(f"early stop at epoch {r['early_stopped_epoch']} (patience "
+                     f"{r['patience']} evaluations)")
+    target = r.get("target")
+    if target:
+        notes.append(f"target valid {target['metric']} >= {target['value']:g} "
+                     + (f"reached at epoch {target['reached_epoch']}" if target["reached_epoch"]
+                        else "not reached"))
+    return f"  stop       {'; '.join(notes)}" if notes else None
+
+
 def format_train_result(r: dict) -> str:
+    run = r.get("epochs_run", r["epochs"])
     head = (f"{r['framework']} ({r.get('compile', 'eager')}) {r['preset']} on {r['dataset']} "
-            f"({r['epochs']} epochs, "
+            f"({r['epochs']} epochs" + (f", {run} run" if run != r["epochs"] else "") + ", "
             f"{r['precision']}, {r['device']})")
     if r["status"] != "ok":
         return "\n".join([head, f"  status     {r['status']}: {r['reason']} "
                                 "(no metrics: they are undefined)", _format_speed(r)])
     t, p = r["test"], r["popularity"]["test"]
-    return "\n".join([
-        head,
-        _format_speed(r),
+    paper = r.get("paper_quality")
+    lines = [head, _format_speed(r)]
+    if "eval_s" in r:
+        n = len(r.get("curve") or [])
+        lines.append(f"  time       {r['wall_s']:.1f} s from the first step: training "
+                     f"{r['train_s']:.1f} s, {n} evaluation{'s' if n != 1 else ''} "
+                     f"{r['eval_s']:.1f} s; setup {r['setup_s']:.1f} s before it")
+    lines += format_curve(r)
+    if r.get("best_epoch") is not None and len(r.get("curve") or []) > 1:
+        lines.append(f"  best       epoch {r['best_epoch']} by valid {r['select']}: the valid "
+                     "and test figures below are that evaluation's")
+    stop = _format_stop(r)
+    lines += [stop] if stop else []
+    lines += [
         f"  valid      HR@10 {r['valid']['hr@10']:.4f}  NDCG@10 {r['valid']['ndcg@10']:.4f}",
-        f"  test       HR@10 {t['hr@10']:.4f}  NDCG@10 {t['ndcg@10']:.4f}"
+        f"  test       HR@10 {_with_paper(t, paper, 'hr@10')}  "
+        f"NDCG@10 {_with_paper(t, paper, 'ndcg@10')}"
         + (f"  AUC {t['auc']:.4f}  acc {t['accuracy']:.4f}  P {t['precision']:.4f}  "
            f"R {t['recall']:.4f}  F1 {t['f1']:.4f}" if "auc" in t else ""),
         f"  popularity HR@10 {p['hr@10']:.4f}  NDCG@10 {p['ndcg@10']:.4f}  "
         f"(most-popular baseline, same users and candidates)",
-        f"  protocol   {r['eval_protocol']} on {r['eval_users']} users (leave-one-out)",
-    ])
+        f"  protocol   {r['eval_protocol']} on {r['eval_users']} users (leave-one-out)"
+        + ("; paper: SASRec's reported figures on this dataset" if paper else ""),
+    ]
+    return "\n".join(lines)
 
 
 # --- parity ------------------------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""`recbench ttq`: time to quality, MLPerf Training style (bench/scenarios/ttq.py measures);
+its command, its text output and its parser (bench.cli registers it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.cli import EXIT_CHECK_FAILED, EXIT_OK, _err, _positive_int, _print_json
+
+
+def _target(text: str) -> tuple[str, float]:
+    from bench.scenarios.ttq import parse_target
+    from recmodels.errors import InputError
+
+    try:
+        return parse_target(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_ttq(args) -> int:
+    import os
+    from pathlib import Path
+
+    from bench import results as R
+    from bench.launch.locks import machine_lock
+    from bench.launch.runner import check_writable
+    from bench.machine.conditions import PointWindow
+    from bench.machine.envinfo import fingerprint
+    from bench.scenarios.ttq import TTQSpec, check, ttq
+    from recmodels.config import parse_overrides
+
+    metric, value = args.target
+    spec = TTQSpec(dataset=args.dataset, target=metric, target_value=value, runs=args.runs,
+                   max_epochs=args.max_epochs, eval_every=args.eval_every,
+                   framework=args.framework, preset=args.preset, precision=args.precision,
+                   device=args.device, compile=args.compile, batch_size=args.batch_size,
+                   lr=args.lr, seed=args.seed, overrides=parse_overrides(args.set or []))
+    checked = check(spec)  # options, device and dataset, before any output
+    env = fingerprint()
+    out = Path(args.out)
+    check_writable(out / R.safe_name(env["machine_id"]))  # a bad --out fails before training
+    run_id = R.make_run_id()
+    header = R.RunHeader(run_id=run_id, suite="ttq", started_at=R.iso_utc(), env=env,
+                         roofs={})
+    with machine_lock(), R.ResultsWriter.create(out, env["machine_id"], run_id,
+                                                header) as writer:
+        window = PointWindow(exclude=[os.getpid()])  # what else ran meanwhile (the load)
+        outcome = ttq(spec, checked=checked, progress=lambda m: _err(f"recbench ttq: {m}"))
+        conditions = window.close()
+        writer.write(R.TTQRecord.for_point(outcome.point, outcome.status, outcome.reason,
+                                           outcome.metrics, conditions=conditions))
+    if args.json:
+        _print_json({"results": str(writer.path), "status": outcome.status,
+                     "reason": outcome.reason, "point": outcome.point,
+                     "metrics": outcome.metrics, "conditions": conditions})
+    else:
+        print(format_ttq(outcome.point, outcome.status, outcome.reason, outcome.metrics))
+        print(format_conditions(conditions))
+        print(f"results: {writer.path}")
+    return EXIT_OK if outcome.status == "ok" else EXIT_CHECK_FAILED
+
+
+def _s(v: float | None, unit: str = " s") -> str:
+    return "-" if v is None else f"{v:.1f}{unit}"
+
+
+def format_ttq(p: dict, status: str, reason: str | None, m: dict) -> str:
+    paper = m.get("paper_quality") or {}
+    lines = [f"ttq {p['framework']} ({p['compile']}) {p['preset']} on {p['dataset']} "
+             f"({p['precision']}, {p['device']}): target valid {p['target']} >= "
+             f"{p['target_value']:g}, {p['runs']} run{'s' if p['runs'] != 1 else ''}, cap "
+             f"{p['max_epochs']} epochs, evaluation every {p['eval_every']}"]
+    for r in m["runs"]:
+        reached = r.get("reached") or {}
+        test = r.get("test") or {}
+        q = (f"; valid {p['target']} {reached[p['target']]:.4f}, test HR@10 "
+             f"{test['hr@10']:.4f}" + (f" (paper {paper['hr@10']:.4f})" if "hr@10" in paper
+                                       else "")
+             + f" NDCG@10 {test['ndcg@10']:.4f}"
+             + (f" (paper {paper['ndcg@10']:.4f})" if "ndcg@10" in paper else "")
+             if reached and test else "")
+        lines.append(f"  seed {r['seed']:<4d} {r['status']:16s} epoch {r['epochs']:>3d}  "
+                     f"{_s(r['wall_s'])} (training {_s(r['train_s'])}, evaluation "
+                     f"{_s(r['eval_s'])}; setup {_s(r['setup_s'])} before){q}")
+    if status != "ok":
+        lines.append(f"  status     {status}: {reason}")
+        return "\n".join(lines)
+    lines.append(f"  time to target  {_s(m['time_to_target_s'])}: {m['score_rule']}")
+    if m["train_share"] is not None:
+        other = 1 - m["train_share"] - m["eval_share"]
+        lines.append(f"  shares     training {m['train_share']:.0%}, evaluation "
+                     f"{m['eval_share']:.0%}, other {other:.0%} of the wall time (scored "
+                     f"runs); {m['epochs_to_target']:.1f} epochs to target; setup "
+                     f"{_s(m['setup_s'])} before the first step")
+    energy = m["energy_to_target_j"]
+    lines.append(f"  energy     {'-' if energy is None else f'{energy:,.0f} J to target'} "
+                 f"({m['energy_provenance']}" + (f": {m['energy_note']}" if m.get("energy_note")
+                                                 else "") + ")")
+    return "\n".join(lines)
+
+
+def format_conditions(c: dict) -> str:
+    """The machine's load over the whole measurement (bench.machine.conditions.PointWindow)."""
+    def avg(v):
+        return "-" if not v else f"{v[0]:.2f}"
+
+    others = c.get("others_cpu_cores")
+    busiest = ", ".join(f"{b['name']} {b['cpu_cores']:.2f}" for b in (c.get("busiest") or [])[:3]
+                        if b["cpu_cores"] >= 0.05)
+    return (f"  conditions load average (1 min) {avg(c.get('load_avg_before'))} before, "
+            f"{avg(c.get('load_avg_after'))} after; other processes used "
+            + ("-" if others is None else f"{others:.2f}") + " cores on average"
+            + (f" ({busiest})" if busiest else "")
+            + ("" if c.get("steal") is None else f"; CPU steal {c['steal']:.1%}"))
+
+
+def add_ttq_parser(sub) -> None:
+    from recmodels.config import PRESETS
+    from recmodels.train import COMPILE_MODES, DEVICES, FRAMEWORKS, PRECISIONS
+
+    s = sub.add_parser("ttq", help="time to a quality target over N seeded training runs "
+                                   "(MLPerf Training's score)")
+    s.add_argument("--dataset", required=True,
+                   help="synthetic | synthetic-games | a registry name | a 'user item' file")
+    s.add_argument("--target", type=_target, required=True, metavar="METRIC=X",
+                   help="validation target: hr@10=X or ndcg@10=X, 0 < X <= 1")
+    s.add_argument("--runs", type=_positive_int, default=5,
+                   help="seeded runs, seed, seed+1, ... (default 5, as MLPerf)")
+    s.add_argument("--max-epochs", type=_positive_int, metavar="E",
+                   help="the cap: a run that has not reached the target then did not "
+                        "converge (default 200 for registry datasets, as the paper; 30 else)")
+    s.add_argument("--eval-every", type=_positive_int, default=1, metavar="N",
+                   help="evaluate every N epochs (default 1)")
+    s.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    s.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    s.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (cuda:N ok)")
+    s.add_argument("--batch-size", type=_positive_int, default=128)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--compile", choices=COMPILE_MODES, default="eager", metavar="MODE",
+                   help="torch.compile mode (JAX always jits: eager only)")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a model config field, e.g. dropout=0.2")
+    s.add_argument("--seed", type=int, default=0, help="the first run's seed (default 0)")
+    s.add_argument("--out", default="results", help="results directory (default: results)")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    s.set_defaults(func=cmd_ttq)
