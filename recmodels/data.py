@@ -25,12 +25,14 @@ import hashlib
 import http.client
 import os
 import shlex
+import sys
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -46,31 +48,85 @@ from recmodels.formats import (
 
 # The formats are data's API too (``data.Interactions``, ``data.load_user_item`` ...).
 __all__ = ["GAMES_SHAPED", "REGISTRY", "SYNTHETIC", "SYNTHETIC_DEFAULT", "DatasetSpec",
-           "Interactions", "cache_dir", "cache_path", "convert_movielens", "fetch", "get_spec",
-           "load", "load_user_item", "save_user_item", "sha256_file", "synthetic"]
+           "Interactions", "cache_dir", "cache_path", "check_stats", "convert_movielens", "fetch",
+           "get_spec", "load", "load_user_item", "save_user_item", "sha256_file", "sha256_path",
+           "sha256_seen", "synthetic"]
 
 # ---------------------------------------------------------------------------------------------
 # Registry and download cache
 
 
+_SASREC = "https://raw.githubusercontent.com/kang205/SASRec/master/data/"
+# The paper: Kang & McAuley, Self-Attentive Sequential Recommendation, ICDM 2018
+# (https://arxiv.org/abs/1808.09781). Table II gives the statistics, Table III the quality
+# (HR@10, NDCG@10 against 100 sampled negatives, leave-one-out); its implementation details
+# give the settings (maxlen 200 and dropout 0.2 for ML-1M, maxlen 50 and dropout 0.5 otherwise).
+_PAPER = ("Kang & McAuley, Self-Attentive Sequential Recommendation, ICDM 2018 "
+          "(statistics: Table II; HR@10 / NDCG@10 with 100 sampled negatives: Table III)")
+_PAPER_QUALITY_NOTE = "HR@10 / NDCG@10, leave-one-out, 100 sampled negatives (SASRec Table III)"
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A registered dataset: where it comes from, how to verify it, what the paper reached.
+
+    ``sha256`` / ``size_bytes`` are the file's digest (hex) and size in bytes, or None where they
+    are not known (the file was never downloaded on a machine that registered it). A download
+    of such an entry is verified by its statistics instead (``check_stats``): ``users`` and
+    ``items`` exactly, ``actions`` within ``actions ± actions_tolerance`` (the paper's rounding:
+    "~1.0M" is 1,000,000 ± 50,000). ``paper_quality`` holds the paper's figures, keys "hr@10"
+    and "ndcg@10" ({} if none); ``settings`` the GenRecConfig overrides the paper used for it
+    (keys "seq_len", "dropout"; {} if none).
+    """
+
     name: str  # registry key; also the cache file's stem
     url: str  # where fetch() downloads it from
-    sha256: str  # hex digest of the file at url
-    size_bytes: int  # size of the file at url
+    sha256: str | None  # hex digest of the file at url; None: not known, statistics checked
+    size_bytes: int | None  # size of the file at url in bytes; None: not known
     users: int  # expected statistics after load()
     items: int
     actions: int
     format: str  # "user-item" (SASRec's "user item" lines) or "movielens" (raw ratings file)
     description: str
     citation: str
+    paper_quality: dict[str, float] = field(default_factory=dict)  # "hr@10", "ndcg@10"
+    settings: dict[str, Any] = field(default_factory=dict)  # "seq_len", "dropout"
+    actions_tolerance: int = 0  # actions are known to ± this (the paper's rounding); 0: exact
+
+    @property
+    def actions_range(self) -> tuple[int, int]:
+        """The interval (inclusive) of action counts the registered figure allows."""
+        return self.actions - self.actions_tolerance, self.actions + self.actions_tolerance
+
+    @property
+    def actions_label(self) -> str:
+        """The action count as the paper gives it: "287,107", or "~1.0M" where rounded."""
+        if not self.actions_tolerance:
+            return f"{self.actions:,}"
+        return f"~{self.actions / 1e6:.1f}M" if self.actions >= 100_000 else f"~{self.actions:,}"
+
+
+def _sasrec(name: str, file: str, users: int, items: int, actions_m: float, hr: float,
+            ndcg: float, seq_len: int, dropout: float, what: str, source: str) -> DatasetSpec:
+    """An entry for one of the SASRec repository's data/*.txt files without a known checksum:
+    actions as the paper rounds them (to 0.1M, so ± 50,000)."""
+    return DatasetSpec(
+        name=name, url=_SASREC + file, sha256=None, size_bytes=None, users=users, items=items,
+        actions=round(actions_m * 1_000_000), actions_tolerance=50_000, format="user-item",
+        description=f"{what}, as preprocessed for SASRec (data/{file} of github.com/kang205/"
+        f"SASRec); paper statistics {users:,} users / {items:,} items / ~{actions_m:.1f}M "
+        f"actions; paper {_PAPER_QUALITY_NOTE}: {hr:.4f} / {ndcg:.4f} with maxlen {seq_len}, "
+        f"dropout {dropout}",
+        citation=f"{_PAPER}; {source}",
+        paper_quality={"hr@10": hr, "ndcg@10": ndcg},
+        settings={"seq_len": seq_len, "dropout": dropout},
+    )
 
 
 REGISTRY: dict[str, DatasetSpec] = {
     "games": DatasetSpec(
         name="games",
-        url="https://raw.githubusercontent.com/kang205/SASRec/master/data/Video.txt",
+        url=_SASREC + "Video.txt",
         sha256="b7376fe24430743f411dc7f567285657b2adb3f74361cc7ba0aee94f3024b651",
         size_bytes=3_187_124,
         users=31_013,
@@ -78,10 +134,23 @@ REGISTRY: dict[str, DatasetSpec] = {
         actions=287_107,
         format="user-item",
         description="Amazon Video Games reviews as item sequences, as preprocessed for SASRec "
-        "(the paper reports HR@10 0.7410, NDCG@10 0.5360 with 100 sampled negatives)",
-        citation="Kang & McAuley, Self-Attentive Sequential Recommendation, ICDM 2018; "
-        "McAuley et al., Image-based Recommendations on Styles and Substitutes, SIGIR 2015",
+        f"(data/Video.txt of github.com/kang205/SASRec); paper {_PAPER_QUALITY_NOTE}: "
+        "0.7410 / 0.5360 with maxlen 50, dropout 0.5",
+        citation=f"{_PAPER}; McAuley et al., Image-based Recommendations on Styles and "
+        "Substitutes, SIGIR 2015",
+        paper_quality={"hr@10": 0.7410, "ndcg@10": 0.5360},
+        settings={"seq_len": 50, "dropout": 0.5},
     ),
+    "ml-1m": _sasrec("ml-1m", "ml-1m.txt", 6_040, 3_416, 1.0, 0.8245, 0.5905, 200, 0.2,
+                     "MovieLens 1M ratings as item sequences",
+                     "Harper & Konstan, The MovieLens Datasets, ACM TiiS 2015"),
+    "beauty": _sasrec("beauty", "Beauty.txt", 52_024, 57_289, 0.4, 0.4854, 0.3219, 50, 0.5,
+                      "Amazon Beauty reviews as item sequences",
+                      "McAuley et al., Image-based Recommendations on Styles and Substitutes, "
+                      "SIGIR 2015"),
+    "steam": _sasrec("steam", "Steam.txt", 334_730, 13_047, 3.7, 0.8729, 0.6306, 50, 0.5,
+                     "Steam game reviews as item sequences",
+                     "Kang & McAuley 2018 (the Steam reviews were collected for SASRec)"),
 }
 
 ProgressFn = Callable[[int, int], None]
@@ -111,6 +180,7 @@ def cache_path(name_or_spec: str | DatasetSpec, *, cache: Path | str | None = No
 
 
 def sha256_file(path: Path) -> str:
+    """The hex sha256 digest of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -118,23 +188,113 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_path(name_or_spec: str | DatasetSpec, *, cache: Path | str | None = None) -> Path:
+    """Where the sha256 seen for an entry without a registered checksum is recorded, next to
+    the file: <cache>/<name>.sha256, in ``sha256sum`` format ("<hex>  <file name>")."""
+    spec = get_spec(name_or_spec)
+    return cache_path(spec, cache=cache).with_name(f"{spec.name}.sha256")
+
+
+def sha256_seen(name_or_spec: str | DatasetSpec, *, cache: Path | str | None = None) -> str | None:
+    """The sha256 (hex) recorded when the cached file last passed the statistics check, or None
+    (never verified, or a sidecar that is not a sha256 line). It describes the file as it was
+    then: load() and fetch() compare it with the file's digest before trusting it."""
+    try:
+        text = sha256_path(name_or_spec, cache=cache).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    digest = text.split()[0].lower() if text.split() else ""
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
+
+
+def check_stats(spec: DatasetSpec, data: Interactions, *, source: str, fix: str) -> None:
+    """Raise InputError unless ``data`` has the entry's statistics: users and items exactly,
+    actions within ``spec.actions_range``. The message is one line: the dataset, ``source``
+    (what was checked), each mismatching figure expected vs got, then ``fix``."""
+    lo, hi = spec.actions_range
+    bad = [f"{what} expected {want:,}, got {got:,}"
+           for what, want, got in (("users", spec.users, data.n_users),
+                                   ("items", spec.items, data.n_items)) if want != got]
+    if not lo <= data.n_actions <= hi:
+        want = (f"{lo:,}..{hi:,} (the paper's {spec.actions_label})" if spec.actions_tolerance
+                else f"{spec.actions:,}")
+        bad.append(f"actions expected {want}, got {data.n_actions:,}")
+    if bad:
+        raise InputError(f"dataset {spec.name!r}: {source} does not have the statistics "
+                         f"registered for it (no checksum is registered, so they are checked): "
+                         f"{'; '.join(bad)}; {fix}")
+
+
+def _read(spec: DatasetSpec, path: Path) -> Interactions:
+    data = load_user_item(path) if spec.format == "user-item" else convert_movielens(path)
+    data.name = spec.name
+    return data
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _record_seen(spec: DatasetSpec, path: Path, digest: str, log: Callable[[str], None]) -> None:
+    """Write the sidecar (atomically) and say the file was verified by its statistics."""
+    side = path.with_name(f"{spec.name}.sha256")
+    what = (f"dataset {spec.name!r}: no checksum is registered, so {path} was verified by its "
+            f"statistics ({spec.users:,} users, {spec.items:,} items, {spec.actions_label} "
+            f"actions, as the paper gives them); sha256 seen {digest}")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".part", dir=side.parent)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(f"{digest}  {path.name}\n")
+        os.replace(tmp, side)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        log(f"{what} (not recorded: cannot write {side}: {e.strerror})")
+        return
+    log(f"{what}, recorded in {side}")
+
+
 def fetch(
     name_or_spec: str | DatasetSpec,
     *,
     cache: Path | str | None = None,
     progress: ProgressFn | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Download a registered dataset once and verify it; return its path in the cache.
 
-    A cached file whose sha256 matches is used as is. Otherwise the download streams into a
-    temporary file in the cache directory, is checked against the registry's size and sha256,
-    and only then renamed over the destination, so a failed or corrupt download never replaces
-    a previous file. ``progress(bytes_done, bytes_total)`` is called after every chunk.
+    The download streams into a temporary file in the cache directory, is verified, and only
+    then renamed over the destination, so a failed, corrupt or wrong download never replaces a
+    previous file and is not kept. Verified means: the registry's sha256 and size where the
+    entry has them; otherwise (``sha256`` None) the file's statistics (``check_stats``), after
+    which the sha256 seen is recorded in ``sha256_path`` and ``log`` (default: stderr) says the
+    file was verified by statistics. A cached file is used as is when its sha256 matches the
+    registry's, or, without one, the sha256 recorded when it passed the statistics check; an
+    unverified cached file (e.g. placed by hand) is checked the same way, and downloaded again
+    if it fails. ``progress(bytes_done, bytes_total)`` is called after every chunk (total 0
+    where neither the server nor the registry gives a size).
+
+    Raises InputError (one line) when the server cannot be reached, or when the download's
+    sha256 / size / statistics are not the registered ones (each figure expected vs got).
     """
     spec = get_spec(name_or_spec)
+    log = log or _stderr
     dest = cache_path(spec, cache=cache)
-    if dest.is_file() and sha256_file(dest) == spec.sha256:
-        return dest
+    if dest.is_file():
+        digest = sha256_file(dest)
+        if spec.sha256 is not None and digest == spec.sha256:
+            return dest
+        if spec.sha256 is None and digest == sha256_seen(spec, cache=cache):
+            return dest
+        if spec.sha256 is None:  # placed by hand, or verified before the file changed
+            try:
+                check_stats(spec, _read(spec, dest), source=str(dest), fix="downloading again")
+            except InputError as e:
+                log(str(e))
+            else:
+                _record_seen(spec, dest, digest, log)
+                return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -143,7 +303,7 @@ def fetch(
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(spec.url, timeout=60) as resp:
-                    total = int(resp.headers.get("Content-Length") or spec.size_bytes)
+                    total = int(resp.headers.get("Content-Length") or spec.size_bytes or 0)
                     while chunk := resp.read(1 << 16):
                         out.write(chunk)
                         h.update(chunk)
@@ -161,25 +321,52 @@ def fetch(
                     f"the file by hand and place it at {dest}"
                 ) from None
         actual = h.hexdigest()
-        if actual != spec.sha256 or done != spec.size_bytes:
+        if spec.sha256 is not None and (actual != spec.sha256 or done != spec.size_bytes):
+            size = f"{spec.size_bytes} bytes" if spec.size_bytes is not None else "size unknown"
             raise InputError(
                 f"download of {spec.url} is corrupt or changed upstream: expected sha256 "
-                f"{spec.sha256} ({spec.size_bytes} bytes), got {actual} ({done} bytes); retry, "
+                f"{spec.sha256} ({size}), got {actual} ({done} bytes); retry, "
                 f"or place a verified copy at {dest}"
             )
+        if spec.sha256 is None:
+            fix = (f"the download (sha256 {actual}, {done:,} bytes) was not kept; check that "
+                   f"{spec.url} is the paper's file (it may have changed upstream), or place a "
+                   f"copy with these statistics at {dest}")
+            if spec.size_bytes is not None and done != spec.size_bytes:
+                raise InputError(f"dataset {spec.name!r}: download of {spec.url} has "
+                                 f"{done:,} bytes, expected {spec.size_bytes:,}; {fix}")
+            try:
+                data = _read(spec, tmp)
+            except InputError as e:
+                raise InputError(f"dataset {spec.name!r}: download of {spec.url} is not a "
+                                 f"readable {spec.format} file ({e}); {fix}") from None
+            check_stats(spec, data, source=f"download of {spec.url}", fix=fix)
         os.replace(tmp, dest)  # atomic within one directory
     finally:
         tmp.unlink(missing_ok=True)
+    if spec.sha256 is None:
+        _record_seen(spec, dest, actual, log)
     return dest
 
 
-def load(name_or_path: str | os.PathLike, *, cache: Path | str | None = None) -> Interactions:
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    cache: Path | str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Interactions:
     """A dataset by registry name (from the cache), synthetic name, or file path.
 
     ``"synthetic"`` and ``"synthetic-games"`` build ``synthetic(**SYNTHETIC_DEFAULT)`` and
     ``synthetic(**GAMES_SHAPED)``. A path is sniffed: a zip, or a first line with ``::``, ``,``
     or four fields, is a MovieLens ratings file (see convert_movielens); anything else is
     SASRec's ``user item`` format.
+
+    A registry name must be fetched (or its file placed at ``cache_path``). An entry with a
+    sha256 is checked against it; one without has its statistics checked on every load (free:
+    the file is parsed anyway), and the first time a file passes, its sha256 is recorded next
+    to it and ``log`` (default: stderr) says it was verified by statistics. Raises InputError
+    (one line) for a missing file, a wrong sha256, or wrong statistics (each expected vs got).
     """
     key = os.fspath(name_or_path)
     if key in SYNTHETIC:
@@ -190,11 +377,16 @@ def load(name_or_path: str | os.PathLike, *, cache: Path | str | None = None) ->
         if not path.is_file():
             raise InputError(f"dataset {key!r} is not downloaded (expected at {path}); "
                              f"run `{fetch_cmd}`")
-        if sha256_file(path) != spec.sha256:
+        digest = sha256_file(path)
+        if spec.sha256 is not None and digest != spec.sha256:
             raise InputError(f"{path} does not match the registry's sha256 for {key!r}; "
                              f"delete it and run `{fetch_cmd}`")
-        data = load_user_item(path) if spec.format == "user-item" else convert_movielens(path)
-        data.name = spec.name
+        data = _read(spec, path)
+        if spec.sha256 is None:
+            check_stats(spec, data, source=str(path),
+                        fix=f"delete or replace that file, then run `{fetch_cmd}`")
+            if sha256_seen(spec, cache=cache) != digest:
+                _record_seen(spec, path, digest, log or _stderr)
         return data
     path = Path(key)
     if not path.is_file():

@@ -24,7 +24,7 @@ def test_env_json_is_one_object(capsys):
 def test_data_list_and_info(capsys):
     assert main(["data", "list", "--json"]) == 0
     listing = _json(capsys)
-    assert [r["name"] for r in listing["registry"]] == ["games"]
+    assert [r["name"] for r in listing["registry"]] == ["games", "ml-1m", "beauty", "steam"]
     assert listing["registry"][0]["actions"] == 287_107
     assert main(["data", "info", "synthetic", "--json"]) == 0
     assert _json(capsys)["users"] == 6000

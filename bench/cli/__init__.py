@@ -15,7 +15,6 @@ import os
 import shlex
 import sys
 import warnings
-from collections.abc import Callable
 
 from bench.launch.signals import exit_code, stop_signals_as_interrupt
 from recmodels.config import human, human_bytes
@@ -82,65 +81,6 @@ def cmd_parity(args) -> int:
     else:
         print("parity ok" if ok else "parity FAILED")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
-
-
-# --- data --------------------------------------------------------------------------------
-
-
-def cmd_data(args) -> int:
-    from recmodels import data as D
-
-    if args.action == "list":
-        rows = []
-        for spec in D.REGISTRY.values():
-            cached = D.cache_path(spec).exists()
-            rows.append({"name": spec.name, "users": spec.users, "items": spec.items,
-                         "actions": spec.actions, "cached": cached,
-                         "path": str(D.cache_path(spec)), "url": spec.url,
-                         "description": spec.description})
-        synth = [{"name": n, **{k: v for k, v in kw.items() if k != "name"}}
-                 for n, kw in D.SYNTHETIC.items()]
-        if args.json:
-            _print_json({"registry": rows, "synthetic": synth, "cache_dir": str(D.cache_dir())})
-            return EXIT_OK
-        print(f"cache: {D.cache_dir()}")
-        for r in rows:
-            print(f"  {r['name']:10s} {r['users']:>8,} users {r['items']:>8,} items "
-                  f"{r['actions']:>10,} actions  {'cached' if r['cached'] else 'not fetched'}"
-                  f"  {r['description']}")
-        for s in synth:
-            print(f"  {s['name']:10s} generated: {s['n_users']:,} users, {s['n_items']:,} items, "
-                  f"mean length {s['mean_len']:.1f}")
-        return EXIT_OK
-    if args.action == "fetch":
-        if not args.name:
-            raise InputError("recbench data fetch needs a dataset name: see recbench data list")
-        progress = _download_bar() if sys.stderr.isatty() else None
-        path = D.fetch(args.name, progress=progress)
-        print(path)
-        return EXIT_OK
-    if not args.name:
-        raise InputError("recbench data info needs a dataset name or path")
-    stats = D.load(args.name).stats()
-    if args.json:
-        _print_json(stats)
-    else:
-        for k, v in stats.items():
-            print(f"{k:12s} {v:,}" if isinstance(v, int) else f"{k:12s} {v:.4g}")
-    return EXIT_OK
-
-
-def _download_bar() -> Callable[[int, int], None]:
-    from tqdm import tqdm
-
-    bar = tqdm(unit="B", unit_scale=True, file=sys.stderr)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total or None
-        bar.n = done
-        bar.refresh()
-
-    return update
 
 
 # --- env and run -------------------------------------------------------------------------
@@ -410,11 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_parity)
 
-    d = sub.add_parser("data", help="list, fetch and inspect datasets")
-    d.add_argument("action", choices=("list", "fetch", "info"))
-    d.add_argument("name", nargs="?", help="registry name, synthetic name, or a file path")
-    d.add_argument("--json", action="store_true")
-    d.set_defaults(func=cmd_data)
+    from bench.cli.data import add_data_parser  # the data command lives beside this
+
+    add_data_parser(sub)
 
     e = sub.add_parser("env", help="environment fingerprint and measured roofs")
     e.add_argument("--no-roofs", action="store_true", help="skip the GEMM/bandwidth measurement")

@@ -136,7 +136,7 @@ def test_load_names_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         D.load("nope")
     with pytest.raises(InputError, match="recbench data fetch games"):
         D.load("games", cache=tmp_path)
-    with pytest.raises(InputError, match="known datasets: games"):
+    with pytest.raises(InputError, match="known datasets: beauty, games, ml-1m, steam"):
         D.fetch("nope")
     payload = b"1 1\n1 2\n2 2\n"
     spec = D.DatasetSpec("tiny", "http://127.0.0.1:9/tiny.txt", hashlib.sha256(payload)

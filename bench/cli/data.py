@@ -1,0 +1,118 @@
+"""`recbench data`: list, fetch and inspect datasets; its command and its parser (bench.cli
+registers it). The registry, the cache and the checks are recmodels/data.py's."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from bench.cli import EXIT_OK, _err, _print_json
+from recmodels.errors import InputError
+
+PAPER_NOTE = (
+    "paper: Kang & McAuley, SASRec, ICDM 2018 (statistics: Table II; HR@10 / NDCG@10: Table III,\n"
+    "       leave-one-out, 100 sampled negatives). No checksum: the file's statistics are checked\n"
+    "       on fetch and load, and the sha256 seen is recorded. URLs and descriptions: --json")
+
+
+def registry_rows() -> list[dict]:
+    """One JSON-ready row per registry dataset: statistics (the paper's; actions as an interval
+    where the paper rounds them), paper quality and settings, checksum state, cache state."""
+    from recmodels import data as D
+
+    rows = []
+    for spec in D.REGISTRY.values():
+        path = D.cache_path(spec)
+        cached = path.is_file()
+        lo, hi = spec.actions_range
+        rows.append({
+            "name": spec.name, "users": spec.users, "items": spec.items,
+            "actions": spec.actions, "actions_min": lo, "actions_max": hi,
+            "actions_label": spec.actions_label,
+            "paper_quality": dict(spec.paper_quality), "settings": dict(spec.settings),
+            "checksum": "registered" if spec.sha256 else "none",
+            "sha256": spec.sha256, "size_bytes": spec.size_bytes,
+            # the digest recorded when the cached file passed the statistics check
+            "sha256_seen": D.sha256_seen(spec) if cached and spec.sha256 is None else None,
+            "cached": cached, "path": str(path), "url": spec.url,
+            "description": spec.description, "citation": spec.citation,
+        })
+    return rows
+
+
+def _state(r: dict) -> str:
+    """Cache and checksum state, for the text table."""
+    if r["checksum"] == "registered":
+        return f"{'cached' if r['cached'] else 'not fetched'}, sha256 registered"
+    if not r["cached"]:
+        return "not fetched, no checksum"
+    if r["sha256_seen"]:
+        return f"cached, sha256 seen {r['sha256_seen'][:12]}…"
+    return "cached, not yet verified (no checksum)"
+
+
+def _paper_line(r: dict) -> str:
+    q, s = r["paper_quality"], r["settings"]
+    quality = (f"paper: HR@10 {q['hr@10']:.4f}  NDCG@10 {q['ndcg@10']:.4f}"
+               if {"hr@10", "ndcg@10"} <= q.keys() else "no paper figures")
+    settings = ", ".join(f"{k} {v}" for k, v in s.items())
+    return f"{quality}{f' at {settings}' if settings else ''}"
+
+
+def cmd_data(args) -> int:
+    from recmodels import data as D
+
+    if args.action == "list":
+        rows = registry_rows()
+        synth = [{"name": n, **{k: v for k, v in kw.items() if k != "name"}}
+                 for n, kw in D.SYNTHETIC.items()]
+        if args.json:
+            _print_json({"registry": rows, "synthetic": synth, "cache_dir": str(D.cache_dir())})
+            return EXIT_OK
+        print(f"cache: {D.cache_dir()}")
+        for r in rows:
+            print(f"  {r['name']:8s} {r['users']:>8,} users {r['items']:>7,} items "
+                  f"{r['actions_label']:>8s} actions  {_state(r)}")
+            print(f"  {'':8s} {_paper_line(r)}")
+        for s in synth:
+            print(f"  {s['name']:8s} generated: {s['n_users']:,} users, {s['n_items']:,} items, "
+                  f"mean length {s['mean_len']:.1f}")
+        print(PAPER_NOTE)
+        return EXIT_OK
+    if args.action == "fetch":
+        if not args.name:
+            raise InputError("recbench data fetch needs a dataset name: see recbench data list")
+        progress = _download_bar() if sys.stderr.isatty() else None
+        path = D.fetch(args.name, progress=progress, log=_err)
+        print(path)
+        return EXIT_OK
+    if not args.name:
+        raise InputError("recbench data info needs a dataset name or path")
+    stats = D.load(args.name, log=_err).stats()
+    if args.json:
+        _print_json(stats)
+    else:
+        for k, v in stats.items():
+            print(f"{k:12s} {v:,}" if isinstance(v, int) else f"{k:12s} {v:.4g}")
+    return EXIT_OK
+
+
+def _download_bar() -> Callable[[int, int], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+def add_data_parser(sub) -> None:
+    d = sub.add_parser("data", help="list, fetch and inspect datasets")
+    d.add_argument("action", choices=("list", "fetch", "info"))
+    d.add_argument("name", nargs="?", help="registry name, synthetic name, or a file path")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data)

@@ -1,0 +1,255 @@
+"""The SASRec registry entries without a checksum: statistics verified on fetch and load, the
+sha256 seen recorded, wrong files refused (library, in-process CLI and `python -m bench`).
+Files are generated here; downloads come from a loopback server (tests/recmodels/test_data.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from recmodels import data as D
+from recmodels.errors import InputError
+from tests.recmodels.test_data import _Server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
+    """A loopback HTTP server; test_data.py's, with the proxies out of the way."""
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    s = _Server()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def _sasrec_file(users: int, items: int, per_user: int) -> bytes:
+    """SASRec 'user item' lines: users 1..users with per_user actions each, every item 1..items
+    used at least once (needs users * per_user >= items)."""
+    assert users * per_user >= items
+    lines = [f"{u} {(u * per_user + k) % items + 1}"
+             for u in range(1, users + 1) for k in range(per_user)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _spec(url: str, users: int, items: int, actions: int, tolerance: int = 0) -> D.DatasetSpec:
+    return D.DatasetSpec("toy", url, None, None, users=users, items=items, actions=actions,
+                         format="user-item", description="toy", citation="none",
+                         paper_quality={"hr@10": 0.5, "ndcg@10": 0.25},
+                         settings={"seq_len": 7, "dropout": 0.3}, actions_tolerance=tolerance)
+
+
+GOOD = _sasrec_file(3, 4, 4)  # 3 users, 4 items, 12 actions
+
+
+def test_registry_holds_the_sasrec_papers_figures() -> None:
+    g, m, b, s = (D.REGISTRY[n] for n in ("games", "ml-1m", "beauty", "steam"))
+    assert g.sha256 == "b7376fe24430743f411dc7f567285657b2adb3f74361cc7ba0aee94f3024b651"
+    assert (g.size_bytes, g.users, g.items, g.actions_range) == (
+        3_187_124, 31_013, 23_715, (287_107, 287_107))
+    assert g.paper_quality == {"hr@10": 0.7410, "ndcg@10": 0.5360}
+    assert g.settings == {"seq_len": 50, "dropout": 0.5} and g.actions_label == "287,107"
+    assert (m.users, m.items, m.actions_range, m.actions_label) == (
+        6_040, 3_416, (950_000, 1_050_000), "~1.0M")
+    assert m.paper_quality == {"hr@10": 0.8245, "ndcg@10": 0.5905}
+    assert m.settings == {"seq_len": 200, "dropout": 0.2}
+    assert (b.users, b.items, b.actions_range) == (52_024, 57_289, (350_000, 450_000))
+    assert b.paper_quality == {"hr@10": 0.4854, "ndcg@10": 0.3219}
+    assert (s.users, s.items, s.actions_range) == (334_730, 13_047, (3_650_000, 3_750_000))
+    assert s.paper_quality == {"hr@10": 0.8729, "ndcg@10": 0.6306}
+    for spec, file in ((m, "ml-1m.txt"), (b, "Beauty.txt"), (s, "Steam.txt")):
+        assert spec.url == f"https://raw.githubusercontent.com/kang205/SASRec/master/data/{file}"
+        assert spec.sha256 is None and spec.size_bytes is None
+        assert "Kang & McAuley" in spec.citation and "Table III" in spec.citation
+        if spec is not m:
+            assert spec.settings == {"seq_len": 50, "dropout": 0.5}
+
+
+def test_check_stats_interval_is_inclusive(tmp_path: Path) -> None:
+    files = {}
+    for per_user in (3, 4, 5):  # 9, 12, 15 actions
+        files[per_user] = tmp_path / f"{per_user}.txt"
+        files[per_user].write_bytes(_sasrec_file(3, 4, per_user))
+    for actions, accepted in ((13, (4,)), (14, (5,))):  # 12..14 and 13..15 (± 1)
+        spec = _spec("http://unused/toy.txt", 3, 4, actions=actions, tolerance=1)
+        for per_user, path in files.items():
+            data = D.load_user_item(path)
+            if per_user in accepted:
+                D.check_stats(spec, data, source="x", fix="y")
+                continue
+            with pytest.raises(InputError, match=rf"actions expected {actions - 1}\.\.{actions + 1}"
+                               rf" \(the paper's ~{actions}\), got {3 * per_user}; y$"):
+                D.check_stats(spec, data, source="x", fix="y")
+    exact = _spec("http://unused/toy.txt", 3, 4, actions=13)
+    with pytest.raises(InputError, match=r"\): actions expected 13, got 12; y$"):
+        D.check_stats(exact, D.load_user_item(files[4]), source="x", fix="y")
+
+
+def test_fetch_without_checksum_verifies_statistics_and_records_sha(
+        server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files["/toy.txt"] = GOOD
+    spec = _spec(server.url + "/toy.txt", 3, 4, actions=10, tolerance=5)  # 12 in 5..15
+    logs: list[str] = []
+    path = D.fetch(spec, cache=tmp_path, log=logs.append)
+    digest = hashlib.sha256(GOOD).hexdigest()
+    assert path == tmp_path / "toy.txt" and path.read_bytes() == GOOD
+    assert (tmp_path / "toy.sha256").read_text() == f"{digest}  toy.txt\n"
+    assert D.sha256_seen(spec, cache=tmp_path) == digest
+    (line,) = logs
+    assert "no checksum is registered" in line and "verified by its statistics" in line
+    assert f"sha256 seen {digest}" in line and "3 users, 4 items, ~10 actions" in line
+    assert D.fetch(spec, cache=tmp_path, log=logs.append) == path  # cached: no request, no log
+    assert server.hits == 1 and len(logs) == 1
+    monkeypatch.setitem(D.REGISTRY, "toy", spec)
+    data = D.load("toy", cache=tmp_path, log=logs.append)
+    assert (data.name, data.n_users, data.n_items, data.n_actions) == ("toy", 3, 4, 12)
+    assert len(logs) == 1  # already verified: nothing to say
+
+
+def test_fetch_wrong_statistics_is_refused_and_not_kept(server: _Server, tmp_path: Path) -> None:
+    server.files["/toy.txt"] = GOOD  # 3 users, 4 items, 12 actions
+    spec = _spec(server.url + "/toy.txt", users=5, items=4, actions=100, tolerance=50)
+    sent = hashlib.sha256(GOOD).hexdigest()
+    with pytest.raises(InputError) as e:
+        D.fetch(spec, cache=tmp_path, log=lambda s: None)
+    msg = str(e.value)
+    assert msg.startswith(f"dataset 'toy': download of {spec.url} does not have the statistics")
+    assert "users expected 5, got 3; actions expected 50..150 (the paper's ~100), got 12;" in msg
+    assert "items expected" not in msg and f"(sha256 {sent}, {len(GOOD)} bytes) was not kept" in msg
+    assert f"place a copy with these statistics at {tmp_path / 'toy.txt'}" in msg
+    assert "\n" not in msg and list(tmp_path.iterdir()) == []
+    # A file already in the cache is not replaced by a download that fails the check.
+    (tmp_path / "toy.txt").write_bytes(b"old copy\n")
+    logs: list[str] = []
+    with pytest.raises(InputError, match="users expected 5, got 3"):
+        D.fetch(spec, cache=tmp_path, log=logs.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.txt"]
+    assert (tmp_path / "toy.txt").read_bytes() == b"old copy\n"
+    assert len(logs) == 1 and "old copy" in logs[0]  # why the cached file was not used
+
+
+def test_fetch_unreadable_download_is_refused(server: _Server, tmp_path: Path) -> None:
+    server.files["/toy.txt"] = b"<html>rate limited</html>\n"
+    spec = _spec(server.url + "/toy.txt", 3, 4, 12)
+    with pytest.raises(InputError, match=r"dataset 'toy': download of .* is not a readable "
+                                         r"user-item file \(.*expected '<user> <item>'.*\); "
+                                         r"the download .* was not kept"):
+        D.fetch(spec, cache=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_checks_a_hand_placed_file_before_downloading(server: _Server,
+                                                            tmp_path: Path) -> None:
+    spec = _spec(server.url + "/toy.txt", 3, 4, 12)  # the server has no file: a 404
+    (tmp_path / "toy.txt").write_bytes(GOOD)
+    logs: list[str] = []
+    assert D.fetch(spec, cache=tmp_path, log=logs.append) == tmp_path / "toy.txt"
+    assert server.hits == 0 and "verified by its statistics" in logs[0]
+    assert D.sha256_seen(spec, cache=tmp_path) == hashlib.sha256(GOOD).hexdigest()
+
+
+def test_load_checks_a_hand_placed_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec("http://127.0.0.1:9/toy.txt", 3, 4, 12)
+    monkeypatch.setitem(D.REGISTRY, "toy", spec)
+    (tmp_path / "toy.txt").write_bytes(_sasrec_file(2, 4, 6))  # 2 users, 4 items, 12 actions
+    logs: list[str] = []
+    with pytest.raises(InputError) as e:
+        D.load("toy", cache=tmp_path, log=logs.append)
+    assert str(e.value) == (
+        f"dataset 'toy': {tmp_path / 'toy.txt'} does not have the statistics registered for it "
+        "(no checksum is registered, so they are checked): users expected 3, got 2; delete or "
+        "replace that file, then run `recbench data fetch toy`")
+    assert logs == [] and not (tmp_path / "toy.sha256").exists()
+    (tmp_path / "toy.txt").write_bytes(GOOD)
+    assert D.load("toy", cache=tmp_path, log=logs.append).n_users == 3
+    assert len(logs) == 1 and "verified by its statistics" in logs[0]
+    assert D.sha256_seen("toy", cache=tmp_path) == hashlib.sha256(GOOD).hexdigest()
+    D.load("toy", cache=tmp_path, log=logs.append)
+    assert len(logs) == 1  # first load only
+    (tmp_path / "toy.txt").write_bytes(_sasrec_file(3, 3, 4))  # changed after it was verified
+    with pytest.raises(InputError, match="items expected 4, got 3"):
+        D.load("toy", cache=tmp_path)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_fetch_wrong_statistics_is_exit_2(server: _Server, tmp_path: Path, capsys,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files["/toy.txt"] = GOOD
+    monkeypatch.setenv("RECBENCH_CACHE", str(tmp_path))
+    monkeypatch.setitem(D.REGISTRY, "toy", _spec(server.url + "/toy.txt", 3, 5, 12))
+    assert main(["data", "fetch", "toy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("recbench data: error: dataset 'toy': download of ")
+    assert "items expected 5, got 4;" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+_RUN = ("import json, os, runpy, sys; from recmodels import data as D; "
+        "D.REGISTRY['toy'] = D.DatasetSpec(**json.loads(os.environ['TOY_SPEC'])); "
+        "sys.argv = ['bench', *sys.argv[1:]]; runpy.run_module('bench', run_name='__main__')")
+
+
+def _python_m_bench(args: list[str], spec: D.DatasetSpec, cache: Path):
+    """`python -m bench ARGS` with one more registry entry (a spec can't cross processes)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "all_proxy")}
+    env |= {"RECBENCH_CACHE": str(cache), "TOY_SPEC": json.dumps(spec.__dict__)}
+    return subprocess.run([sys.executable, "-c", _RUN, *args], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=ROOT)
+
+
+def test_python_m_bench_data_fetch(server: _Server, tmp_path: Path) -> None:
+    server.files["/toy.txt"] = GOOD
+    bad = _python_m_bench(["data", "fetch", "toy"],
+                          _spec(server.url + "/toy.txt", 4, 4, 100, tolerance=10), tmp_path)
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1
+    assert ("users expected 4, got 3; actions expected 90..110 (the paper's ~100), got 12;"
+            in bad.stderr)
+    assert list(tmp_path.iterdir()) == []
+    good = _python_m_bench(["data", "fetch", "toy"], _spec(server.url + "/toy.txt", 3, 4, 12),
+                           tmp_path)
+    assert good.returncode == 0 and good.stdout.strip() == str(tmp_path / "toy.txt")
+    assert "no checksum is registered" in good.stderr
+    assert "verified by its statistics" in good.stderr
+    assert (tmp_path / "toy.sha256").read_text().split()[0] == hashlib.sha256(GOOD).hexdigest()
+
+
+def test_cli_data_list_shows_paper_figures_and_sha_seen(server: _Server, tmp_path: Path, capsys,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECBENCH_CACHE", str(tmp_path))
+    server.files["/toy.txt"] = GOOD
+    spec = _spec(server.url + "/toy.txt", 3, 4, 12)
+    monkeypatch.setitem(D.REGISTRY, "toy", spec)
+    D.fetch("toy", log=lambda s: None)
+    digest = hashlib.sha256(GOOD).hexdigest()
+    assert main(["data", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["registry"]}
+    assert list(rows) == ["games", "ml-1m", "beauty", "steam", "toy"]
+    m = rows["ml-1m"]
+    assert (m["users"], m["items"], m["actions_min"], m["actions_max"]) == (
+        6_040, 3_416, 950_000, 1_050_000)
+    assert m["paper_quality"] == {"hr@10": 0.8245, "ndcg@10": 0.5905}
+    assert m["settings"] == {"seq_len": 200, "dropout": 0.2}
+    assert (m["checksum"], m["sha256"], m["sha256_seen"], m["cached"]) == (
+        "none", None, None, False)
+    assert rows["games"]["checksum"] == "registered" and rows["games"]["sha256"].startswith("b73")
+    assert rows["toy"]["sha256_seen"] == digest and rows["toy"]["cached"] is True
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "  ml-1m       6,040 users   3,416 items    ~1.0M actions  not fetched, no checksum\n" \
+           "           paper: HR@10 0.8245  NDCG@10 0.5905 at seq_len 200, dropout 0.2\n" in out
+    assert "paper: HR@10 0.8729  NDCG@10 0.6306 at seq_len 50, dropout 0.5" in out
+    assert "287,107 actions  not fetched, sha256 registered" in out
+    assert f"12 actions  cached, sha256 seen {digest[:12]}…" in out
+    assert max(len(line) for line in out.splitlines()[1:]) <= 100  # [0]: the cache dir
