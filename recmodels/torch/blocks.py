@@ -14,11 +14,14 @@ and (k, v) those of x's own positions, for the cache.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from recmodels.config import GenRecConfig
 
@@ -70,6 +73,106 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     else:
         keep = torch.rand(x.shape, device=x.device) >= p
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+
+
+# --- fp32 matmuls on CPU through oneDNN ----------------------------------------------------
+#
+# torch's CPU fp32 matmul is MKL's sgemm. On CPUs MKL does not tune for (e.g. AMD EPYC), it
+# runs its AVX2 kernels: 94-110 GFLOP/s a core on this project's 2-core EPYC, where oneDNN's
+# matmul (bundled with torch, the path of its bf16 CPU matmuls) reaches 235 and XLA's 178-218.
+# The projections and the FFN are ~80% of a small train step there, so the CPU fp32 Linear
+# layers (forward and both backward products) go through oneDNN's fp32 matmul: the same
+# products in fp32, another summation order (the parity tolerances hold; tested).
+# RECBENCH_ONEDNN_LINEAR=0 turns it off (torch's own F.linear).
+ONEDNN_ENV = "RECBENCH_ONEDNN_LINEAR"
+ONEDNN_MIN_ROWS = 64  # fewer rows (one decode step of a few requests) stay with F.linear
+# Smaller weights (tiny's d = 50) stay with F.linear too: there the call's fixed costs (the
+# autograd Function, padding rows, kernel look-up) outweigh the faster product; measured with
+# benchmarks/train_step.py, tiny-games ran 0.86x (1 thread) and 0.92x (2) through oneDNN.
+ONEDNN_MIN_WEIGHT = 128 * 128
+
+
+def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a [M, K] @ b[N, K]^T (+ bias [N]) -> [M, N] by oneDNN's fp32 matmul (strided views
+    are read in place: a transposed operand costs no copy)."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+@functools.cache
+def onednn_linear_available() -> bool:
+    """Whether this torch has oneDNN's linear op and it computes x @ w^T + b (checked once on
+    a small product), and RECBENCH_ONEDNN_LINEAR is not 0."""
+    if os.environ.get(ONEDNN_ENV, "1").strip() == "0" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        a, b, c, d = torch.randn(5, 3), torch.randn(4, 3), torch.randn(4), torch.randn(5, 4)
+        return bool(torch.allclose(_mm_t(a, b, c), a @ b.T + c, rtol=1e-5, atol=1e-5)
+                    and torch.allclose(_mm_t(d.T, a.T), d.T @ a, rtol=1e-5, atol=1e-5))
+    except (RuntimeError, AttributeError):  # a build without the op, or it refuses the call
+        return False
+
+
+def bucket_rows(m: int) -> int:
+    """The row count a oneDNN product of m rows runs at: m rounded up to a multiple of 64, or
+    of 1/32 of the power of two at or below m when that is larger (at most ~3% padding, <= 32
+    sizes an octave). oneDNN builds a kernel per shape (~0.5 ms for d=50, ~2 ms for 256x768
+    here, more than the product itself), and packed batches have a new token count at almost
+    every step; full windows (B x T, a multiple of 64 for T = 50, 200) run as they are."""
+    step = max(64, (1 << (max(m, 1).bit_length() - 1)) // 32)
+    return -(-m // step) * step
+
+
+def _pad_rows(a: torch.Tensor, m: int) -> torch.Tensor:
+    """[M, F] -> [m, F] with zero rows after a's (a itself when M == m)."""
+    if a.shape[0] == m:
+        return a
+    return torch.cat([a, a.new_zeros(m - a.shape[0], a.shape[1])])
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x w^T + b on [M, K] x [N, K] fp32 CPU tensors, each product by oneDNN at
+    bucket_rows(M) rows (zero rows added, their outputs dropped; zero rows of dy add nothing
+    to dw): dx = dy w, dw = dy^T x, db = sum_rows dy."""
+
+    @staticmethod
+    def forward(x, w, b):
+        return _mm_t(_pad_rows(x, bucket_rows(x.shape[0])), w, b)[: x.shape[0]]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b = inputs
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        m = x.shape[0]
+        rows = bucket_rows(m)
+        dyp = _pad_rows(dy, rows)
+        dx = _mm_t(dyp, w.T)[:m] if ctx.needs_input_grad[0] else None
+        dw = _mm_t(dyp.T, _pad_rows(x, rows).T) if ctx.needs_input_grad[1] else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for a Linear layer, [..., K] -> [..., N]. An fp32 nn.Linear on CPU in eager
+    mode (no autocast, no dispatch mode, no hooks on the layer), with at least ONEDNN_MIN_ROWS
+    rows and ONEDNN_MIN_WEIGHT weights, computes through oneDNN (see above). Anything else (a
+    quantised layer, torch.compile, CUDA, bf16, a few rows, a small layer) is the layer's own
+    forward."""
+    w = getattr(layer, "weight", None)
+    if (type(layer) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32
+            or type(w) is not nn.Parameter or w.dtype != torch.float32
+            or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
+            or is_in_torch_dispatch_mode()  # e.g. FlopCounterMode: it counts aten's ops
+            or layer._forward_hooks or layer._forward_pre_hooks
+            or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1] or w.numel() < ONEDNN_MIN_WEIGHT
+            or not onednn_linear_available()):
+        return layer(x)
+    y = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), w, layer.bias)
+    return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class Dropout(nn.Dropout):
@@ -146,17 +249,13 @@ class CausalSelfAttention(nn.Module):
                 packing: Packing | None = None):
         """x (and kv) [B, T, d], or [N, d] tokens with their packing -> (y like x, (k, v))."""
         d = x.shape[-1]
+        # packed: the projections run on the tokens, attention needs them in [B, T]
+        pad = (lambda z: z) if packing is None else packing.pad
         if self.reference:
-            q, kv = self.q(x), self.kv(kv)
+            q = pad(linear(self.q, x))
+            k, v = pad(linear(self.kv, kv)).split(d, dim=-1)
         else:
-            qkv = self.qkv(x)
-        if packing is not None:  # the projections ran on the tokens; attention needs [B, T]
-            q, kv = (packing.pad(q), packing.pad(kv)) if self.reference else (None, None)
-            qkv = None if self.reference else packing.pad(qkv)
-        if self.reference:
-            k, v = kv.split(d, dim=-1)
-        else:
-            q, k, v = qkv.split(d, dim=-1)
+            q, k, v = pad(linear(self.qkv, x)).split(d, dim=-1)
         b, t = q.shape[:2]
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
         keys, values = with_context(k, v, ctx)
@@ -165,7 +264,7 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, t, d)
         if packing is not None:
             y = packing.pack(y)
-        return (y if self.reference else self.proj(y)), (k, v)
+        return (y if self.reference else linear(self.proj, y)), (k, v)
 
 
 class FeedForward(nn.Module):
@@ -180,7 +279,7 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.act(self.fc1(x))))
+        return linear(self.fc2, self.drop(self.act(linear(self.fc1, x))))
 
 
 class SASRecBlock(nn.Module):
@@ -233,7 +332,7 @@ class HSTUBlock(nn.Module):
                 ctx: tuple[torch.Tensor, torch.Tensor] | None = None,
                 packing: Packing | None = None):
         d = x.shape[-1]
-        u, vqk = F.silu(self.uvqk(self.ln_in(x))).split((d, 3 * d), dim=-1)
+        u, vqk = F.silu(linear(self.uvqk, self.ln_in(x))).split((d, 3 * d), dim=-1)
         if packing is not None:  # U stays per token; V, Q, K go to [B, T] for attention
             vqk = packing.pad(vqk)
         v, q, k = vqk.split(d, dim=-1)
@@ -245,4 +344,4 @@ class HSTUBlock(nn.Module):
         av = (a @ values).transpose(1, 2).reshape(b, t, d)
         if packing is not None:
             av = packing.pack(av)
-        return x + self.drop(self.out(u * self.ln_attn(av))), (k, v)
+        return x + self.drop(linear(self.out, u * self.ln_attn(av))), (k, v)

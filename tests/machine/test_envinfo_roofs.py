@@ -275,8 +275,8 @@ def planted(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         return step(PLANTED_COPY_S[nbytes])
 
     monkeypatch.setattr(roofs_mod, "_clock", lambda: dev.now)
-    for name, fake in (("_torch_gemm", gemm), ("_jax_gemm", gemm), ("_torch_copy", copy),
-                       ("_jax_copy", copy)):
+    for name, fake in (("_torch_gemm", gemm), ("_torch_onednn_gemm", gemm), ("_jax_gemm", gemm),
+                       ("_torch_copy", copy), ("_jax_copy", copy)):
         monkeypatch.setattr(roofs_mod, name, fake)
     return dev
 
@@ -423,3 +423,34 @@ def test_datasheet_table_is_dense_and_sourced() -> None:
     h200 = DATASHEET_PEAKS["NVIDIA H200 SXM"]["flops_per_s"]
     for dt in h100:
         assert h200[dt] == pytest.approx(h100[dt], rel=2e-3)
+
+
+def test_torch_cpu_fp32_roof_is_the_better_of_mkl_and_onednn(planted, monkeypatch) -> None:
+    """torch's CPU fp32 Linear layers run oneDNN's matmul (recmodels/torch/blocks.py), which
+    on some CPUs is 2x MKL's sgemm: the roof must be the faster kernel, named in the method,
+    or a step's utilisation could pass 100%. Other dtypes have torch.matmul only."""
+    def onednn(kind, index, dtype, n):  # planted twice as fast as torch.matmul
+        def call() -> None:
+            planted.now += 2 * n**3 / 2e10  # 2e10 FLOP/s at every n
+        return call, lambda _: None
+
+    monkeypatch.setattr(roofs_mod, "_torch_onednn_gemm", onednn)
+    assert [k for k, _ in roofs_mod._gemm_kernels("torch", "cpu", "fp32")] == [
+        "matmul", "oneDNN matmul"]
+    assert [k for k, _ in roofs_mod._gemm_kernels("torch", "cpu", "bf16")] == ["matmul"]
+    roofs = measure_roofs(["cpu"], ["fp32", "bf16"], ["torch"], min_time_s=0.5, repeats=2)
+    assert roofs["cpu/fp32"]["gemm_flops_per_s"] == pytest.approx(2e10, rel=1e-9)
+    assert "torch oneDNN matmul" in roofs["cpu/fp32"]["method"]
+    assert roofs["cpu/bf16"]["gemm_flops_per_s"] == pytest.approx(1e10, rel=1e-9)
+
+
+def test_onednn_roof_kernel_computes_a_matmul() -> None:
+    """The real oneDNN roof step multiplies n x n matrices (not a cheaper product)."""
+    import torch
+
+    if not roofs_mod._gemm_kernels("torch", "cpu", "fp32")[1:]:
+        pytest.skip("this torch has no oneDNN linear op")
+    torch.manual_seed(0)
+    call, _ = roofs_mod._torch_onednn_gemm("cpu", 0, "fp32", 64)
+    out = call()
+    assert out.shape == (64, 64) and torch.isfinite(out).all() and out.abs().max() > 1

@@ -367,8 +367,8 @@ def test_parity_param_check_fires_on_wrong_adam_betas(monkeypatch):
 def test_parity_allows_a_few_relu_kinks_only_with_a_relu():
     """With a ReLU (the reference layout) a few parameter elements may end beyond the
     tolerance (see recmodels/parity.py: a pre-activation within rounding of 0 takes a
-    gradient on one side only); a smooth model a millionth of them, within lr / 2; many, or
-    large ones, fail."""
+    gradient on one side only); a smooth model a millionth of them (a near-zero gradient whose
+    sign flips), all within 3 lr; many, or large ones, fail."""
     base = dict(preset="small", block="sasrec", loss="bce", scores_max_abs=1e-6, loss_torch=1.0,
                 loss_jax=1.0, loss_rel=0.0, worst_param="w", params_count=1_000_000)
 
@@ -377,14 +377,16 @@ def test_parity_allows_a_few_relu_kinks_only_with_a_relu():
                                    params_beyond=beyond)
 
     assert result("reference", 1.7e-3, 100).ok  # 1 in 10,000, within 3 lr
-    assert not result("prenorm", 1.7e-3, 100).ok  # GELU: smooth, no element may stray
+    assert not result("prenorm", 1.7e-3, 100).ok  # GELU: smooth, 1 in 10,000 is too many
     assert not result("reference", 1.7e-3, 101).ok
     assert not result("reference", 3.1e-3, 1).ok
     assert result("prenorm", parity.TOLERANCES["params_max_abs"], 0).ok
-    # a smooth model: one in a million elements near Adam's eps may stray, within lr / 2
+    # a smooth model: one in a million elements whose gradient is near zero may stray, as
+    # far as a sign flip takes Adam in 3 steps (within 3 lr)
     assert result("prenorm", 1.1e-4, 1).ok
     assert not result("prenorm", 1.1e-4, 2).ok
-    assert not result("prenorm", 5.1e-4, 1).ok
+    assert result("prenorm", 2.1e-3, 1).ok
+    assert not result("prenorm", 3.1e-3, 1).ok
 
 
 def test_parity_with_a_relu_still_catches_wrong_adam_betas(monkeypatch):

@@ -45,6 +45,7 @@ from recmodels import weights
 from recmodels.config import preset
 from recmodels.errors import InputError
 from recmodels.torch import distributed as D
+from recmodels.torch.blocks import ONEDNN_ENV, onednn_linear_available
 from recmodels.torch.engine import Engine
 from recmodels.torch.losses import loss_fn
 from tests.recmodels import dist_torch_ranks as ranks
@@ -111,7 +112,12 @@ def start(out: Path, cases: list[dict], nproc: int) -> tuple:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
            "--master-port", str(free_port()), str(SCRIPT), str(out), json.dumps(cases)]
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # torch's own F.linear on both sides: the test is about the distributed engines, and
+    # oneDNN's Linear (blocks.linear, tested against F.linear in test_torch_speed) blocks a
+    # product of M rows differently from one of M / 2, a summation order that Adam magnifies
+    # at near-zero gradients (small's qkv bias: 4e-5 apart after 3 steps)
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           ONEDNN_ENV: "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=root)
     return proc, out, cases, nproc
@@ -157,6 +163,16 @@ def one_process(c: dict, steps: int = ranks.STEPS):
     The batch goes in as put() tensors, so it is computed as the ranks compute it: padded,
     not packed (packing is compared with the padded step in test_models)."""
     cfg = ranks.case_config(c)
+    with pytest.MonkeyPatch.context() as mp:  # F.linear, as the ranks run (see start)
+        mp.setenv(ONEDNN_ENV, "0")
+        onednn_linear_available.cache_clear()
+        try:
+            return _one_process(c, cfg, steps)
+        finally:
+            onednn_linear_available.cache_clear()
+
+
+def _one_process(c: dict, cfg, steps: int):
     engine = Engine(cfg, optimizer=c["optimizer"], lr=c["lr"])
     engine.load_state_dict(file_weights(cfg))
     batch = engine.put(ranks.global_batch(cfg))

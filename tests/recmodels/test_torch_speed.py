@@ -152,3 +152,103 @@ def test_compiled_step_agrees_with_eager_and_does_not_recompile():
     a, b = comp.state_dict(), eager.state_dict()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# --- fp32 Linear layers through oneDNN on CPU ------------------------------------------------
+
+needs_onednn = pytest.mark.skipif(not blocks.onednn_linear_available(),
+                                  reason="this torch has no oneDNN linear op")
+
+
+def test_bucket_rows_rounds_up_to_few_sizes():
+    for m in [1, 63, 64, 65, 1000, 1150, 3200, 6400, 50_001, 1 << 20]:
+        r = blocks.bucket_rows(m)
+        assert m <= r <= max(m + 63, m * 1.032), m
+        assert r % 64 == 0
+    assert blocks.bucket_rows(3200) == 3200 and blocks.bucket_rows(6400) == 6400  # full windows
+    assert len({blocks.bucket_rows(m) for m in range(1025, 2049)}) == 16  # not one per m
+
+
+def _off(monkeypatch):
+    monkeypatch.setenv(blocks.ONEDNN_ENV, "0")
+    blocks.onednn_linear_available.cache_clear()
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [100, 128])  # padded to 128 rows, and as it is
+def test_onednn_linear_equals_f_linear_forward_and_backward(rows, monkeypatch):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(128, 192)
+    x = torch.randn(2, rows // 2, 128, requires_grad=True)
+    calls = []
+    assert blocks.onednn_linear_available()  # its probe runs before the products are counted
+    real = blocks._mm_t
+    monkeypatch.setattr(blocks, "_mm_t", lambda *a: calls.append(a[0].shape) or real(*a))
+    y = blocks.linear(layer, x)
+    (y * torch.linspace(-1, 1, 192)).sum().backward()
+    got = (y.detach(), x.grad, layer.weight.grad, layer.bias.grad)
+    assert y.shape == (2, rows // 2, 192)
+    assert calls == [(128, 128), (128, 192), (192, 128)]  # all three products by oneDNN
+    x.grad = layer.weight.grad = layer.bias.grad = None
+    y = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    (y * torch.linspace(-1, 1, 192)).sum().backward()
+    for a, b in zip(got, (y.detach(), x.grad, layer.weight.grad, layer.bias.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_linear_leaves_other_cases_to_the_layer(monkeypatch):
+    """Small layers, few rows, bf16, hooks and the opt-out run the layer's own forward."""
+    assert blocks.onednn_linear_available()
+    monkeypatch.setattr(blocks, "_mm_t", lambda *a: pytest.fail("oneDNN path taken"))
+    big = torch.nn.Linear(128, 128)
+    blocks.linear(torch.nn.Linear(50, 50), torch.randn(256, 50))  # tiny's d: F.linear
+    blocks.linear(big, torch.randn(8, 128))  # fewer than ONEDNN_MIN_ROWS rows
+    blocks.linear(big.to(torch.bfloat16), torch.randn(256, 128, dtype=torch.bfloat16))
+    hooked = torch.nn.Linear(128, 128)
+    seen = []
+    hooked.register_forward_hook(lambda *a: seen.append(1))
+    blocks.linear(hooked, torch.randn(256, 128))
+    assert seen == [1]
+    _off(monkeypatch)
+    blocks.linear(torch.nn.Linear(128, 128), torch.randn(256, 128))
+    blocks.onednn_linear_available.cache_clear()
+
+
+@needs_onednn
+def test_onednn_train_steps_equal_f_linear_steps(monkeypatch):
+    """A model with d = 128 (oneDNN's Linear layers), three Adam steps on packed batches
+    (new token counts each step, padded to buckets): the same weights as with F.linear."""
+    cfg = preset("tiny", catalog_size=300, seq_len=16, dropout=0.0, d_model=128, d_ff=256,
+                 n_head=2)
+    batches = [short_batch(cfg, b=24, longest=k, seed=k) for k in (5, 9, 13)]
+
+    def run():
+        blocks.onednn_linear_available.cache_clear()
+        eng = tm.Engine(cfg, seed=0)
+        losses = [float(eng.train_step(b)) for b in batches]
+        return losses, {k: v.detach().clone() for k, v in eng.model.state_dict().items()}
+
+    fast = run()
+    _off(monkeypatch)
+    plain = run()
+    monkeypatch.delenv(blocks.ONEDNN_ENV)
+    blocks.onednn_linear_available.cache_clear()
+    np.testing.assert_allclose(fast[0], plain[0], rtol=1e-5)
+    for k in plain[1]:
+        torch.testing.assert_close(fast[1][k], plain[1][k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [100, 128])
+def test_onednn_linear_backward_of_an_input_without_grad(rows):
+    """The first layer's input needs no gradient (a bucket-sized one once failed autograd's
+    saved-tensor check): only the weights get one, equal to F.linear's."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(128, 128)
+    x = torch.randn(rows, 128)
+    blocks.linear(layer, x).square().sum().backward()
+    got = layer.weight.grad.clone()
+    layer.weight.grad = None
+    torch.nn.functional.linear(x, layer.weight, layer.bias).square().sum().backward()
+    torch.testing.assert_close(got, layer.weight.grad, rtol=1e-5, atol=1e-4)
