@@ -222,7 +222,7 @@ def _cross_hardware(base: list[ResultsFile], new: list[ResultsFile],
     from bench.analysis import compare_hw
 
     table = compare_hw.cross_hardware(base, new)
-    if not table.rows and not table.not_comparable:
+    if not table.rows and not table.not_comparable and table.ttq is None:
         def ran(files: list[ResultsFile]) -> str:
             return ", ".join(dict.fromkeys(f.header.suite for f in files)) or "nothing"
 

@@ -253,3 +253,14 @@ def test_files_without_ttq_records_show_no_ttq(tmp_path: Path) -> None:
     one = _file(tmp_path, "solo", [_ok((1.0, 2.0, 3.0), _point())])
     assert ttq_across([("solo", [one]), ("cpu", [files[0]])]) is None
     assert "Across machines" not in report.build_report([one, files[0]])
+
+
+def test_recbench_compare_cross_hardware_of_ttq_only_files(two, capsys) -> None:
+    """Two machines' results holding only ttq records: the CLI prints the ttq table (it once
+    refused them as having 'no point in common')."""
+    from bench.cli import main
+
+    a, b = two
+    assert main(["compare", str(a.path), str(b.path), "--cross-hardware"]) == 0
+    out = capsys.readouterr().out
+    assert "0.333x" in out and "no point in common" not in out
