@@ -19,19 +19,21 @@ File stems: ``ttq-<dataset>-<target>`` (made filesystem safe).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from bench.analysis.plotdata import Entry, describe, source_names, varying_fields
+from bench.analysis.plotdata import Entry, describe, varying_fields
 from bench.analysis.plotstyle import legend, new_figure
 from bench.results import ResultsFile
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
           "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 TARGET_TEXT = {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}
+LEGEND_WIDTH = 90  # characters a legend line holds at the figure's width
 # Fields never in a series' name: the figure's own, and the first run's seed.
 _NOT_IN_NAME = ("dataset", "target", "seed")
 
@@ -41,8 +43,10 @@ def target_text(target: Any) -> str:
 
 
 def ttq_entries(files: Sequence[ResultsFile]) -> list[Entry]:
-    """Every ttq record of every file (all statuses), as entries with their source name."""
-    return [Entry(name, f, r) for name, f in zip(source_names(files), files) for r in f.ttq]
+    """Every ttq record of every file (all statuses), as entries named by their machine: each
+    `recbench ttq` writes a file of its own, so a machine's files are one source (the step
+    plots' source_names would name each run)."""
+    return [Entry(f.machine_id or "unknown-machine", f, r) for f in files for r in f.ttq]
 
 
 def num(value: Any) -> float | None:
@@ -194,6 +198,9 @@ def ttq_figure(series: Sequence[TTQSeries], dataset: str, target: str) -> Figure
     ax.set_ylabel(f"validation {target_text(target)}")
     ax.set_xlim(left=0)
     ax.grid(True, alpha=0.3)
+    for line in ax.get_lines():  # a one-column legend wider than the figure is cut off
+        if not line.get_label().startswith("_"):
+            line.set_label(textwrap.fill(line.get_label(), LEGEND_WIDTH))
     legend(fig, [ax])
     return fig
 

@@ -13,7 +13,12 @@ import pytest
 from bench.analysis import compare_hw, report
 from bench.analysis.compare_ttq import ttq_across
 from bench.analysis.plots import iter_figures, plot_all
-from bench.analysis.plots_ttq import iter_ttq_figures, median_run_index, ttq_series
+from bench.analysis.plots_ttq import (
+    LEGEND_WIDTH,
+    iter_ttq_figures,
+    median_run_index,
+    ttq_series,
+)
 from bench.analysis.report_ttq import ttq_rows
 from bench.results import PointRecord, ResultsFile, ResultsWriter, RunHeader, TTQRecord, load
 
@@ -125,7 +130,9 @@ def test_one_line_per_series_each_run_target_and_time_to_target(two) -> None:
     [dnc] = [ln for ln in ax.lines if ln.get_gid() == "did-not-converge"]
     assert dnc.get_label() == ("machine-a: torch (eager) bf16: did not converge "
                                "(1 of 3 runs reached it)")
-    legend = [t.get_text() for t in figs["ttq-games-hr@10"].legends[0].get_texts()]
+    texts = [t.get_text() for t in figs["ttq-games-hr@10"].legends[0].get_texts()]
+    assert max(len(line) for t in texts for line in t.split("\n")) <= LEGEND_WIDTH  # wrapped
+    legend = [t.replace("\n", " ") for t in texts]
     assert "machine-b: torch (eager) fp32: time to target 4 s (mean of 1 runs without the " \
            "fastest and the slowest)" in legend
     title = figs["ttq-games-hr@10"].get_suptitle()
@@ -264,3 +271,13 @@ def test_recbench_compare_cross_hardware_of_ttq_only_files(two, capsys) -> None:
     assert main(["compare", str(a.path), str(b.path), "--cross-hardware"]) == 0
     out = capsys.readouterr().out
     assert "0.333x" in out and "no point in common" not in out
+
+
+def test_one_machines_files_are_one_source(tmp_path: Path) -> None:
+    """Each `recbench ttq` writes its own file: two of one machine are one machine in the
+    figure (no machine or run id in the legend), not two sources."""
+    a = _file(tmp_path, "machine-a", [_ok((10.0, 12.0, 20.0), _point())])
+    b = _file(tmp_path, "machine-a", [_ok((6.0, 8.0, 9.0), _point("jax"))],
+              run="20261205T000001Z-0002")
+    [series] = ttq_series([a, b]).values()
+    assert sorted(s.name for s in series) == ["jax (jit) fp32", "torch (eager) fp32"]
