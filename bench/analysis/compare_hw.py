@@ -46,6 +46,7 @@ from bench.analysis.plotdata import (
     entries,
     field_text,
     group,
+    text_grid,
 )
 from bench.point import device_kind, framework_label
 from bench.results import ResultsFile
@@ -308,13 +309,7 @@ def format_table(table: CrossTable) -> str:
     if not table.rows:
         head.append("no point is ok on both sides")
     else:
-        grid = [_COLUMNS] + [_cells(r) for r in table.rows]
-        widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
-        for i, r in enumerate(grid):
-            head.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                                  for j, (c, w) in enumerate(zip(r, widths))).rstrip())
-            if i == 0:
-                head.append("-" * len(head[-1]))
+        head += text_grid([_COLUMNS] + [_cells(r) for r in table.rows])
     if table.ttq is not None and not _has_steps(table):  # ttq records only: no step part
         return format_ttq(table.ttq)
     text = "\n".join(head + _summary(table) + _notes(table))

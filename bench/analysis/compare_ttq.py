@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.analysis.plotdata import Entry, config_key, group
+from bench.analysis.plotdata import Entry, config_key, group, text_grid
 from bench.analysis.plots_ttq import num, target_text
 from bench.point import device_kind, framework_label
 from bench.results import ResultsFile
@@ -194,13 +194,7 @@ def notes(t: TTQTable) -> list[str]:
 def format_ttq(t: TTQTable) -> str:
     """Plain text: the title, one row per configuration, then the notes."""
     lines = [f"cross-hardware {title(t)}"]
-    grid = [head(t, _letters(t))] + [cells(r) for r in t.rows]
-    widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
-    for i, r in enumerate(grid):
-        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                               for j, (c, w) in enumerate(zip(r, widths))).rstrip())
-        if i == 0:
-            lines.append("-" * len(lines[-1]))
+    lines += text_grid([head(t, _letters(t))] + [cells(r) for r in t.rows])
     return "\n".join(lines + notes(t))
 
 

@@ -322,3 +322,16 @@ def require_ok(files: Sequence[ResultsFile]) -> None:
         got = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no records"
         raise InputError(f"no ok records in {len(files)} result file(s) ({got}): nothing was "
                          "measured to plot; `recbench report` lists each point's reason")
+
+
+def text_grid(grid: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as plain-text lines: the first column left-aligned, the others right,
+    two spaces apart, a rule of dashes under the first row (the header)."""
+    widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
+    lines: list[str] = []
+    for i, r in enumerate(grid):
+        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
+                               for j, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if i == 0:
+            lines.append("-" * len(lines[-1]))
+    return lines

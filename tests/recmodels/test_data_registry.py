@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,11 @@ import pytest
 from bench.cli import main
 from recmodels import data as D
 from recmodels.errors import InputError
+from tests.recmodels import test_data
 from tests.recmodels.test_data import _Server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
-    """A loopback HTTP server; test_data.py's, with the proxies out of the way."""
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    s = _Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+server = test_data.server  # the loopback HTTP server fixture, proxies out of the way
 
 
 def _sasrec_file(users: int, items: int, per_user: int) -> bytes:
