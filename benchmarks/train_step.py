@@ -24,10 +24,10 @@ torch-default, jax.
 How: with `--base REV` the base's tree is checked out (`git worktree add --detach`, removed at
 exit), and each side (the working tree "new", REV "base") runs each framework in a
 persistent child process of its own (torch's OpenMP threads and XLA's thread pool never
-share a process), this file in --child mode with PYTHONPATH and cwd the side's tree,
-answering JSON commands. Both sides load the same batches (written once by the working
-tree's code). Per thread count (`--threads 1 2`), the children and a roof child are pinned
-to that many cores
+share a process), the working tree's benchmarks/train_step_child.py with PYTHONPATH and cwd
+the side's tree, answering JSON commands. Both sides load the same batches (written once by
+the working tree's code). Per thread count (`--threads 1 2`), the children and a roof child
+are pinned to that many cores
 (os.sched_setaffinity before torch or JAX start, torch.set_num_threads), so torch and XLA
 use that many. Warm-up (engine build, compilation, the first steps, and the epoch's ragged
 last batch) is timed apart and reported as warm-up s; then `--rounds` rounds in ABBA order
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -63,19 +62,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import traceback
 from pathlib import Path
 
+try:  # run as a script: its folder, benchmarks/, is sys.path[0]
+    from train_step_child import SHAPES
+except ImportError:  # loaded by path (the tests): through the benchmarks package
+    from benchmarks.train_step_child import SHAPES
+
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = {
-    "tiny-games": dict(preset="tiny", catalog_size=23_715, seq_len=50, batch=128, dropout=0.5,
-                       data="synthetic-games"),
-    "tiny-games-full": dict(preset="tiny", catalog_size=23_715, seq_len=50, batch=128,
-                            dropout=0.5, data="full"),
-    "small-b64": dict(preset="small", catalog_size=20_000, seq_len=50, batch=64, dropout=0.0,
-                      data="full"),
-}
+CHILD = Path(__file__).resolve().with_name("train_step_child.py")
 COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
 VARIANTS = ("torch", *(f"torch-{m}" for m in COMPILE_MODES), "jax")
 DEFAULT_VARIANTS = ("torch", "torch-eager", "torch-default", "jax")
@@ -89,180 +84,12 @@ class ChildFailed(Exception):
     """A child process died or a command failed where it must not: exit 1."""
 
 
-class Unsupported(Exception):
-    """A variant this side's recmodels cannot run; the message says why."""
-
-
-# --- the child: one side's recmodels, JSON commands on stdin, answers on stdout ---------------
-
-
-def shape_config(shape: str):
-    from recmodels.config import preset
-
-    s = SHAPES[shape]
-    return preset(s["preset"], catalog_size=s["catalog_size"], seq_len=s["seq_len"],
-                  dropout=s["dropout"])
-
-
-def write_batches(shape: str, path: str) -> dict:
-    """The shape's batches into an .npz both sides load; the analytic FLOPs of each."""
-    import numpy as np
-
-    from recmodels.config import flops_per_step
-
-    s, cfg = SHAPES[shape], shape_config(shape)
-    if s["data"] == "synthetic-games":
-        from recmodels import data, splits
-
-        split = splits.leave_one_out(data.load("synthetic-games"))
-        batches = list(splits.train_batches(split, seq_len=cfg.seq_len, batch_size=s["batch"],
-                                            n_neg=cfg.n_neg, seed=0))
-    else:
-        rng = np.random.default_rng(0)
-        window = rng.integers(1, cfg.catalog_size + 1, (s["batch"], cfg.seq_len + 1))
-        neg = rng.integers(1, cfg.catalog_size + 1, (s["batch"], cfg.seq_len, cfg.n_neg))
-        batches = [{"seq": window[:, :-1], "pos": window[:, 1:], "neg": neg}]
-    np.savez(path, **{f"{k}.{i}": v for i, b in enumerate(batches) for k, v in b.items()})
-    return {"flops": [flops_per_step(cfg, len(b["seq"]), "train") for b in batches],
-            "rows": [len(b["seq"]) for b in batches]}
-
-
-def load_batches(path: str) -> list[dict]:
-    import numpy as np
-
-    with np.load(path) as z:
-        out: dict[int, dict] = {}
-        for key in z.files:
-            name, i = key.rsplit(".", 1)
-            out.setdefault(int(i), {})[name] = z[key]
-    return [out[i] for i in range(len(out))]
-
-
-def make_variant(variant: str, cfg, make_engine):
-    """The variant's Engine through what this side's API has (inspect decides)."""
-    if variant in ("torch", "jax"):
-        return make_engine(variant, cfg, device="cpu")
-    mode = variant.removeprefix("torch-")
-    if "compile" in inspect.signature(make_engine).parameters:
-        return make_engine("torch", cfg, device="cpu", compile=mode)
-    eng = make_engine("torch", cfg, device="cpu")
-    if getattr(eng, "compile_mode", "eager") != "eager":
-        raise Unsupported(f"make_engine has no compile argument and its default engine is "
-                          f"compiled ({eng.compile_mode}), so it has no eager engine")
-    if mode == "eager":
-        return eng
-    if not callable(getattr(eng, "compile", None)):
-        raise Unsupported("its Engine has no compile()")
-    if inspect.signature(eng.compile).parameters:
-        eng.compile(mode)
-    elif mode == "default":
-        eng.compile()
-    else:
-        raise Unsupported(f"its Engine.compile() takes no mode: only torch-default and "
-                          f"torch-eager run there, not {variant}")
-    return eng
-
-
-def dynamo_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
-def handle(req: dict, live: dict) -> dict:
-    cmd = req["cmd"]
-    if cmd == "hello":
-        import recmodels
-        from recmodels import config, train
-
-        need = [("config.preset", config, "preset"),
-                ("config.flops_per_step", config, "flops_per_step"),
-                ("train.make_engine", train, "make_engine")]
-        return {"recmodels": recmodels.__file__,
-                "missing": [n for n, mod, attr in need if not hasattr(mod, attr)]}
-    if cmd == "batches":
-        return write_batches(req["shape"], req["path"])
-    if cmd == "roof":
-        from bench.machine.roofs import measure_roofs
-
-        return {"roof": measure_roofs(["cpu"], ["fp32"], ["torch", "jax"])["cpu/fp32"]}
-    if cmd == "build":
-        from recmodels.train import make_engine
-
-        shape, variant = req["shape"], req["variant"]
-        batches = load_batches(req["path"])
-        t0 = time.perf_counter()
-        eng = make_variant(variant, shape_config(shape), make_engine)
-        if SHAPES[shape]["data"] != "synthetic-games":
-            batches = [eng.put(batches[0])]
-        # Warm-up: the first steps, then each other batch size once (JAX compiles per shape).
-        order = [i % len(batches) for i in range(req["warmup"])]
-        sizes = {len(batches[i]["seq"]) for i in order}
-        for i, b in enumerate(batches):
-            if len(b["seq"]) not in sizes:
-                sizes.add(len(b["seq"]))
-                order.append(i)
-        for i in order:
-            eng.sync(eng.train_step(batches[i]))
-        live[(shape, variant)] = {"eng": eng, "batches": batches, "cursor": 0}
-        return {"warmup_s": time.perf_counter() - t0, "warmup_steps": len(order)}
-    if cmd == "time":
-        run = live[(req["shape"], req["variant"])]
-        eng, batches = run["eng"], run["batches"]
-        graphs0 = dynamo_graphs()
-        ms, index = [], []
-        for _ in range(req["iters"]):
-            i = run["cursor"] % len(batches)
-            run["cursor"] += 1
-            t0 = time.perf_counter_ns()
-            eng.sync(eng.train_step(batches[i]))
-            ms.append((time.perf_counter_ns() - t0) / 1e6)
-            index.append(i)
-        return {"ms": ms, "index": index, "recompiles": dynamo_graphs() - graphs0}
-    if cmd == "drop":
-        for key in [k for k in live if k[0] == req["shape"]
-                    and req.get("variant") in (None, k[1])]:
-            del live[key]
-        import gc
-
-        gc.collect()
-        return {}
-    if cmd == "quit":
-        return {}
-    raise ValueError(f"unknown command {cmd!r}")
-
-
-def child_main(cores: list[int]) -> int:
-    os.sched_setaffinity(0, cores)  # before torch and XLA size their thread pools
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # anything a library prints goes to the log, not into the protocol
-    import torch
-
-    torch.set_num_threads(len(cores))
-    # Several compiled engines of one process share loss_fn's code object: let each compile.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    live: dict = {}
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            out = {"ok": True, **handle(req, live)}
-        except Unsupported as e:
-            out = {"ok": False, "unsupported": True, "reason": str(e)}
-        except Exception as e:
-            traceback.print_exc()
-            out = {"ok": False, "reason": f"{type(e).__name__}: {str(e).splitlines()[0]}"
-                   if str(e) else type(e).__name__}
-        proto.write(json.dumps(out) + "\n")
-        if req["cmd"] == "quit":
-            break
-    return 0
-
-
 # --- the parent: sides, rounds, statistics, tables ------------------------------------------
 
 
 class Side:
-    """A child process running this file on one tree's recmodels, pinned to `cores`."""
+    """A child process running train_step_child.py on one tree's recmodels, pinned to
+    `cores`."""
 
     def __init__(self, name: str, tree: Path, cores: list[int], log: Path):
         self.name, self.tree, self.log, self.busy = name, tree, log, False
@@ -270,8 +97,7 @@ class Side:
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--child",
-                 "--cores", ",".join(map(str, cores))],
+                [sys.executable, str(CHILD), "--cores", ",".join(map(str, cores))],
                 cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                 text=True, start_new_session=True)  # Ctrl-C reaches the parent, which ends it
 
@@ -518,7 +344,7 @@ def run(args, tmp: Path, stack) -> dict:
     report = {"benchmark": "benchmarks/train_step.py",
               "new": {"tree": str(ROOT), "head": git("rev-parse", "HEAD"),
                       "recmodels_dirty": bool(git("status", "--porcelain", "--", "recmodels"))},
-              "base": None, "args": {k: v for k, v in vars(args).items() if k != "child"},
+              "base": None, "args": dict(vars(args)),
               "runs": []}
     trees = {"new": ROOT}
     labels = {"new": "the working tree"}
@@ -588,8 +414,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3, help="warm-up steps before round 1")
     ap.add_argument("--json", metavar="PATH", help="write every sample and ratio here")
     ap.add_argument("--no-roof", action="store_true", help="skip the roof measurement")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--cores", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name in ("rounds", "iters"):
         if getattr(args, name) < 1:
@@ -608,8 +432,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.child:
-        return child_main([int(c) for c in args.cores.split(",")])
 
     def on_term(*_):
         raise KeyboardInterrupt

@@ -1,5 +1,6 @@
 """benchmarks/train_step.py's A/B plumbing: round order, ratio statistics, skipping what a side
-cannot run, the compile-API detection, bad input; one short real A/B against HEAD (slow)."""
+cannot run, the compile-API detection (train_step_child.py), bad input; one short real A/B
+against HEAD (slow)."""
 
 import importlib.util
 import json
@@ -16,6 +17,10 @@ SCRIPT = ROOT / "benchmarks" / "train_step.py"
 _spec = importlib.util.spec_from_file_location("train_step_benchmark", SCRIPT)
 ts = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ts)
+_child_spec = importlib.util.spec_from_file_location(
+    "train_step_child_benchmark", SCRIPT.with_name("train_step_child.py"))
+child = importlib.util.module_from_spec(_child_spec)
+_child_spec.loader.exec_module(child)
 
 
 class FakeSide:
@@ -129,14 +134,14 @@ def new_make_engine(framework, cfg, *, device, seed=0, compile="eager"):
 
 
 def test_compile_variants_use_what_each_side_has():
-    assert ts.make_variant("torch-reduce-overhead", None,
-                           new_make_engine).compiled == "reduce-overhead"
-    assert ts.make_variant("torch-eager", None, new_make_engine).compiled is None
-    assert ts.make_variant("torch-default", None, old_make_engine).compiled == "default"
-    assert ts.make_variant("torch-eager", None, old_make_engine).compiled is None
-    assert ts.make_variant("torch", None, old_make_engine).compiled is None
-    with pytest.raises(ts.Unsupported, match="takes no mode"):
-        ts.make_variant("torch-max-autotune", None, old_make_engine)
+    assert child.make_variant("torch-reduce-overhead", None,
+                              new_make_engine).compiled == "reduce-overhead"
+    assert child.make_variant("torch-eager", None, new_make_engine).compiled is None
+    assert child.make_variant("torch-default", None, old_make_engine).compiled == "default"
+    assert child.make_variant("torch-eager", None, old_make_engine).compiled is None
+    assert child.make_variant("torch", None, old_make_engine).compiled is None
+    with pytest.raises(child.Unsupported, match="takes no mode"):
+        child.make_variant("torch-max-autotune", None, old_make_engine)
 
 
 def test_a_bad_rev_is_one_line_and_exit_2():
