@@ -63,8 +63,8 @@ from recmodels.errors import InputError
 DEFAULT_ROUNDS = 5  # x 30 iterations a round (bench/suites/ci.toml) = 150 samples a side
 CACHE_ENV = "RECBENCH_CACHE"
 # Harness sources whose change changes what a measurement means (not compare/plots/report).
-_HARNESS = ("gate/gate.py", "point.py", "suites/suite.py", "scenarios/*.py", "launch/*.py",
-            "meters/*.py")
+_HARNESS = ("gate/gate.py", "point.py", "suites/suite.py", "suites/axes.py", "scenarios/*.py",
+            "launch/*.py", "meters/*.py")
 Log = Callable[[str], None]
 
 
