@@ -48,6 +48,12 @@ _FIELD_TEXT: dict[str, Callable[[Any], str]] = {
     "sharding": lambda v: f"{v} table",
     "scaling": lambda v: f"{v} scaling",
     "parallel": lambda v: "1 process" if v == "none" else str(v),
+    # ttq points (bench/scenarios/ttq.py)
+    "max_epochs": lambda v: f"cap {v} epochs",
+    "runs": lambda v: f"{v} run{'s' if v != 1 else ''}",
+    "eval_every": lambda v: f"eval every {v}",
+    "target_value": lambda v: f"target {v:g}" if isinstance(v, (int, float)) else f"target {v}",
+    "lr": lambda v: f"lr {v:g}" if isinstance(v, (int, float)) else f"lr {v}",
 }
 
 

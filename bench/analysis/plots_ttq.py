@@ -14,7 +14,8 @@ and whatever else differs within the figure, e.g. the preset).
                   record that did not converge has no diamond, and its legend says so
   paper           the quality the SASRec paper reports for the dataset (``paper_quality``, a
                   *test* figure), a dotted grey line, where the record has one
-File stems: ``ttq-<dataset>-<target>`` (made filesystem safe).
+File stems: ``ttq-<dataset>-<target>``, with ``-<target value>`` added where one dataset and
+metric have several target values (one figure each); made filesystem safe.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:b
 TARGET_TEXT = {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}
 LEGEND_WIDTH = 90  # characters a legend line holds at the figure's width
 # Fields never in a series' name: the figure's own, and the first run's seed.
-_NOT_IN_NAME = ("dataset", "target", "seed")
+_NOT_IN_NAME = ("dataset", "target", "target_value", "seed")
 
 
 def target_text(target: Any) -> str:
@@ -130,14 +131,16 @@ def curve(run: Mapping[str, Any], target: str) -> tuple[list[float], list[float]
     return [x for x, _ in pts], [y for _, y in pts]
 
 
-def ttq_series(files: Sequence[ResultsFile]) -> dict[tuple[str, str], list[TTQSeries]]:
-    """The plot data: (dataset, target) -> the series of that figure, in file order."""
-    panels: dict[tuple[str, str], list[Entry]] = {}
+def ttq_series(files: Sequence[ResultsFile]) -> dict[tuple[str, str, Any], list[TTQSeries]]:
+    """The plot data: (dataset, target, target value) -> the series of that figure, in file
+    order (one figure per target value: two dashed lines of one style cannot be told apart)."""
+    panels: dict[tuple[str, str, Any], list[Entry]] = {}
     for e in ttq_entries(files):
-        panels.setdefault((str(e.point.get("dataset")), str(e.point.get("target"))),
-                          []).append(e)
-    out: dict[tuple[str, str], list[TTQSeries]] = {}
-    for (dataset, target), members in panels.items():
+        key = (str(e.point.get("dataset")), str(e.point.get("target")),
+               e.point.get("target_value"))
+        panels.setdefault(key, []).append(e)
+    out: dict[tuple[str, str, Any], list[TTQSeries]] = {}
+    for (dataset, target, _), members in panels.items():
         fields = varying_fields([e.point for e in members], exclude=_NOT_IN_NAME,
                                 always=("framework", "precision"))
         multi = len({e.source for e in members}) > 1
@@ -151,7 +154,7 @@ def ttq_series(files: Sequence[ResultsFile]) -> dict[tuple[str, str], list[TTQSe
             name = f"{e.source}: {name}" if multi else name
             same = sum(1 for s in series if s.name.split(" #")[0] == name)
             series.append(TTQSeries(e, f"{name} #{same + 1}" if same else name, curves))
-        out[(dataset, target)] = series
+        out[(dataset, target, members[0].point.get("target_value"))] = series
     return out
 
 
@@ -171,7 +174,7 @@ def ttq_figure(series: Sequence[TTQSeries], dataset: str, target: str) -> Figure
             if r.median:
                 ax.plot(r.wall_s, r.quality, "o-", color=c, linewidth=2.2, markersize=3.5,
                         gid="median-run", zorder=3,
-                        label=f"{s.name}: median run (seed {r.seed}), {len(s.runs)} runs")
+                        label=f"{s.name}: median run (seed {r.seed}) of {len(s.runs)}")
             else:
                 ax.plot(r.wall_s, r.quality, ".-", color=c, linewidth=0.9, alpha=0.35,
                         gid="run", label="_nolegend_")
@@ -207,7 +210,13 @@ def ttq_figure(series: Sequence[TTQSeries], dataset: str, target: str) -> Figure
 
 def iter_ttq_figures(files: Sequence[ResultsFile]) -> Iterator[tuple[str, str, Figure]]:
     """(file stem, panel text, figure) for every (dataset, target) with a curve to draw."""
-    for (dataset, target), series in ttq_series(files).items():
+    panels = ttq_series(files)
+    for (dataset, target, value), series in panels.items():
         fig = ttq_figure(series, dataset, target)
-        if fig is not None:
-            yield f"ttq-{dataset}-{target}", f"{target_text(target)} on {dataset}", fig
+        if fig is None:
+            continue
+        several = sum(1 for d, t, _ in panels if (d, t) == (dataset, target)) > 1
+        suffix = f"-{value:g}" if several and num(value) is not None else ""
+        yield (f"ttq-{dataset}-{target}{suffix}",
+               f"{target_text(target)}{' >= ' + format(value, 'g') if suffix else ''} on "
+               f"{dataset}", fig)

@@ -70,7 +70,8 @@ def ttq_rows(items: Sequence[Entry]) -> list[list[Any]]:
         when = (secs(t) if t is not None else "did not converge"
                 if e.status == "did-not-converge" else "-")
         rule = m.get("score_rule") if t is not None else None
-        status = e.status + (f": {e.record.reason}" if e.record.reason else "")
+        status = e.status + (f": {e.record.reason}" if e.record.reason else "") + "".join(
+            f"; {flag}: {why}" for flag, why in e.record.flags.items())  # e.g. unstable
         rows.append([Cell(e.source, title=machine_summary(e.file)), e.device,
                      framework_label(p.get("framework"), p.get("compile", "eager")),
                      p.get("preset"), p.get("precision"), p.get("dataset"),

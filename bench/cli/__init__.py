@@ -108,7 +108,9 @@ def cmd_env(args) -> int:
     print(format_env(env))
     for key, r in roofs.items():
         gemm, bw = r.get("gemm_flops_per_s"), r.get("mem_bytes_per_s")
-        print(f"roof {key:10s} GEMM {human(gemm, 'FLOP/s') if gemm else 'n/a':>13s}  "
+        si = human(gemm) if gemm else ""  # "239G" -> "239 GFLOP/s"
+        flops = f"{si[:-1]} {si[-1]}FLOP/s" if si[-1:].isalpha() else f"{si} FLOP/s"
+        print(f"roof {key:10s} GEMM {flops if gemm else 'n/a':>13s}  "
               f"bandwidth {human_bytes(bw, per_s=True) if bw else 'n/a':>10s}  "
               f"({r.get('method') or r.get('reason')})")
     return EXIT_OK
@@ -331,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive_int, metavar="N",
                    help="evaluate validation and test every N epochs and at the last (the "
                         "curve); default: after the last epoch only")
-    t.add_argument("--select", choices=("hr@10", "ndcg@10"), default="ndcg@10",
+    t.add_argument("--select", choices=("hr@10", "ndcg@10"), default="ndcg@10", type=str.lower,
                    help="validation metric that picks the best evaluation, whose test "
                         "metrics are reported (default ndcg@10)")
     t.add_argument("--patience", type=_positive_int, metavar="P",

@@ -77,8 +77,9 @@ def _format_speed(r: dict) -> str:
         why = "only one epoch ran" if r["status"] != "ok" else "use --epochs 2 or more"
         return f"  speed      {first}; no steady-state speed from one epoch ({why})"
     return (f"  speed      {r['sequences_per_s']:,.0f} sequences/s, "
-            f"{r['seconds_per_epoch']:.2f} s/epoch over epochs 2-{r['steady_epochs'] + 1} "
-            f"(training loop incl. batch sampling, evaluation excluded); {first}")
+            f"{r['seconds_per_epoch']:.2f} s/epoch over "
+            + (f"epochs 2-{r['steady_epochs'] + 1}" if r["steady_epochs"] > 1 else "epoch 2")
+            + f" (training loop incl. batch sampling, evaluation excluded); {first}")
 
 
 def _with_paper(m: dict, paper: dict | None, key: str) -> str:
@@ -131,8 +132,9 @@ def _format_stop(r: dict) -> str | None:
 def format_train_result(r: dict) -> str:
     run = r.get("epochs_run", r["epochs"])
     head = (f"{r['framework']} ({r.get('compile', 'eager')}) {r['preset']} on {r['dataset']} "
-            f"({r['epochs']} epochs" + (f", {run} run" if run != r["epochs"] else "") + ", "
-            f"{r['precision']}, {r['device']})")
+            + (f"({r['epochs']} epochs, " if run == r["epochs"]
+               else f"({run} of {r['epochs']} epochs run, ")
+            + f"{r['precision']}, {r['device']})")
     if r["status"] != "ok":
         return "\n".join([head, f"  status     {r['status']}: {r['reason']} "
                                 "(no metrics: they are undefined)", _format_speed(r)])

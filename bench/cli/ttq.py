@@ -19,13 +19,14 @@ def _target(text: str) -> tuple[str, float]:
 
 
 def cmd_ttq(args) -> int:
+    import contextlib
     import os
     from pathlib import Path
 
     from bench import results as R
     from bench.launch.locks import machine_lock
     from bench.launch.runner import check_writable
-    from bench.machine.conditions import PointWindow
+    from bench.machine.conditions import PointWindow, unstable_reason
     from bench.machine.envinfo import fingerprint
     from bench.scenarios.ttq import TTQSpec, check, ttq
     from recmodels.config import parse_overrides
@@ -39,24 +40,40 @@ def cmd_ttq(args) -> int:
     checked = check(spec)  # options, device and dataset, before any output
     env = fingerprint()
     out = Path(args.out)
-    check_writable(out / R.safe_name(env["machine_id"]))  # a bad --out fails before training
-    run_id = R.make_run_id()
-    header = R.RunHeader(run_id=run_id, suite="ttq", started_at=R.iso_utc(), env=env,
-                         roofs={})
-    with machine_lock(), R.ResultsWriter.create(out, env["machine_id"], run_id,
-                                                header) as writer:
-        window = PointWindow(exclude=[os.getpid()])  # what else ran meanwhile (the load)
-        outcome = ttq(spec, checked=checked, progress=lambda m: _err(f"recbench ttq: {m}"))
-        conditions = window.close()
-        writer.write(R.TTQRecord.for_point(outcome.point, outcome.status, outcome.reason,
-                                           outcome.metrics, conditions=conditions))
+    folder = out / R.safe_name(env["machine_id"])
+    with machine_lock():  # first: a machine busy measuring refuses before anything is made
+        created = not folder.exists()
+        check_writable(folder)  # a bad --out fails before training
+        run_id, started = R.make_run_id(), R.iso_utc()
+        try:
+            window = PointWindow(exclude=[os.getpid()])  # what else ran meanwhile (the load)
+            outcome = ttq(spec, checked=checked,
+                          progress=lambda m: _err(f"recbench ttq: {m}"))
+            conditions = window.close()
+        except BaseException:  # interrupted or failed: no file, and no folder it made
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
+            raise
+        # The file is written once the runs are done: the record is its only content, so an
+        # interrupted ttq leaves no header-only file behind.
+        why = unstable_reason(None, conditions)
+        header = R.RunHeader(run_id=run_id, suite="ttq", started_at=started, env=env,
+                             roofs={})
+        with R.ResultsWriter.create(out, env["machine_id"], run_id, header) as writer:
+            writer.write(R.TTQRecord.for_point(outcome.point, outcome.status, outcome.reason,
+                                               outcome.metrics, conditions=conditions,
+                                               flags={"unstable": why} if why else None))
     if args.json:
         _print_json({"results": str(writer.path), "status": outcome.status,
                      "reason": outcome.reason, "point": outcome.point,
-                     "metrics": outcome.metrics, "conditions": conditions})
+                     "metrics": outcome.metrics, "conditions": conditions,
+                     "flags": {"unstable": why} if why else {}})
     else:
         print(format_ttq(outcome.point, outcome.status, outcome.reason, outcome.metrics))
         print(format_conditions(conditions))
+        if why:
+            print(f"  unstable   {why}: the times are not this machine's alone")
         print(f"results: {writer.path}")
     return EXIT_OK if outcome.status == "ok" else EXIT_CHECK_FAILED
 

@@ -218,23 +218,23 @@ def _gemm(
     _check_framework(framework)
     _check_dtype(dtype)
     kind, index = parse_device(device)
-    best: tuple[float, str] | None = None
+    got: list[tuple[float, str, str]] = []  # (FLOP/s, method, kernel name)
     errors = []
     for name, make in _gemm_kernels(framework, kind, dtype):
         try:
-            got = _gemm_kernel(make, name, framework, kind, index, device, dtype, n,
-                               min_time_s, repeats)
+            flops, method = _gemm_kernel(make, name, framework, kind, index, device, dtype, n,
+                                         min_time_s, repeats)
         except Exception as e:  # a second kernel that fails leaves the first one's roof
             if name == "matmul":
                 raise
-            errors.append(f"{name}: {_short(e)}")
+            errors.append(f"{framework} {name}: {_short(e)}")
             continue
-        if best is None or got[0] > best[0]:
-            best = got
-    assert best is not None
-    if errors:
-        return best[0], f"{best[1]} ({'; '.join(errors)})"
-    return best
+        got.append((flops, method, name))
+    best = max(got)
+    others = [f"{framework} {name} {flops / 1e9:.0f} GFLOP/s" for flops, _, name in got
+              if (flops, name) != (best[0], best[2])] + errors
+    return best[0], best[1] + (f" (the better kernel; also measured: {', '.join(others)})"
+                               if others else "")
 
 
 def _gemm_kernel(make: Callable, name: str, framework: str, kind: str, index: int,
@@ -363,6 +363,8 @@ def measure_roofs(
                     "gemm_flops_per_s": gemm,
                     "mem_bytes_per_s": bw,
                     "method": "; ".join(m for m in (gemm_method, bw_method) if m) or None,
+                    "gemm_method": gemm_method,
+                    "mem_method": bw_method,
                 }
                 if gemm_error and gemm_error == bw_error:  # e.g. the device is not there
                     entry["reason"] = gemm_error
@@ -380,11 +382,13 @@ def _combine(by_fw: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return next(iter(by_fw.values()))
     entry: dict[str, Any] = {}
     methods = []
-    for key in ("gemm_flops_per_s", "mem_bytes_per_s"):
+    for key, how in (("gemm_flops_per_s", "gemm_method"), ("mem_bytes_per_s", "mem_method")):
         got = [(v[key], fw) for fw, v in by_fw.items() if v[key] is not None]
         entry[key] = max(got)[0] if got else None
         if got:
-            methods.append(f"{key}: best of {', '.join(fw for _, fw in got)} ({max(got)[1]})")
+            winner = max(got)[1]
+            methods.append(f"{key}: best of {', '.join(fw for _, fw in got)}: "
+                           f"{by_fw[winner].get(how) or winner}")
     entry["method"] = "; ".join(methods) or None
     reasons = [f"{fw}: {v['reason']}" for fw, v in by_fw.items() if "reason" in v]
     if reasons:

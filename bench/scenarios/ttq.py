@@ -172,7 +172,7 @@ def score(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if n >= 3:
         kept = sorted(order[1:-1])
         rule = (f"mean of {len(kept)} of {n} runs, fastest and slowest dropped (MLPerf "
-                "Training)" + ("; the run that missed the target counts as the slowest"
+                "Training)" + ("; the run that missed the target counted as the slowest"
                                if missed else ""))
         failed = len(missed) >= 2
     else:
@@ -182,7 +182,11 @@ def score(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 f"plain mean of {n} runs (under 3 runs nothing is dropped; MLPerf Training "
                 "drops the fastest and slowest of 3 or more)")
         failed = bool(missed)
-    if failed:
+    if failed:  # no score: the rule says what would have scored one
+        rule = ("mean of the runs without the fastest and the slowest (MLPerf Training); a "
+                "run that misses the target counts as the slowest, two or more misses give "
+                "no score" if n >= 3 else "every run must reach the target under 3 runs "
+                "(nothing is dropped)")
         return {"status": "did-not-converge", "kept": [], "time_to_target_s": None,
                 "score_rule": rule,
                 "reason": f"{len(missed)} of {n} runs did not reach the target"

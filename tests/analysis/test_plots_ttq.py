@@ -281,3 +281,21 @@ def test_one_machines_files_are_one_source(tmp_path: Path) -> None:
               run="20261205T000001Z-0002")
     [series] = ttq_series([a, b]).values()
     assert sorted(s.name for s in series) == ["jax (jit) fp32", "torch (eager) fp32"]
+
+
+def test_each_target_value_gets_its_own_figure(tmp_path: Path) -> None:
+    """Two targets of one dataset and metric: two figures (stems carry the value), each with
+    one dashed target line; a differing epoch cap is named in the legend, not a bare number."""
+    a = _file(tmp_path, "machine-a", [
+        _ok((10.0, 12.0, 20.0), {**_point(), "max_epochs": 4}),
+        _ok((6.0, 8.0, 9.0), {**_point(value=0.7), "max_epochs": 4}),
+        _ok((7.0, 9.0, 11.0), {**_point(value=0.7), "max_epochs": 8}),
+    ])
+    figs = {name: (panel, fig) for name, panel, fig in iter_ttq_figures([a])}
+    assert set(figs) == {"ttq-games-hr@10-0.6", "ttq-games-hr@10-0.7"}
+    assert figs["ttq-games-hr@10-0.7"][0] == "HR@10 >= 0.7 on games"
+    ax = figs["ttq-games-hr@10-0.7"][1].axes[0]
+    assert len([ln for ln in ax.lines if ln.get_gid() == "target"]) == 1
+    names = sorted(ln.get_label().split(": median")[0] for ln in ax.lines
+                   if ln.get_gid() == "median-run")
+    assert names == ["torch (eager) fp32 cap 4 epochs", "torch (eager) fp32 cap 8 epochs"]
