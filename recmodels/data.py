@@ -165,6 +165,9 @@ def cache_dir() -> Path:
 def get_spec(name_or_spec: str | DatasetSpec) -> DatasetSpec:
     if isinstance(name_or_spec, DatasetSpec):
         return name_or_spec
+    if name_or_spec in SYNTHETIC:
+        raise InputError(f"{name_or_spec!r} is generated on the fly, not downloaded: there is "
+                         f"nothing to fetch; pass --dataset {name_or_spec} to use it")
     if name_or_spec not in REGISTRY:
         raise InputError(
             f"unknown dataset {name_or_spec!r}; known datasets: {', '.join(sorted(REGISTRY))}"

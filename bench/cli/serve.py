@@ -59,16 +59,16 @@ def cmd_serve(args) -> int:
                          "use --device cpu")
     env = fingerprint()
     out = Path(args.out)
-    check_writable(out / R.safe_name(env["machine_id"]))
-    run_id = R.make_run_id()
-    header = R.RunHeader(run_id=run_id, suite="serve", started_at=R.iso_utc(), env=env,
-                         roofs={})
-    with machine_lock(), R.ResultsWriter.create(out, env["machine_id"], run_id,
-                                                header) as writer:
-        log_root = writer.path.with_suffix("") / "loadgen"  # <run-id>/loadgen/<test>/
-        outcome = serve(spec, log_root, progress=lambda m: _err(f"recbench serve: {m}"))
-        writer.write(R.ServeRecord.for_point(outcome.point, outcome.status, outcome.reason,
-                                             outcome.metrics))
+    with machine_lock():  # first: a machine busy measuring refuses before a folder is made
+        check_writable(out / R.safe_name(env["machine_id"]))
+        run_id = R.make_run_id()
+        header = R.RunHeader(run_id=run_id, suite="serve", started_at=R.iso_utc(), env=env,
+                             roofs={})
+        with R.ResultsWriter.create(out, env["machine_id"], run_id, header) as writer:
+            log_root = writer.path.with_suffix("") / "loadgen"  # <run-id>/loadgen/<test>/
+            outcome = serve(spec, log_root, progress=lambda m: _err(f"recbench serve: {m}"))
+            writer.write(R.ServeRecord.for_point(outcome.point, outcome.status,
+                                                 outcome.reason, outcome.metrics))
     m = outcome.metrics
     if args.json:
         _print_json({"results": str(writer.path), "status": outcome.status,

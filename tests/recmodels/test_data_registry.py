@@ -243,3 +243,12 @@ def test_cli_data_list_shows_paper_figures_and_sha_seen(server: _Server, tmp_pat
     assert "287,107 actions  not fetched, sha256 registered" in out
     assert f"12 actions  cached, sha256 seen {digest[:12]}…" in out
     assert max(len(line) for line in out.splitlines()[1:]) <= 100  # [0]: the cache dir
+
+
+def test_fetching_synthetic_data_says_it_is_generated(capsys) -> None:
+    from bench.cli import main
+
+    assert main(["data", "fetch", "synthetic-games"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "generated on the fly" in err and "--dataset synthetic-games" in err
+    assert len(err.splitlines()) == 1
