@@ -119,8 +119,9 @@ def format_curve(r: dict) -> list[str]:
 def _format_stop(r: dict) -> str | None:
     notes = []
     if r.get("early_stopped_epoch"):
-        notes.append(f"early stop at epoch {r['early_stopped_epoch']} (patience "
-                     f"{r['patience']} evaluations)")
+        n = r["patience"]
+        notes.append(f"early stop at epoch {r['early_stopped_epoch']} ({n} evaluation"
+                     f"{'s' if n != 1 else ''} without a better validation {r['select']})")
     target = r.get("target")
     if target:
         notes.append(f"target valid {target['metric']} >= {target['value']:g} "

@@ -109,7 +109,9 @@ def test_early_stop_after_patience_evaluations_without_improvement(small, monkey
     # ndcg peaks at epoch 2; epochs 3 and 4 do not beat it: stop after epoch 4
     assert r["early_stopped_epoch"] == 4 and r["epochs_run"] == 4 and r["epochs"] == 10
     assert len(r["history"]) == 4 and r["best_epoch"] == 2 and calls["valid"] == 4
-    assert "early stop at epoch 4" in format_train_result(r)
+    text = format_train_result(r)
+    assert "early stop at epoch 4 (2 evaluations without a better validation ndcg@10)" in text
+    assert "(4 of 10 epochs run, " in text.splitlines()[0]
 
 
 def test_a_target_stops_training_the_first_time_validation_reaches_it(small, monkeypatch):
