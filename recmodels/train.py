@@ -113,7 +113,8 @@ class TrainOptions:
         if self.epochs is not None and self.epochs < 1:
             raise InputError(f"epochs must be a positive integer, got {self.epochs}")
         if not self.lr > 0:
-            raise InputError(f"lr must be > 0, got {self.lr}")
+            raise InputError(f"lr must be > 0, got {self.lr}: pass a positive learning rate "
+                             "such as --lr 1e-3 (the default, SASRec's)")
         for name in ("eval_every", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}")

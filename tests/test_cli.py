@@ -264,3 +264,9 @@ def test_a_warning_is_one_line_naming_the_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"recbench report: warning: {path}:2: skipped a truncated last line (12 "
                    "bytes); the run was probably interrupted"]
+
+
+def test_a_non_positive_lr_is_one_line_naming_the_fix(capsys):
+    assert main(["train", "--lr", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lr must be > 0, got 0.0" in err and "--lr 1e-3" in err

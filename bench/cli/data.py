@@ -76,7 +76,7 @@ def cmd_data(args) -> int:
             print(f"  {'':8s} {_paper_line(r)}")
         for s in synth:
             print(f"  {s['name']:8s} generated: {s['n_users']:,} users, {s['n_items']:,} items, "
-                  f"mean length {s['mean_len']:.1f}")
+                  f"mean length set to {s['mean_len']:.1f}")
         print(PAPER_NOTE)
         return EXIT_OK
     if args.action == "fetch":

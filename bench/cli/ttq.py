@@ -139,7 +139,8 @@ def add_ttq_parser(sub) -> None:
     s = sub.add_parser("ttq", help="time to a quality target over N seeded training runs "
                                    "(MLPerf Training's score)")
     s.add_argument("--dataset", required=True,
-                   help="synthetic | synthetic-games | a registry name | a 'user item' file")
+                   help="synthetic | synthetic-games | a registry name (recbench data list) | "
+                        "a path to a 'user item' or MovieLens ratings file")
     s.add_argument("--target", type=_target, required=True, metavar="METRIC=X",
                    help="validation target: hr@10=X or ndcg@10=X, 0 < X <= 1")
     s.add_argument("--runs", type=_positive_int, default=5,
