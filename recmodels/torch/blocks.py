@@ -1,7 +1,9 @@
 """GenRec in PyTorch, the layers: attention mask, attention, FFN and the blocks.
 
 Mirrors recmodels/jax/blocks.py name for name and in the same order; parameter names are the
-state_dict keys on both sides, so one safetensors file loads into either framework.
+state_dict keys on both sides, so one safetensors file loads into either framework. The
+oneDNN section (`linear` and its helpers) is torch's only: it picks the kernel of a product
+XLA chooses for itself, and computes the same layers.
 
 Shapes: B batch, T sequence length, d model width, h heads, C catalog size, R negatives.
 Input sequences are left-padded with item 0, so the most recent item is always at T-1.

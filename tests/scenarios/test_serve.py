@@ -278,19 +278,8 @@ def test_energy_per_1000_requests_over_the_whole_run(tmp_path: Path) -> None:
     assert m["energy_j_per_1k_requests"] == pytest.approx(m["energy_j"] * 1000 / m["requests"])
 
 
-def test_a_busy_machine_refuses_serve_before_making_a_folder(tmp_path, capsys, monkeypatch):
+def test_a_busy_machine_refuses_serve_before_making_a_folder(tmp_path, capsys, busy_machine):
     """The machine lock comes before the results folder: refused, nothing is left behind."""
-    import contextlib
-
-    from bench.launch import locks
-    from recmodels.errors import InputError
-
-    @contextlib.contextmanager
-    def busy(command=None):
-        raise InputError("this machine is in use for measuring by pid 1")
-        yield
-
-    monkeypatch.setattr(locks, "machine_lock", busy)
     out = tmp_path / "busy"
     assert main(["serve", "--scenario", "offline", "--out", str(out)]) == 2
     assert "in use for measuring" in capsys.readouterr().err and not out.exists()

@@ -226,20 +226,9 @@ def test_bad_out_or_dataset_fails_before_any_training(small, tmp_path, capsys, m
 
 
 def test_a_busy_machine_or_an_interrupt_leaves_nothing_behind(small, tmp_path, capsys,
-                                                               monkeypatch):
+                                                               busy_machine, monkeypatch):
     """The machine lock comes first (busy: exit 2, no folder made), and the results file is
     written only once the runs are done (interrupted: no header-only file, no empty folder)."""
-    import contextlib
-
-    from bench.launch import locks
-    from recmodels.errors import InputError
-
-    @contextlib.contextmanager
-    def busy(command=None):
-        raise InputError("this machine is in use for measuring by pid 1")
-        yield
-
-    monkeypatch.setattr(locks, "machine_lock", busy)
     out = tmp_path / "busy"
     assert main(["ttq", "--dataset", small, "--target", "hr@10=0.5", "--out", str(out)]) == 2
     assert "in use for measuring" in capsys.readouterr().err and not out.exists()
