@@ -58,6 +58,8 @@ RECORDED_ENV_VARS = (
     "XLA_FLAGS",
     "JAX_PLATFORMS",
     "TPU_VISIBLE_CHIPS",
+    "RECBENCH_ONEDNN_LINEAR",  # torch's CPU fp32 Linear kernel (recmodels/torch/blocks.py)
+    "RECBENCH_HOST_MALLOC",  # glibc malloc kept or not (recmodels/torch/hostmem.py)
 )
 
 

@@ -95,8 +95,8 @@ ONEDNN_MIN_WEIGHT = 128 * 128
 
 
 def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a [M, K] @ b[N, K]^T (+ bias [N]) -> [M, N] by oneDNN's fp32 matmul (strided views
-    are read in place: a transposed operand costs no copy)."""
+    """a [M, K] @ b[N, K]^T (+ bias [N]) -> [M, N] by oneDNN's fp32 matmul. b is read in
+    place whatever its strides; a is made contiguous first (a transposed a costs a copy)."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
@@ -153,7 +153,14 @@ class _OneDNNLinear(torch.autograd.Function):
         rows = bucket_rows(m)
         dyp = _pad_rows(dy, rows)
         dx = _mm_t(dyp, w.T)[:m] if ctx.needs_input_grad[0] else None
-        dw = _mm_t(dyp.T, _pad_rows(x, rows).T) if ctx.needs_input_grad[1] else None
+        dw = None
+        if ctx.needs_input_grad[1]:
+            # dw = dy^T x contracts the rows; _mm_t copies its first operand's transpose, so
+            # the narrower of dy [M, N] and x [M, K] goes first (qkv, fc1: x; fc2: dy): the
+            # copy of fc1's [M, 1024] dy cost as much as a third of its product
+            xp = _pad_rows(x, rows)
+            dw = (_mm_t(dyp.T, xp.T) if dy.shape[1] <= x.shape[1]
+                  else _mm_t(xp.T, dyp.T).T.contiguous())  # dw^T = x^T dy, [N, K] again
         db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 

@@ -45,6 +45,7 @@ from recmodels.config import GenRecConfig
 from recmodels.errors import InputError
 from recmodels.torch.blocks import DTYPES, attention_mask
 from recmodels.torch.engine import make_optimizer, set_matmul_precision
+from recmodels.torch.hostmem import keep_freed_memory
 from recmodels.torch.losses import LOSSES
 from recmodels.torch.model import GenRec, attention_norm, positions, relative
 
@@ -259,6 +260,8 @@ class DistEngine:
         self.cfg, self.parallel, self.sharding, self.seed = cfg, parallel, sharding, seed
         self.optimizer, self.lr, self.table_optimizer = optimizer, lr, table_optimizer
         self.device = torch.device(local_device(kind) if device == "cuda" else device)
+        if self.device.type == "cpu":  # as Engine: the step's buffers reused (hostmem.py)
+            keep_freed_memory()
         set_matmul_precision(matmul_precision)
         mixed = cfg.compute_dtype != cfg.param_dtype
         self.autocast_dtype = DTYPES[cfg.compute_dtype] if mixed else None

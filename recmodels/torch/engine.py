@@ -12,6 +12,7 @@ import torch.nn as nn
 from recmodels.config import GenRecConfig, padding_invariant
 from recmodels.splits import trim_padding
 from recmodels.torch.blocks import DTYPES
+from recmodels.torch.hostmem import keep_freed_memory
 from recmodels.torch.kv_cache import (
     RANK_CHUNK,
     KVCache,
@@ -111,6 +112,8 @@ class Engine:
                  compile: str = "eager"):
         self.cfg = cfg
         self.device = torch.device(device)
+        # on the CPU, the step's buffers reused, not faulted in anew (hostmem.py); the outcome
+        self.host_malloc = keep_freed_memory() if self.device.type == "cpu" else None
         set_matmul_precision(matmul_precision)
         torch.manual_seed(seed)
         self.model = GenRec(cfg).to(self.device, DTYPES[cfg.param_dtype])

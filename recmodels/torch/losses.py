@@ -13,13 +13,17 @@ from recmodels.torch.blocks import Packing
 from recmodels.torch.model import GenRec
 
 # --- losses: h [B, T, d], pos [B, T], neg [B, T, R]; positions with pos == 0 are ignored.
+# The table's rows are looked up with F.embedding, table[ids] in effect: its backward adds the
+# rows' gradients into the table's with one scatter-add, where indexing's backward
+# (index_put_ with accumulate) took ~4x as long on CPU (2.8 against 0.75 ms for small's
+# 3,200 rows of 256).
 
 
 def bce_loss(h: torch.Tensor, table: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
              cfg: GenRecConfig) -> torch.Tensor:
     """SASRec's loss: -log sigmoid(s_pos) - sum_r log(1 - sigmoid(s_neg_r)), per position."""
-    s_pos = (h * table[pos]).sum(-1).float()
-    s_neg = torch.einsum("btd,btrd->btr", h, table[neg]).float()
+    s_pos = (h * F.embedding(pos, table)).sum(-1).float()
+    s_neg = torch.einsum("btd,btrd->btr", h, F.embedding(neg, table)).float()
     return F.softplus(-s_pos) + F.softplus(s_neg).sum(-1)
 
 
@@ -27,8 +31,8 @@ def sampled_softmax_loss(h: torch.Tensor, table: torch.Tensor, pos: torch.Tensor
                          neg: torch.Tensor, cfg: GenRecConfig) -> torch.Tensor:
     """Cross-entropy of the positive against R uniform negatives (uniform sampling makes the
     logQ correction a constant, so it is omitted)."""
-    s_pos = (h * table[pos]).sum(-1, keepdim=True)
-    s_neg = torch.einsum("btd,btrd->btr", h, table[neg])
+    s_pos = (h * F.embedding(pos, table)).sum(-1, keepdim=True)
+    s_neg = torch.einsum("btd,btrd->btr", h, F.embedding(neg, table))
     logits = torch.cat([s_pos, s_neg], dim=-1).float() / cfg.temperature
     return torch.logsumexp(logits, dim=-1) - logits[..., 0]
 

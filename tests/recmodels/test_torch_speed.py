@@ -176,22 +176,26 @@ def _off(monkeypatch):
 
 @needs_onednn
 @pytest.mark.parametrize("rows", [100, 128])  # padded to 128 rows, and as it is
-def test_onednn_linear_equals_f_linear_forward_and_backward(rows, monkeypatch):
+@pytest.mark.parametrize("k, n", [(128, 192), (192, 128)])  # dw = (x^T dy)^T, and dy^T x
+def test_onednn_linear_equals_f_linear_forward_and_backward(rows, k, n, monkeypatch):
     torch.manual_seed(0)
-    layer = torch.nn.Linear(128, 192)
-    x = torch.randn(2, rows // 2, 128, requires_grad=True)
+    layer = torch.nn.Linear(k, n)
+    x = torch.randn(2, rows // 2, k, requires_grad=True)
     calls = []
     assert blocks.onednn_linear_available()  # its probe runs before the products are counted
     real = blocks._mm_t
     monkeypatch.setattr(blocks, "_mm_t", lambda *a: calls.append(a[0].shape) or real(*a))
     y = blocks.linear(layer, x)
-    (y * torch.linspace(-1, 1, 192)).sum().backward()
+    (y * torch.linspace(-1, 1, n)).sum().backward()
     got = (y.detach(), x.grad, layer.weight.grad, layer.bias.grad)
-    assert y.shape == (2, rows // 2, 192)
-    assert calls == [(128, 128), (128, 192), (192, 128)]  # all three products by oneDNN
+    assert y.shape == (2, rows // 2, n)
+    # all three products by oneDNN; dw's first operand is the narrower of x^T and dy^T (the
+    # one _mm_t copies)
+    assert calls == [(128, k), (128, n), (min(k, n), 128)]
+    assert layer.weight.grad.shape == (n, k) and layer.weight.grad.is_contiguous()
     x.grad = layer.weight.grad = layer.bias.grad = None
     y = torch.nn.functional.linear(x, layer.weight, layer.bias)
-    (y * torch.linspace(-1, 1, 192)).sum().backward()
+    (y * torch.linspace(-1, 1, n)).sum().backward()
     for a, b in zip(got, (y.detach(), x.grad, layer.weight.grad, layer.bias.grad)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
