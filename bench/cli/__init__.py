@@ -19,7 +19,6 @@ import warnings
 from bench.launch.signals import exit_code, stop_signals_as_interrupt
 from recmodels.config import human, human_bytes
 from recmodels.errors import InputError
-from recmodels.torch.hostmem import choice as host_malloc_choice
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -139,7 +138,6 @@ def cmd_run(args) -> int:
     if args.dry_run:  # a plan: it may name devices this machine lacks
         return _dry_run(suite, args.json)
     _check_devices(suite, hardware, args.device)  # before any point or output
-    host_malloc_choice()  # a bad RECBENCH_HOST_MALLOC: one line, before any point
     env = fingerprint()
     out = Path(args.out)
     resume = None

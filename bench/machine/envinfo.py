@@ -59,7 +59,7 @@ RECORDED_ENV_VARS = (
     "JAX_PLATFORMS",
     "TPU_VISIBLE_CHIPS",
     "RECBENCH_ONEDNN_LINEAR",  # torch's CPU fp32 Linear kernel (recmodels/torch/blocks.py)
-    "RECBENCH_HOST_MALLOC",  # glibc malloc kept or not (recmodels/torch/hostmem.py)
+    "RECBENCH_KEEP_HOST_MEMORY",  # 0: glibc's malloc left alone (recmodels/hostmem.py)
 )
 
 

@@ -57,10 +57,10 @@ class DeviceCaps:
 
 
 def prepare_jax_process() -> None:
-    """Set glibc's malloc for XLA:CPU's per-step buffers (recmodels.jax.engine.
-    keep_host_memory) before a worker's first JAX computation: the setting reaches only
-    threads that have not allocated yet, and probes and roofs run before a point's Engine."""
-    from recmodels.jax.engine import keep_host_memory
+    """Set glibc's malloc for XLA:CPU's per-step buffers (recmodels.hostmem.keep_host_memory)
+    before a worker's first JAX computation: the setting reaches only threads that have not
+    allocated yet, and probes and roofs run before a point's Engine."""
+    from recmodels.hostmem import keep_host_memory
 
     keep_host_memory()
 

@@ -5,9 +5,6 @@ Mirrors recmodels/torch/engine.py name for name and in the same order.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
 from functools import partial, wraps
 from typing import NamedTuple
 
@@ -17,6 +14,7 @@ import numpy as np
 import optax
 
 from recmodels.config import GenRecConfig, padding_invariant
+from recmodels.hostmem import keep_host_memory
 from recmodels.jax.blocks import Params
 from recmodels.jax.distributed import (
     batch_sharding,
@@ -128,39 +126,6 @@ def set_matmul_precision(mode: str, compute_dtype: str = "fp32") -> None:
         mode = "default"
     jax.config.update("jax_default_matmul_precision",
                       {"tf32": "tensorfloat32", "highest": "highest"}.get(mode, "default"))
-
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-
-
-def keep_host_memory() -> bool:
-    """Have XLA:CPU reuse the memory of its per-step buffers instead of faulting in fresh
-    pages every step.
-
-    XLA:CPU mallocs a step's temporaries in one block (tiny's train step: 87 MB, small's at
-    B=64: 444 MB) from the thread that runs it. glibc serves a block that size from a new
-    mmap, always in a thread's arena, and unmaps it when freed, so every step page-faults it
-    in and the kernel zeroes it: 21k faults and ~40% of tiny's step time on a 2-core VM.
-    This sets glibc's malloc, process-wide, to one arena (M_ARENA_MAX 1), no mmaps
-    (M_MMAP_MAX 0) and no trimming (M_TRIM_THRESHOLD 2^31-1): freed memory stays in the
-    process for its next allocation, so resident memory stays at its high-water mark.
-
-    It reaches only threads that have not allocated yet: call it before the process's first
-    JAX computation (the Engine does, on CPU). Linux with glibc only; a no-op elsewhere, where
-    RECBENCH_KEEP_HOST_MEMORY=0, or where the environment sets glibc's malloc tunables
-    (MALLOC_*_ / GLIBC_TUNABLES: the user's choice stands). Returns whether it applied."""
-    if not sys.platform.startswith("linux") or os.environ.get("RECBENCH_KEEP_HOST_MEMORY") == "0":
-        return False
-    if "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") for k in os.environ):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018  (glibc, not musl)
-    except (OSError, AttributeError):
-        return False
-    return all(libc.mallopt(param, value) == 1 for param, value in (
-        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
 
 
 class Engine:

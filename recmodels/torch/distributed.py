@@ -43,9 +43,9 @@ import torch.nn as nn
 
 from recmodels.config import GenRecConfig
 from recmodels.errors import InputError
+from recmodels.hostmem import keep_host_memory
 from recmodels.torch.blocks import DTYPES, attention_mask
 from recmodels.torch.engine import make_optimizer, set_matmul_precision
-from recmodels.torch.hostmem import keep_freed_memory
 from recmodels.torch.losses import LOSSES
 from recmodels.torch.model import GenRec, attention_norm, positions, relative
 
@@ -261,7 +261,7 @@ class DistEngine:
         self.optimizer, self.lr, self.table_optimizer = optimizer, lr, table_optimizer
         self.device = torch.device(local_device(kind) if device == "cuda" else device)
         if self.device.type == "cpu":  # as Engine: the step's buffers reused (hostmem.py)
-            keep_freed_memory()
+            keep_host_memory()
         set_matmul_precision(matmul_precision)
         mixed = cfg.compute_dtype != cfg.param_dtype
         self.autocast_dtype = DTYPES[cfg.compute_dtype] if mixed else None

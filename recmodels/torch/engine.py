@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 
 from recmodels.config import GenRecConfig, padding_invariant
+from recmodels.hostmem import keep_host_memory
 from recmodels.splits import trim_padding
 from recmodels.torch.blocks import DTYPES
-from recmodels.torch.hostmem import keep_freed_memory
 from recmodels.torch.kv_cache import (
     RANK_CHUNK,
     KVCache,
@@ -112,8 +112,8 @@ class Engine:
                  compile: str = "eager"):
         self.cfg = cfg
         self.device = torch.device(device)
-        # on the CPU, the step's buffers reused, not faulted in anew (hostmem.py); the outcome
-        self.host_malloc = keep_freed_memory() if self.device.type == "cpu" else None
+        if self.device.type == "cpu":  # the step's buffers reused, not faulted in anew
+            keep_host_memory()
         set_matmul_precision(matmul_precision)
         torch.manual_seed(seed)
         self.model = GenRec(cfg).to(self.device, DTYPES[cfg.param_dtype])

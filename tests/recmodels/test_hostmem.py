@@ -1,7 +1,8 @@
-"""glibc's malloc kept for torch's CPU steps (recmodels/torch/hostmem.py)."""
+"""glibc's malloc kept for the CPU engines (recmodels/hostmem.py)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -9,8 +10,7 @@ import textwrap
 
 import pytest
 
-from recmodels.errors import InputError
-from recmodels.torch import hostmem
+from recmodels import hostmem
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -25,64 +25,36 @@ class FakeLibc:
         return self.answer
 
 
-def test_keep_turns_mmap_and_trimming_off():
+def test_one_arena_no_mmap_no_trim():
     libc = FakeLibc()
-    assert hostmem.configure(libc, "glibc", "keep") == "kept (glibc: mmap off, trim off)"
-    assert libc.calls == [(hostmem.M_MMAP_MAX, 0), (hostmem.M_TRIM_THRESHOLD, 2**31 - 1)]
+    assert hostmem.keep_host_memory(libc=libc, environ={}, platform="linux") is True
+    assert libc.calls == [(-8, 1), (-4, 0), (-1, 2**31 - 1)]  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM
 
 
-@pytest.mark.parametrize("name, wanted, says", [
-    ("glibc", "system", "RECBENCH_HOST_MALLOC=system"),
-    ("musl", "keep", "C library musl, not glibc"),
-    ("", "keep", "C library unknown, not glibc"),
+@pytest.mark.parametrize("environ, plat", [
+    ({"RECBENCH_KEEP_HOST_MEMORY": "0"}, "linux"),  # the opt-out
+    ({"MALLOC_ARENA_MAX": "4"}, "linux"),  # the user's own malloc tuning stands
+    ({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}, "linux"),
+    ({}, "darwin"),
 ])
-def test_nothing_is_changed_when_not_asked_or_not_glibc(name, wanted, says):
+def test_left_alone(environ, plat):
     libc = FakeLibc()
-    outcome = hostmem.configure(libc, name, wanted)
-    assert outcome.startswith("system (") and says in outcome and libc.calls == []
+    assert hostmem.keep_host_memory(libc=libc, environ=environ, platform=plat) is False
+    assert libc.calls == []
 
 
-def test_a_refused_mallopt_is_reported_as_system():
-    assert hostmem.configure(FakeLibc(answer=0), "glibc", "keep") == \
-        "system (glibc refused mallopt)"
+def test_a_refused_mallopt_says_so():
+    assert hostmem.keep_host_memory(libc=FakeLibc(answer=0), environ={}, platform="linux") is False
 
 
-@pytest.mark.parametrize("value, expected", [(None, "keep"), ("", "keep"), ("keep", "keep"),
-                                             (" SYSTEM ", "system")])
-def test_choice(monkeypatch, value, expected):
-    if value is None:
-        monkeypatch.delenv(hostmem.ENV, raising=False)
-    else:
-        monkeypatch.setenv(hostmem.ENV, value)
-    assert hostmem.choice() == expected
-
-
-def test_a_bad_choice_names_the_values(monkeypatch):
-    monkeypatch.setenv(hostmem.ENV, "jemalloc")
-    with pytest.raises(InputError, match=r"RECBENCH_HOST_MALLOC='jemalloc': expected one of "
-                                         r"keep, system"):
-        hostmem.choice()
-
-
-def test_recbench_run_refuses_a_bad_setting_before_any_point(tmp_path, capsys, monkeypatch):
-    from bench.cli import main
-
-    monkeypatch.setenv(hostmem.ENV, "yes")
-    out = tmp_path / "out"
-    assert main(["run", "--suite", "quick", "--out", str(out), "--no-roofs"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "RECBENCH_HOST_MALLOC='yes'" in err and len(err.splitlines()) == 1
-    assert not out.exists()
-
-
-# A child process: a torch CPU Engine built (its outcome printed), then 48 MiB (above glibc's
-# largest dynamic mmap threshold, 32 MiB) malloc'd, touched, freed, malloc'd and touched again;
-# prints the minor page faults of the second touch.
+# A child process: a framework's CPU Engine built, then 48 MiB (above glibc's largest dynamic
+# mmap threshold, 32 MiB) malloc'd, touched, freed, malloc'd and touched again; prints the
+# minor page faults of the second touch.
 CHILD = textwrap.dedent("""
-    import ctypes, resource
+    import ctypes, resource, sys
     from recmodels.config import preset
-    from recmodels.torch.engine import Engine
-    print(Engine(preset("tiny", catalog_size=50, seq_len=8)).host_malloc)
+    from recmodels.train import make_engine
+    make_engine(sys.argv[1], preset("tiny", catalog_size=50, seq_len=8), device="cpu")
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
@@ -99,22 +71,18 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _second_touch_faults(setting: str) -> tuple[str, int]:
-    """(the Engine's host_malloc, the second touch's minor faults) in a child process."""
-    import os
-
-    env = {**os.environ, hostmem.ENV: setting}
-    lines = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
-                           text=True, check=True, timeout=120).stdout.split()
-    return " ".join(lines[:-1]), int(lines[-1])
+def _second_touch_faults(framework: str, keep: str) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("GLIBC_TUNABLES", None)
+    env[hostmem.ENV] = keep
+    out = subprocess.run([sys.executable, "-c", CHILD, framework], env=env,
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return int(out.split()[-1])
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
-def test_a_torch_cpu_engine_reuses_freed_memory_without_page_faults():
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_a_cpu_engine_reuses_freed_memory_without_page_faults(framework):
     pages = (48 << 20) // 4096
-    outcome, kept = _second_touch_faults("keep")
-    assert outcome == "kept (glibc: mmap off, trim off)"
-    assert kept < pages // 10  # the block came back from the heap, its pages already there
-    outcome, system = _second_touch_faults("system")
-    assert outcome == "system (RECBENCH_HOST_MALLOC=system)"
-    assert system > pages // 2  # glibc's own: a fresh mmap, every page faulted in again
+    assert _second_touch_faults(framework, "1") < pages // 10  # from the heap, pages resident
+    assert _second_touch_faults(framework, "0") > pages // 2  # glibc's own: a fresh mmap

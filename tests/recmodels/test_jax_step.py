@@ -97,11 +97,3 @@ def test_rows_pad_with_empty_rows_only_up_to_the_most_seen():
     assert {k: v.shape[0] for k, v in padded.items()} == {"seq": 5, "pos": 5, "neg": 5}
     assert not padded["seq"][3:].any() and not padded["pos"][3:].any()
     assert padded["neg"].dtype == np.int32
-
-
-def test_keep_host_memory_respects_the_opt_out(monkeypatch):
-    monkeypatch.setenv("RECBENCH_KEEP_HOST_MEMORY", "0")
-    assert jm.keep_host_memory() is False
-    monkeypatch.delenv("RECBENCH_KEEP_HOST_MEMORY")
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's own malloc tuning stands
-    assert jm.keep_host_memory() is False
