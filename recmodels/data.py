@@ -48,9 +48,9 @@ from recmodels.synthetic import GAMES_SHAPED, SYNTHETIC, SYNTHETIC_DEFAULT, synt
 # The formats and the synthetic data are data's API too (``data.Interactions``,
 # ``data.load_user_item``, ``data.synthetic`` ...).
 __all__ = ["GAMES_SHAPED", "REGISTRY", "SYNTHETIC", "SYNTHETIC_DEFAULT", "DatasetSpec",
-           "Interactions", "cache_dir", "cache_path", "check_stats", "convert_movielens", "fetch",
-           "get_spec", "load", "load_user_item", "save_user_item", "sha256_file", "sha256_path",
-           "sha256_seen", "synthetic"]
+           "Interactions", "cache_dir", "cache_path", "cache_problem", "check_stats",
+           "convert_movielens", "fetch", "get_spec", "load", "load_user_item", "save_user_item",
+           "sha256_file", "sha256_path", "sha256_seen", "synthetic"]
 
 # ---------------------------------------------------------------------------------------------
 # Registry and download cache
@@ -182,6 +182,29 @@ def cache_path(name_or_spec: str | DatasetSpec, *, cache: Path | str | None = No
     return Path(cache if cache is not None else cache_dir()) / f"{spec.name}{suffix}"
 
 
+def cache_problem(name_or_spec: str | DatasetSpec, *, cache: Path | str | None = None
+                  ) -> str | None:
+    """Why the cache path cannot hold the entry's file, in one line (what is there, what to
+    do), or None: a file is there, or nothing is and fetch() can write it. Something else in
+    its place (a directory, a FIFO; a file where the cache directory should be) would
+    otherwise read as "not downloaded", and fetch() would download, then fail to rename."""
+    spec = get_spec(name_or_spec)
+    path = cache_path(spec, cache=cache)
+    then = f"then run `{shlex.join(['recbench', 'data', 'fetch', spec.name])}`"
+    if path.is_file():
+        return None
+    if path.exists():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        return (f"dataset {spec.name!r}: {path} is {what}, not the dataset file: remove or move "
+                f"it, {then}")
+    # the first ancestor there (a dangling link counts): mkdir cannot go through a non-directory
+    there = next((a for a in path.parents if a.exists() or a.is_symlink()), None)
+    if there is None or there.is_dir():
+        return None
+    return (f"dataset {spec.name!r}: cannot use the cache directory {path.parent}: {there} is "
+            f"not a directory; remove or move it, or set RECBENCH_CACHE to a directory, {then}")
+
+
 def sha256_file(path: Path) -> str:
     """The hex sha256 digest of a file's bytes."""
     h = hashlib.sha256()
@@ -278,10 +301,13 @@ def fetch(
     if it fails. ``progress(bytes_done, bytes_total)`` is called after every chunk (total 0
     where neither the server nor the registry gives a size).
 
-    Raises InputError (one line) when the server cannot be reached, or when the download's
-    sha256 / size / statistics are not the registered ones (each figure expected vs got).
+    Raises InputError (one line) when something else sits at the cache path (``cache_problem``:
+    checked before downloading, and left as it is), when the server cannot be reached, or when
+    the download's sha256 / size / statistics are not the registered ones (each expected vs got).
     """
     spec = get_spec(name_or_spec)
+    if problem := cache_problem(spec, cache=cache):  # before any download: nothing replaced
+        raise InputError(problem)
     log = log or _stderr
     dest = cache_path(spec, cache=cache)
     if dest.is_file():
@@ -369,7 +395,8 @@ def load(
     sha256 is checked against it; one without has its statistics checked on every load (free:
     the file is parsed anyway), and the first time a file passes, its sha256 is recorded next
     to it and ``log`` (default: stderr) says it was verified by statistics. Raises InputError
-    (one line) for a missing file, a wrong sha256, or wrong statistics (each expected vs got).
+    (one line) for a missing file or something else in its place (``cache_problem``), a wrong
+    sha256, or wrong statistics (each expected vs got).
     """
     key = os.fspath(name_or_path)
     if key in SYNTHETIC:
@@ -377,6 +404,8 @@ def load(
     if key in REGISTRY:
         spec, path = REGISTRY[key], cache_path(key, cache=cache)
         fetch_cmd = shlex.join(["recbench", "data", "fetch", key])
+        if problem := cache_problem(spec, cache=cache):
+            raise InputError(problem)
         if not path.is_file():
             raise InputError(f"dataset {key!r} is not downloaded (expected at {path}); "
                              f"run `{fetch_cmd}`")

@@ -15,33 +15,40 @@ PAPER_NOTE = (
     "       on fetch and load, and the sha256 seen is recorded. URLs and descriptions: --json")
 
 
-def registry_rows() -> list[dict]:
-    """One JSON-ready row per registry dataset: statistics (the paper's; actions as an interval
-    where the paper rounds them), paper quality and settings, checksum state, cache state."""
+def registry_row(spec) -> dict:
+    """A registry dataset as one JSON-ready row: statistics (the paper's; actions as an interval
+    where the paper rounds them), paper quality and settings, checksum state, cache state
+    (``problem``: why the cache path cannot hold the file, one line, or None)."""
     from recmodels import data as D
 
-    rows = []
-    for spec in D.REGISTRY.values():
-        path = D.cache_path(spec)
-        cached = path.is_file()
-        lo, hi = spec.actions_range
-        rows.append({
-            "name": spec.name, "users": spec.users, "items": spec.items,
-            "actions": spec.actions, "actions_min": lo, "actions_max": hi,
-            "actions_label": spec.actions_label,
-            "paper_quality": dict(spec.paper_quality), "settings": dict(spec.settings),
-            "checksum": "registered" if spec.sha256 else "none",
-            "sha256": spec.sha256, "size_bytes": spec.size_bytes,
-            # the digest recorded when the cached file passed the statistics check
-            "sha256_seen": D.sha256_seen(spec) if cached and spec.sha256 is None else None,
-            "cached": cached, "path": str(path), "url": spec.url,
-            "description": spec.description, "citation": spec.citation,
-        })
-    return rows
+    path = D.cache_path(spec)
+    cached = path.is_file()
+    lo, hi = spec.actions_range
+    return {
+        "name": spec.name, "users": spec.users, "items": spec.items,
+        "actions": spec.actions, "actions_min": lo, "actions_max": hi,
+        "actions_label": spec.actions_label,
+        "paper_quality": dict(spec.paper_quality), "settings": dict(spec.settings),
+        "checksum": "registered" if spec.sha256 else "none",
+        "sha256": spec.sha256, "size_bytes": spec.size_bytes,
+        # the digest recorded when the cached file passed the statistics check
+        "sha256_seen": D.sha256_seen(spec) if cached and spec.sha256 is None else None,
+        "cached": cached, "problem": D.cache_problem(spec), "path": str(path), "url": spec.url,
+        "description": spec.description, "citation": spec.citation,
+    }
+
+
+def registry_rows() -> list[dict]:
+    """``registry_row`` of every registry dataset, in registry order."""
+    from recmodels import data as D
+
+    return [registry_row(spec) for spec in D.REGISTRY.values()]
 
 
 def _state(r: dict) -> str:
     """Cache and checksum state, for the text table."""
+    if r["problem"]:
+        return "cache path blocked (below)"
     if r["checksum"] == "registered":
         return f"{'cached' if r['cached'] else 'not fetched'}, sha256 registered"
     if not r["cached"]:
@@ -59,6 +66,14 @@ def _paper_line(r: dict) -> str:
     return f"{quality}{f' at {settings}' if settings else ''}"
 
 
+def _row_lines(r: dict, head: str, width: int) -> list[str]:
+    """A registry row as text: ``head`` (left-aligned in ``width``) before the statistics and
+    the state, then the cache problem if any, then the paper's figures, indented to match."""
+    lines = [f"{r['users']:>8,} users {r['items']:>7,} items {r['actions_label']:>8s} actions  "
+             f"{_state(r)}", *([r["problem"]] if r["problem"] else []), _paper_line(r)]
+    return [f"{head if i == 0 else '':{width}s} {line}" for i, line in enumerate(lines)]
+
+
 def cmd_data(args) -> int:
     from recmodels import data as D
 
@@ -71,9 +86,7 @@ def cmd_data(args) -> int:
             return EXIT_OK
         print(f"cache: {D.cache_dir()}")
         for r in rows:
-            print(f"  {r['name']:8s} {r['users']:>8,} users {r['items']:>7,} items "
-                  f"{r['actions_label']:>8s} actions  {_state(r)}")
-            print(f"  {'':8s} {_paper_line(r)}")
+            print("\n".join(_row_lines(r, f"  {r['name']}", 10)))
         for s in synth:
             print(f"  {s['name']:8s} generated: {s['n_users']:,} users, {s['n_items']:,} items, "
                   f"mean length set to {s['mean_len']:.1f}")
@@ -89,11 +102,16 @@ def cmd_data(args) -> int:
     if not args.name:
         raise InputError("recbench data info needs a dataset name or path")
     stats = D.load(args.name, log=_err).stats()
+    # a registry dataset: the paper's figures beside the file's, as `data list` gives them
+    row = registry_row(D.REGISTRY[args.name]) if args.name in D.REGISTRY else None
     if args.json:
-        _print_json(stats)
-    else:
-        for k, v in stats.items():
-            print(f"{k:12s} {v:,}" if isinstance(v, int) else f"{k:12s} {v:.4g}")
+        _print_json(stats | ({"registry": row} if row else {}))
+        return EXIT_OK
+    for k, v in stats.items():
+        print(f"{k:12s} {v:,}" if isinstance(v, int) else f"{k:12s} {v:.4g}")
+    if row:
+        print("\n".join(_row_lines(row, "registry", 12)))
+        print(PAPER_NOTE)
     return EXIT_OK
 
 

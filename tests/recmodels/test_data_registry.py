@@ -252,3 +252,139 @@ def test_fetching_synthetic_data_says_it_is_generated(capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "generated on the fly" in err and "--dataset synthetic-games" in err
     assert len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- the cache path
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under root with its bytes (None for a directory): what a refusal must keep."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
+            for p in sorted(root.rglob("*"))}
+
+
+def test_something_else_at_the_cache_path_is_named_and_kept(
+        server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files["/toy.txt"] = GOOD
+    spec = _spec(server.url + "/toy.txt", 3, 4, 12)
+    monkeypatch.setitem(D.REGISTRY, "toy", spec)
+    assert D.cache_problem(spec, cache=tmp_path) is None  # nothing there: fetch writes it
+    (tmp_path / "toy.txt").mkdir()
+    (tmp_path / "toy.txt" / "notes.txt").write_bytes(b"mine\n")
+    before = _tree(tmp_path)
+    want = (f"dataset 'toy': {tmp_path / 'toy.txt'} is a directory, not the dataset file: "
+            "remove or move it, then run `recbench data fetch toy`")
+    assert D.cache_problem("toy", cache=tmp_path) == want
+    for call in (lambda: D.load("toy", cache=tmp_path), lambda: D.fetch(spec, cache=tmp_path)):
+        with pytest.raises(InputError) as e:
+            call()
+        assert str(e.value) == want
+    assert server.hits == 0 and _tree(tmp_path) == before  # no download, no .part, no sidecar
+    (tmp_path / "toy.txt" / "notes.txt").unlink()
+    (tmp_path / "toy.txt").rmdir()
+    os.mkfifo(tmp_path / "toy.txt")  # load must not try to read it (it would block)
+    with pytest.raises(InputError, match=r"toy\.txt is not a regular file, not the dataset file: "
+                                         r"remove or move it, then run `recbench data fetch toy`$"):
+        D.load("toy", cache=tmp_path)
+    with pytest.raises(InputError, match="is not a regular file"):
+        D.fetch(spec, cache=tmp_path)  # os.replace would have replaced the FIFO
+    assert server.hits == 0 and (tmp_path / "toy.txt").is_fifo()
+    (tmp_path / "toy.txt").unlink()
+    assert D.fetch(spec, cache=tmp_path, log=lambda s: None).read_bytes() == GOOD
+    assert D.cache_problem(spec, cache=tmp_path) is None  # a file there
+
+
+def test_a_file_where_the_cache_directory_should_be_is_named_and_kept(
+        server: _Server, tmp_path: Path) -> None:
+    server.files["/toy.txt"] = GOOD
+    spec = _spec(server.url + "/toy.txt", 3, 4, 12)
+    (tmp_path / "cache").write_bytes(b"not a folder\n")
+    for cache in (tmp_path / "cache", tmp_path / "cache" / "deeper"):
+        with pytest.raises(InputError) as e:
+            D.fetch(spec, cache=cache)
+        assert str(e.value) == (
+            f"dataset 'toy': cannot use the cache directory {cache}: {tmp_path / 'cache'} is not "
+            "a directory; remove or move it, or set RECBENCH_CACHE to a directory, then run "
+            "`recbench data fetch toy`")
+    assert server.hits == 0 and _tree(tmp_path) == {"cache": b"not a folder\n"}
+
+
+def test_cli_a_directory_at_the_cache_path_is_one_line_and_exit_2(
+        server: _Server, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files["/toy.txt"] = GOOD
+    monkeypatch.setenv("RECBENCH_CACHE", str(tmp_path))
+    monkeypatch.setitem(D.REGISTRY, "toy", _spec(server.url + "/toy.txt", 3, 4, 12))
+    for name in ("toy", "games"):
+        (tmp_path / f"{name}.txt").mkdir()
+        (tmp_path / f"{name}.txt" / "notes.txt").write_bytes(b"mine\n")
+    before = _tree(tmp_path)
+    problem = {name: f"dataset {name!r}: {tmp_path / f'{name}.txt'} is a directory, not the "
+                     f"dataset file: remove or move it, then run `recbench data fetch {name}`"
+               for name in ("toy", "games")}
+    for name, argv in (("toy", ["data", "info", "toy"]), ("toy", ["data", "info", "toy", "--json"]),
+                       ("toy", ["data", "fetch", "toy"]), ("games", ["data", "info", "games"]),
+                       ("games", ["train", "--dataset", "games", "--epochs", "1"])):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert (out, err) == ("", f"recbench {argv[0]}: error: {problem[name]}\n"), argv
+    assert server.hits == 0 and _tree(tmp_path) == before
+    assert main(["data", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["registry"]}
+    assert (rows["toy"]["problem"], rows["toy"]["cached"]) == (problem["toy"], False)
+    assert rows["games"]["problem"] == problem["games"] and rows["ml-1m"]["problem"] is None
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert ("287,107 actions  cache path blocked (below)\n"
+            f"           {problem['games']}\n"
+            "           paper: HR@10 0.7410  NDCG@10 0.5360 at seq_len 50, dropout 0.5\n") in out
+    assert f"12 actions  cache path blocked (below)\n           {problem['toy']}\n" in out
+    assert _tree(tmp_path) == before
+
+
+def test_python_m_bench_fetch_over_a_directory_is_exit_2_and_keeps_it(server: _Server,
+                                                                      tmp_path: Path) -> None:
+    server.files["/toy.txt"] = GOOD
+    (tmp_path / "toy.txt").mkdir()
+    (tmp_path / "toy.txt" / "notes.txt").write_bytes(b"mine\n")
+    r = _python_m_bench(["data", "fetch", "toy"], _spec(server.url + "/toy.txt", 3, 4, 12),
+                        tmp_path)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"recbench data: error: dataset 'toy': {tmp_path / 'toy.txt'} "
+                               "is a directory, not the dataset file")
+    assert server.hits == 0 and _tree(tmp_path) == {"toy.txt": None,
+                                                    "toy.txt/notes.txt": b"mine\n"}
+
+
+# --------------------------------------------------------------------------- data info
+
+
+def test_cli_data_info_shows_the_registry_row_as_data_list_does(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECBENCH_CACHE", str(tmp_path))
+    monkeypatch.setitem(D.REGISTRY, "toy", _spec("http://127.0.0.1:9/toy.txt", 3, 4, 12))
+    (tmp_path / "toy.txt").write_bytes(GOOD)
+    digest = hashlib.sha256(GOOD).hexdigest()
+    assert main(["data", "info", "toy", "--json"]) == 0  # the first load records the sha256
+    info = json.loads(capsys.readouterr().out)
+    assert (info["users"], info["items"], info["actions"]) == (3, 4, 12)  # the file's
+    assert main(["data", "list", "--json"]) == 0
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)["registry"]}["toy"]
+    assert info["registry"] == listed and listed["sha256_seen"] == digest
+    assert (listed["paper_quality"], listed["settings"]) == ({"hr@10": 0.5, "ndcg@10": 0.25},
+                                                             {"seq_len": 7, "dropout": 0.3})
+    assert main(["data", "info", "toy"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("users        3\nitems        4\nactions      12\n")
+    assert (f"registry            3 users       4 items       12 actions  cached, sha256 seen "
+            f"{digest[:12]}…\n"
+            "             paper: HR@10 0.5000  NDCG@10 0.2500 at seq_len 7, dropout 0.3\n"
+            "paper: Kang & McAuley, SASRec, ICDM 2018") in out
+    assert main(["data", "list"]) == 0  # the same two figures' lines, under the name
+    listing = capsys.readouterr().out
+    assert (f"  toy             3 users       4 items       12 actions  cached, sha256 seen "
+            f"{digest[:12]}…\n"
+            "           paper: HR@10 0.5000  NDCG@10 0.2500 at seq_len 7, dropout 0.3\n") in listing
+    assert main(["data", "info", "synthetic", "--json"]) == 0  # not a registry dataset
+    assert "registry" not in json.loads(capsys.readouterr().out)
+    assert main(["data", "info", "synthetic"]) == 0
+    assert "registry" not in capsys.readouterr().out
