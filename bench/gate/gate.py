@@ -31,6 +31,9 @@ How it measures (one machine, both sides):
 
 NEW is the working tree, uncommitted changes included (the output says so). ``--base HEAD``
 on a clean tree is an A/A run: it measures the gate's own false-alarm rate, so it is allowed.
+
+Here: the plan, the base checkout, the cache of base rounds, ``run_gate`` and `recbench gate`;
+the per-side import roots and the workers of a round (steps 2 and 3) are bench/gate/rounds.py.
 """
 
 from __future__ import annotations
@@ -53,18 +56,17 @@ from typing import Any
 from bench.gate import compare as C
 from bench.gate import compare_report as R
 from bench.gate import stats
-from bench.launch.channel import STDERR_TAIL_CHARS, Worker, WorkerDied, WorkerTimeout
+from bench.gate.rounds import _cwd, import_root, run_round
 from bench.launch.locks import machine_lock
-from bench.point import Measure, Point
-from bench.results import PointRecord, ResultsFile, ResultsWriter, RunHeader, iso_utc, load
+from bench.results import ResultsFile, ResultsWriter, RunHeader, iso_utc, load
 from bench.suites.suite import Suite
 from recmodels.errors import InputError
 
 DEFAULT_ROUNDS = 5  # x 30 iterations a round (bench/suites/ci.toml) = 150 samples a side
 CACHE_ENV = "RECBENCH_CACHE"
 # Harness sources whose change changes what a measurement means (not compare/plots/report).
-_HARNESS = ("gate/gate.py", "point.py", "suites/suite.py", "suites/axes.py", "scenarios/*.py",
-            "launch/*.py", "meters/*.py")
+_HARNESS = ("gate/gate.py", "gate/rounds.py", "point.py", "suites/suite.py", "suites/axes.py",
+            "scenarios/*.py", "launch/*.py", "meters/*.py")
 Log = Callable[[str], None]
 
 
@@ -163,7 +165,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(repo, args.base, base, head, suite, overrides, args.rounds, dirty, same)
 
 
-# --- the base checkout and the per-side import roots ---------------------------------------
+# --- the base checkout (import roots and rounds: bench/gate/rounds.py) ----------------------
 
 
 @contextlib.contextmanager
@@ -180,79 +182,6 @@ def base_worktree(repo: Path, commit: str) -> Iterator[Path]:
         git(repo, "worktree", "remove", "--force", str(tree), check=False)
         shutil.rmtree(tmp, ignore_errors=True)
         git(repo, "worktree", "prune", check=False)
-
-
-def import_root(where: Path, bench_dir: Path, models_dir: Path) -> Path:
-    """A directory whose ``bench`` and ``recmodels`` are links to the given packages."""
-    where.mkdir(parents=True, exist_ok=True)
-    for name, target in (("bench", bench_dir), ("recmodels", models_dir)):
-        (where / name).symlink_to(target.resolve(), target_is_directory=True)
-    return where
-
-
-@contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    """A worker is ``python -m bench.launch.worker``, which puts its cwd first on sys.path: start it
-    from a directory that holds no ``bench`` or ``recmodels``, so PYTHONPATH decides."""
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def _measure(workers: dict[str, Worker | None], side: str, root: Path, point: Point,
-             measure: Measure) -> PointRecord:
-    """One point on one side's worker (started if needed); faults become records, as in
-    ``bench.launch.runner.run_suite``."""
-    try:
-        if workers.get(side) is None:
-            workers[side] = Worker(point.framework, env={"PYTHONPATH": _pythonpath(root)})
-        reply = workers[side].request(  # type: ignore[union-attr]
-            {"cmd": "run", "point": point.to_dict(), "measure": measure.__dict__},
-            measure.timeout_s)
-    except WorkerTimeout:
-        stuck = workers.pop(side, None)  # None: it never said it was ready
-        if stuck is not None:
-            stuck.kill()
-        return PointRecord.for_point(point.to_dict(), "timeout", "no result within "
-                                     f"measure.timeout_s = {measure.timeout_s:g} s")
-    except WorkerDied as e:
-        dead = workers.pop(side, None)  # None: it died before it said it was ready
-        if dead is not None:
-            dead.kill()  # reap it and close its stderr file
-        tail = e.stderr_tail[-STDERR_TAIL_CHARS:]
-        return PointRecord.for_point(point.to_dict(), "crashed",
-                                     f"worker {e}" + (f"; stderr: {tail}" if tail else ""))
-    return PointRecord.for_point(point.to_dict(), reply["status"], reply.get("reason"),
-                                 reply.get("metrics") or {}, reply.get("samples_ms") or [])
-
-
-def _pythonpath(root: Path) -> str:
-    path = os.environ.get("PYTHONPATH")
-    return str(root) + (os.pathsep + path if path else "")
-
-
-def run_round(suite: Suite, roots: dict[str, Path], writers: dict[str, ResultsWriter],
-              order: list[str]) -> None:
-    """Every point of ``suite`` once per side, alternating sides point by point, each side
-    in its own fresh worker per (framework, device) group."""
-    for _, points in suite.groups():
-        workers: dict[str, Worker | None] = {}
-        try:
-            for point in points:
-                for side in order:
-                    writers[side].write(_measure(workers, side, roots[side], point,
-                                                 suite.measure_for(point)))
-        except BaseException:  # Ctrl-C, SIGTERM: a worker may be mid-point, so no polite
-            for w in workers.values():  # exit (close() waits up to 30 s for one)
-                if w is not None:
-                    w.kill()
-            raise
-        for w in workers.values():
-            if w is not None:
-                w.close()
 
 
 # --- cache -----------------------------------------------------------------------------------

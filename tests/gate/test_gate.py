@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.gate import gate
+from bench.gate import gate, rounds
 from bench.results import PointRecord
 from recmodels.errors import InputError
 
@@ -271,8 +271,8 @@ def test_the_base_cache_key_changes_with_each_of_its_inputs(tmp_path, monkeypatc
 
     # A stand-in bench/ tree, so that a harness source can be edited without touching ours.
     fake_bench = tmp_path / "bench"
-    harness = ["gate/gate.py", "point.py", "suites/suite.py", "scenarios/step.py",
-               "launch/runner.py", "meters/timing.py"]
+    harness = ["gate/gate.py", "gate/rounds.py", "point.py", "suites/suite.py",
+               "scenarios/step.py", "launch/runner.py", "meters/timing.py"]
     for rel in [*harness, "analysis/plots.py", "gate/compare.py"]:
         (fake_bench / rel).parent.mkdir(parents=True, exist_ok=True)
         (fake_bench / rel).write_text(f"# {rel}\n")
@@ -408,7 +408,7 @@ def test_a_worker_that_dies_is_reaped_and_interrupted_rounds_kill_their_workers(
               precision="fp32", device="cpu")
     FakeWorker.ended = []
     workers = {"new": FakeWorker("torch", fail=WorkerDied(-9, "boom"))}
-    rec = gate._measure(workers, "new", Path("."), p, Measure())
+    rec = rounds._measure(workers, "new", Path("."), p, Measure())
     assert rec.status == "crashed" and FakeWorker.ended == ["kill"] and "new" not in workers
 
     FakeWorker.ended = []
@@ -421,12 +421,12 @@ def test_a_worker_that_dies_is_reaped_and_interrupted_rounds_kill_their_workers(
             raise KeyboardInterrupt  # Ctrl-C while the second side's worker is busy
         return fake_record()
 
-    monkeypatch.setattr(gate, "_measure", measure)
+    monkeypatch.setattr(rounds, "_measure", measure)
     suite = types.SimpleNamespace(groups=lambda: [(("torch", "cpu"), [p])],
                                   measure_for=lambda point: Measure())
     writers = {s: types.SimpleNamespace(write=lambda r: None) for s in ("base", "new")}
     with pytest.raises(KeyboardInterrupt):
-        gate.run_round(suite, {"base": Path("b"), "new": Path("n")}, writers, ["base", "new"])
+        rounds.run_round(suite, {"base": Path("b"), "new": Path("n")}, writers, ["base", "new"])
     assert FakeWorker.ended == ["kill", "kill"]  # no polite exit that waits up to 30 s
 
 
