@@ -11,7 +11,7 @@ Evaluation during training (`eval_every`): validation and test every N epochs an
 one, each a point of the result's `curve`; the reported test metrics are those of the best
 validation evaluation (SASRec's reference does the same), optionally with early stopping
 (`patience`) or a stop the first time validation reaches a target (`target`, for time to
-quality).
+quality). That bookkeeping is recmodels/curve.py's.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from recmodels import data as D
 from recmodels import metrics as M
 from recmodels import splits as S
 from recmodels.config import GenRecConfig, preset
+from recmodels.curve import SELECT_METRICS, Curve, short
 from recmodels.errors import InputError
 
 FRAMEWORKS = ("torch", "jax")
@@ -44,7 +45,6 @@ SYNTHETIC_EPOCHS = 8
 # Non-finite step losses in a row that mean divergence. fp16 loss scaling skips a step whose
 # gradients overflow (torch GradScaler, optax.apply_if_finite): one such step is normal.
 MAX_NONFINITE_STREAK = 5
-SELECT_METRICS = ("hr@10", "ndcg@10")  # what best-validation selection and targets may use
 
 
 class Diverged(RuntimeError):
@@ -213,10 +213,6 @@ def evaluate(engine, split: S.Split, which: str, *, protocol: str, batch_size: i
     return out
 
 
-def _short(m: dict) -> dict:
-    return {k: m[k] for k in ("hr@10", "ndcg@10") if k in m}
-
-
 def paper_figures(dataset: str) -> tuple[dict, dict]:
     """(paper_quality, settings) of a registry dataset: the quality its paper reports
     ({"hr@10", "ndcg@10"}) and the GenRecConfig fields the paper set for it (seq_len,
@@ -289,12 +285,11 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
                if mine else ")"))
     use_bar = sys.stderr.isatty() if progress is None else progress
 
-    test_keys = ("hr@10", "ndcg@10", "auc", "accuracy", "precision", "recall", "f1")
     pop = S.popularity(split)
     kw = {"protocol": opts.eval, "batch_size": opts.batch_size, "max_users": opts.eval_users}
     epoch_s, history, n_seqs, streak, reason = [], [], 0, 0, None
-    curve, best, since_best, best_state = [], None, 0, None
-    popularity = test_users = early_stopped = target_epoch = None
+    curve = Curve(opts.select, patience=opts.patience, target=opts.target, keep_best=keep_best)
+    popularity = None
     train_s = eval_s = 0.0
     with window(engine) if window else contextlib.nullcontext():
         t_start = time.perf_counter()
@@ -343,35 +338,16 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
                 reason = f"{e} after epoch {epoch}"
                 break
             if popularity is None:
-                popularity = {"test": _short(t["popularity"])}
-            valid = _short(v["model"])
-            improved = best is None or valid[opts.select] > best["valid"][opts.select]
-            if improved:
-                since_best, test_users = 0, t["n_users"]
-                best = {"epoch": epoch, "valid": valid,
-                        "test": {k: t["model"][k] for k in test_keys if k in t["model"]}}
-                if keep_best:
-                    best_state = engine.state_dict()  # a host copy of the weights
-            else:
-                since_best += 1
+                popularity = {"test": short(t["popularity"])}
+            valid = short(v["model"])
+            improved = curve.select_best(epoch, valid, t, engine)  # keep_best's copy: eval_s
             eval_s += time.perf_counter() - e0
-            curve.append({"epoch": epoch, "wall_s": time.perf_counter() - t_start,
-                          "train_s": train_s, "eval_s": eval_s, "valid": valid,
-                          "test": _short(t["model"])})
-            c = curve[-1]
-            log(f"eval epoch {epoch}/{epochs}  valid hr@10 {valid['hr@10']:.4f} ndcg@10 "
-                f"{valid['ndcg@10']:.4f} | test hr@10 {c['test']['hr@10']:.4f} ndcg@10 "
-                f"{c['test']['ndcg@10']:.4f} | {c['wall_s']:.1f} s"
-                + ("  (best so far)" if improved and len(curve) > 1 else ""))
-            if opts.target is not None and valid[opts.target[0]] >= opts.target[1]:
-                target_epoch = epoch
-                log(f"target valid {opts.target[0]} >= {opts.target[1]:g} reached at epoch "
-                    f"{epoch}: stopping")
-                break
-            if opts.patience is not None and since_best >= opts.patience:
-                early_stopped = epoch
-                log(f"early stop at epoch {epoch}: {since_best} evaluations without a better "
-                    f"valid {opts.select} than epoch {best['epoch']}'s")
+            curve.add(epoch, valid, t, wall_s=time.perf_counter() - t_start, train_s=train_s,
+                      eval_s=eval_s)
+            log(curve.line(epochs, improved))
+            stop = curve.stop()
+            if stop:
+                log(stop)
                 break
         wall_s = time.perf_counter() - t_start
 
@@ -386,17 +362,13 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
     else:
         speed_note = ("one epoch only: its time (first_epoch_s) includes compilation and "
                       "warm-up, so there is no steady-state speed (there is from 2 epochs on)")
-    valid = test = None
+    valid = test = test_users = None
     if reason is None:
-        valid, test = best["valid"], best["test"]
-        log(f"best valid {opts.select} at epoch {best['epoch']}: valid hr@10 "
-            f"{valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f} | test hr@10 "
-            f"{test['hr@10']:.4f} ndcg@10 {test['ndcg@10']:.4f} | popularity test hr@10 "
-            f"{popularity['test']['hr@10']:.4f}")
-        if best_state is not None and best["epoch"] != curve[-1]["epoch"]:
-            engine.load_state_dict(best_state)
+        valid, test, test_users = curve.best["valid"], curve.best["test"], curve.test_users
+        log(curve.best_line(popularity))
+        curve.restore_best(engine)
     else:
-        popularity = test_users = None
+        popularity = None
         log(f"{reason}: diverged")
     result = {
         "framework": opts.framework,
@@ -422,20 +394,13 @@ def train(opts: TrainOptions, *, log: Callable[[str], None] | None = None,
         "eval_protocol": f"{opts.eval}" + ("-100" if opts.eval == "sampled" else ""),
         "eval_users": test_users,
         "eval_every": every,
-        "select": opts.select,
-        "best_epoch": None if reason is not None else best["epoch"],
-        "selection_note": f"valid and test are those of the best validation evaluation by "
-                          f"valid {opts.select} (best_epoch; the earliest wins a tie)",
-        "patience": opts.patience,
-        "early_stopped_epoch": early_stopped,
-        "target": None if opts.target is None else {
-            "metric": opts.target[0], "value": opts.target[1], "reached_epoch": target_epoch},
+        **curve.summary(diverged=reason is not None),
         "valid": valid,
         "test": test,
         "popularity": popularity,
         "paper_quality": paper or None,
         "paper_settings": settings or None,
-        "curve": curve,
+        "curve": curve.points,
         "setup_s": setup_s,
         "train_s": train_s,
         "eval_s": eval_s,
