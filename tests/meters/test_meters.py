@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 import time
 import types
@@ -190,12 +191,14 @@ def test_summarize_tiny_n_has_no_ci_and_says_why() -> None:
 
 def test_host_memory_meter_sees_a_200_mb_allocation() -> None:
     assert HostMemoryMeter.available()
-    with HostMemoryMeter(interval_s=0.005) as m:
-        a = np.ones(25_000_000, dtype=np.float64)  # 200 MB, every page touched
+    # 200 MB of fresh pages from mmap itself, every page touched: malloc may hand back memory
+    # the process already holds (an Engine built earlier in this process keeps freed memory,
+    # recmodels/hostmem.py), which would not raise RSS
+    with HostMemoryMeter(interval_s=0.005) as m, mmap.mmap(-1, 200_000_000) as a:
         base = m.baseline_rss_bytes
+        np.frombuffer(a, dtype=np.uint8)[::4096] = 1
         wait_until(lambda: m.n_samples >= 3 and m.peak_rss_bytes >= base + 150_000_000,
                    what="3 samples, one of them with the 200 MB")
-        del a
     assert m.baseline_rss_bytes is not None and m.peak_rss_bytes is not None
     assert m.peak_rss_bytes >= m.baseline_rss_bytes + 150_000_000
     assert m.n_samples >= 3
