@@ -322,12 +322,19 @@ def require_ok(files: Sequence[ResultsFile]) -> None:
     record that did not converge counts: its curves are drawn)."""
     if not any(r.ok for f in files for r in (*f.records, *f.serve)) and not any(
             r.ok or r.status == "did-not-converge" for f in files for r in f.ttq):
+        n = len(files)
+        # every kind of record counted, so the statuses named are all the files hold
         counts: dict[str, int] = {}
-        for r in (r for f in files for r in f.records):
-            counts[r.status] = counts.get(r.status, 0) + 1
-        got = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no records"
-        raise InputError(f"no ok records in {len(files)} result file(s) ({got}): nothing was "
-                         "measured to plot; `recbench report` lists each point's reason")
+        for kind, attr in (("", "records"), ("serve ", "serve"), ("time-to-quality ", "ttq")):
+            for r in (r for f in files for r in getattr(f, attr)):
+                counts[kind + r.status] = counts.get(kind + r.status, 0) + 1
+        if not counts:
+            raise InputError(f"no records in {n} result file(s) (a header only: the run "
+                             "measured nothing): nothing to plot; rerun, or resume it with "
+                             "`recbench run --suite SUITE --resume FILE`")
+        got = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        raise InputError(f"no ok records in {n} result file(s) ({got}): nothing was measured "
+                         "to plot; `recbench report` lists each record's reason")
 
 
 def text_grid(grid: Sequence[Sequence[str]]) -> list[str]:

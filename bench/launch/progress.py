@@ -19,6 +19,19 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _num(value: object) -> float | None:
+    """A metric as a number, or None (null, absent): a record may lack any metric."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def _step(m: dict) -> tuple[float | None, float | None]:
+    """(median ms, samples) of ``metrics["step_ms"]``; None for what the record does not hold."""
+    step = m.get("step_ms")
+    step = step if isinstance(step, dict) else {}
+    return _num(step.get("median")), _num(step.get("n"))
+
+
 def status_text(rec: R.PointRecord) -> str:
     """``ok``, or ``ok (unstable)`` when the record carries the unstable flag."""
     return f"{rec.status} (unstable)" if "unstable" in rec.flags else rec.status
@@ -39,17 +52,22 @@ def describe_record(rec: R.PointRecord) -> str:
     m = rec.metrics
     unstable = f"  unstable: {rec.flags['unstable']}" if "unstable" in rec.flags else ""
     scale = ""
-    if m.get("scaling_efficiency") is not None:
+    if m.get("scaling_efficiency") is not None and m.get("speedup") is not None:
         scale += f"  speedup {m['speedup']:.2f}x, efficiency {m['scaling_efficiency']:.0%}"
         if m.get("scaling_note"):
             scale += f" ({m['scaling_note']})"
     if m.get("comm_share") is not None:  # at one rank: the distributed machinery alone
         what = "communication" if (m.get("ranks") or 1) > 1 else "distributed overhead"
         scale += f"  {what} ~{m['comm_share']:.0%} of the step (estimate)"
-    return (f"{m['step_ms']['median']:.2f} ms/step (median of {m['step_ms']['n']})  "
-            f"{m['samples_per_s']:,.0f} samples/s  "
-            f"{human(m['achieved_flops_per_s'], 'FLOP/s')} (analytic FLOPs / median)"
-            f"{scale}{unstable}{compile_text(rec)}")
+    median, n = _step(m)
+    rate, flops = _num(m.get("samples_per_s")), _num(m.get("achieved_flops_per_s"))
+    text = "no step time" if median is None else (
+        f"{median:.2f} ms/step (median" + (f" of {n:.0f})" if n is not None else ")"))
+    if rate is not None:
+        text += f"  {rate:,.0f} samples/s"
+    if flops is not None:
+        text += f"  {human(flops, 'FLOP/s')} (analytic FLOPs / median)"
+    return f"{text}{scale}{unstable}{compile_text(rec)}"
 
 
 class Progress:
@@ -111,8 +129,12 @@ def summary_table(records: list[R.PointRecord], end: R.RunEnd | None = None) -> 
         if r.ok:
             util = f"{m['utilization']:.0%}" if m.get("utilization") is not None else "-"
             mem = m.get("peak_device_mem_bytes") or m.get("peak_host_rss_bytes")
-            lines.append(f"{status_text(r):<17s} {p.label():<58s} {m['step_ms']['median']:>9.2f} "
-                         f"{m['samples_per_s']:>10,.0f} {human(m['achieved_flops_per_s']):>9s} "
+            median, _ = _step(m)
+            rate, flops = _num(m.get("samples_per_s")), _num(m.get("achieved_flops_per_s"))
+            lines.append(f"{status_text(r):<17s} {p.label():<58s} "
+                         f"{'-' if median is None else f'{median:.2f}':>9s} "
+                         f"{'-' if rate is None else f'{rate:,.0f}':>10s} "
+                         f"{'-' if flops is None else human(flops):>9s} "
                          f"{util:>6s} {human_bytes(mem) if mem else '-':>9s}")
         else:
             lines.append(f"{r.status:<17s} {p.label():<58s} {(r.reason or '')[:60]}")

@@ -120,12 +120,16 @@ def measure_roofs_in_worker(points: Iterable[Point], *, timeout_s: float = 600.0
 
 
 def find_latest(out_dir: Path, machine_id: str, suite_name: str) -> Path:
-    """The newest results file of this machine for `suite_name` (for a bare --resume)."""
+    """The newest results file of this machine for `suite_name` (for a bare --resume).
+
+    Files whose header cannot be read (empty, not ours, a newer schema) are passed over; the
+    newest file of the suite is chosen on its header alone, so a bad line in it is reported
+    when it is opened (with its line) instead of an older run being resumed in its place."""
     directory = out_dir / R.safe_name(machine_id, "machine id")  # where ResultsWriter writes
     candidates = sorted(directory.glob("*.jsonl"), reverse=True)
     for path in candidates:
         try:
-            if R.load(path).header.suite == suite_name:
+            if R.read_header(path).suite == suite_name:
                 return path
         except InputError:
             continue
@@ -145,22 +149,28 @@ def run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
     fails (disk full, file size limit) raises ResultsWriteError after the workers are gone.
     """
     with contextlib.ExitStack() as held:
+        writer = None
         if resume is not None:
             held.enter_context(results_lock(Path(resume)))
+            # Read and checked before anything else (a memory cap, a roof, a point): a file
+            # that cannot be resumed, or a line in it no reader can use, is refused up front.
+            writer = R.ResultsWriter.open_append(resume, check=resumable_by(suite, env))
+            held.callback(writer.close)
         memcap, memcap_info = make_memory_cap(suite.mem_cap, log)
         if memcap is not None:
             held.callback(memcap.close)
-        return _run_suite(suite, out_dir=out_dir, env=env, resume=resume, roofs=roofs,
+        return _run_suite(suite, out_dir=out_dir, env=env, resume=writer, roofs=roofs,
                           progress=progress, log=log, held=held, memcap=memcap,
                           memcap_info=memcap_info)
 
 
-def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any], resume: Path | None,
-               roofs: dict[str, Any] | None, progress: Progress | None,
-               log: Callable[[str], None], held: contextlib.ExitStack,
-               memcap: MemoryCap | None, memcap_info: dict[str, Any]) -> RunOutcome:
+def _run_suite(suite: Suite, *, out_dir: Path, env: dict[str, Any],
+               resume: R.ResultsWriter | None, roofs: dict[str, Any] | None,
+               progress: Progress | None, log: Callable[[str], None],
+               held: contextlib.ExitStack, memcap: MemoryCap | None,
+               memcap_info: dict[str, Any]) -> RunOutcome:
     if resume is not None:
-        writer = R.ResultsWriter.open_append(resume, check=resumable_by(suite, env))
+        writer = resume
         header = writer.header
         roofs = header.roofs
         remeasure = bool(roofs)  # the end's roofs against the header's

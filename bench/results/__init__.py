@@ -5,21 +5,23 @@ line, then one ``{"kind": "point", ...}`` line per finished point, each appended
 fsync'ed as the point ends (and a ``{"kind": "run-end", ...}`` line when the sweep is done),
 so killing a run loses nothing that finished. A reader therefore
 tolerates a truncated *last* line (an interrupted write) with a warning, but refuses a corrupt
-line anywhere else (someone edited the file) and a schema version it does not know.
+line anywhere else (someone edited the file), a line holding a value no reader can use (a hand
+edit, wherever it is) and a schema version it does not know.
 
 Fields other than the documented ones are kept in ``extra`` and written back unchanged, so a
 file round-trips through :func:`load` and :class:`ResultsWriter` without loss.
 
-The package splits along the file's life: ``schema`` (records and their validation), ``read``
-(loading, and the repair of an interrupted last line), ``write`` (the appending writer) and
-``frame`` (a pandas view). Import from ``bench.results``; the names below are its API.
+The package splits along the file's life: ``schema`` (records and their validation), ``checks``
+(the values every reader computes with, checked as a record is read), ``read`` (loading, and
+the repair of an interrupted last line), ``write`` (the appending writer) and ``frame`` (a
+pandas view). Import from ``bench.results``; the names below are its API.
 """
 
 from bench.point import ID_DEFAULTS as POINT_ID_DEFAULTS
 from bench.point import ID_FIELDS_V1 as POINT_FIELDS_V1
 from bench.point import point_id
 from bench.results.frame import record_row, records_frame
-from bench.results.read import ResultsFile, iter_ok, load, load_many, repair_tail
+from bench.results.read import ResultsFile, iter_ok, load, load_many, read_header, repair_tail
 from bench.results.schema import (
     SCHEMA_VERSION,
     SERVE_STATUSES,
@@ -61,6 +63,7 @@ __all__ = [
     "load_many",
     "make_run_id",
     "point_id",
+    "read_header",
     "record_row",
     "records_frame",
     "repair_tail",

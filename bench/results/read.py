@@ -81,6 +81,10 @@ class ResultsFile:
 
 
 _HOW_TO_FIX = "the file may have been edited; restore it or delete that line"
+# A line that parses but holds a value no reader can use (a hand edit): that line is refused
+# as a whole, whichever command reads it, before any of them computes (or plots) anything.
+_FIX_RECORD = "restore the value or delete that line"
+_RESUME_NOTE = " (`recbench run --resume` measures a deleted point again)"
 
 
 def load(path: str | os.PathLike[str]) -> ResultsFile:
@@ -88,7 +92,10 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
 
     A truncated or corrupt *last* line is skipped with a ResultsWarning (a killed run); a
     corrupt line anywhere else, a missing or invalid header, an empty file and an unknown
-    schema version are InputErrors naming the file (and line).
+    schema version are InputErrors naming the file (and line). So is a record holding a value
+    no reader can use (``"batch_size": "big"``, ``"step_ms": "fast"``, a negative sample: see
+    bench/results/checks.py), wherever it is: a complete line was written whole, so a bad
+    value in it is an edit, never an interrupted write, and every command refuses it alike.
     """
     p = Path(path)
     try:
@@ -103,9 +110,78 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
     # up front: a killed run may leave half a multi-byte character on the last line.
     lines = strip_bom(str(p), data).split(b"\n")
     numbered = [(i + 1, raw) for i, raw in enumerate(lines) if raw.strip()]
+    header = _header(p, numbered)
+
+    records: list[PointRecord] = []
+    ends: list[RunEnd] = []
+    serve: list[ServeRecord] = []
+    ttq: list[TTQRecord] = []
+    notes: list[str] = []
+    kinds: dict[str, tuple[type[PointRecord], list]] = {
+        "point": (PointRecord, records), "serve": (ServeRecord, serve), "ttq": (TTQRecord, ttq)}
+    last_no = numbered[-1][0]
+    for no, raw in numbered[1:]:
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+        except (UnicodeDecodeError, ValueError) as e:
+            if no == last_no:
+                msg = (
+                    f"{p}:{no}: skipped a truncated last line ({len(raw)} bytes); "
+                    "the run was probably interrupted"
+                )
+                notes.append(msg)
+                warnings.warn(msg, ResultsWarning, stacklevel=2)
+                continue
+            bad_text = utf8_problem(raw)
+            what = f" (not UTF-8 text: {bad_text[1]})" if bad_text else ""
+            raise InputError(f"{p}:{no}: corrupt line{what}; {_HOW_TO_FIX}") from e
+        kind = obj.get("kind")
+        if kind in kinds:
+            cls, into = kinds[kind]
+            try:
+                into.append(cls.from_json(obj))
+            except InputError as e:
+                note = _RESUME_NOTE if kind == "point" else ""
+                raise InputError(f"{p}:{no}: {e}; {_FIX_RECORD}{note}") from e
+        elif kind == "run-end":
+            try:
+                ends.append(RunEnd.from_json(obj))
+            except InputError as e:
+                raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
+        elif kind == "run":
+            raise InputError(
+                f"{p}:{no}: a second run header; files were concatenated: split them again"
+            )
+        else:  # a line kind added later without a schema change: other fields may be added
+            msg = f"{p}:{no}: skipped a line of unknown kind {kind!r}"
+            notes.append(msg)
+            warnings.warn(msg, ResultsWarning, stacklevel=2)
+    return ResultsFile(p, header, records, notes, ends, serve, ttq)
+
+
+def read_header(path: str | os.PathLike[str]) -> RunHeader:
+    """The run header of a results file, checked as :func:`load` checks it, without reading
+    (or judging) the records after it: which run a file holds, e.g. to choose one to resume."""
+    p = Path(path)
+    numbered: list[tuple[int, bytes]] = []
+    try:
+        with open(p, "rb") as f:
+            for no, raw in enumerate(f, 1):
+                raw = strip_bom(str(p), raw) if no == 1 else raw
+                if raw.strip():
+                    numbered.append((no, raw.rstrip(b"\n")))
+                    break
+    except OSError as e:
+        raise InputError(f"cannot read results file {p}: {e.strerror or e}") from e
+    return _header(p, numbered)
+
+
+def _header(p: Path, numbered: list[tuple[int, bytes]]) -> RunHeader:
+    """The header from the file's first non-blank line (``numbered``: (line number, bytes))."""
     if not numbered:
         raise InputError(f"{p}: empty results file; the run wrote nothing: rerun or delete it")
-
     first_no, first_raw = numbered[0]
     bad_text = utf8_problem(first_raw)
     if bad_text is not None:
@@ -126,63 +202,9 @@ def load(path: str | os.PathLike[str]) -> ResultsFile:
             "pass a .jsonl file written by `recbench run`"
         )
     try:
-        header = RunHeader.from_json(first)
+        return RunHeader.from_json(first)
     except InputError as e:
         raise InputError(f"{p}:{first_no}: {e}") from e
-
-    records: list[PointRecord] = []
-    ends: list[RunEnd] = []
-    serve: list[ServeRecord] = []
-    ttq: list[TTQRecord] = []
-    notes: list[str] = []
-    last_no = numbered[-1][0]
-    for no, raw in numbered[1:]:
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
-        except (UnicodeDecodeError, ValueError) as e:
-            if no == last_no:
-                msg = (
-                    f"{p}:{no}: skipped a truncated last line ({len(raw)} bytes); "
-                    "the run was probably interrupted"
-                )
-                notes.append(msg)
-                warnings.warn(msg, ResultsWarning, stacklevel=2)
-                continue
-            bad_text = utf8_problem(raw)
-            what = f" (not UTF-8 text: {bad_text[1]})" if bad_text else ""
-            raise InputError(f"{p}:{no}: corrupt line{what}; {_HOW_TO_FIX}") from e
-        kind = obj.get("kind")
-        if kind == "point":
-            try:
-                records.append(PointRecord.from_json(obj))
-            except InputError as e:
-                raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
-        elif kind == "serve":
-            try:
-                serve.append(ServeRecord.from_json(obj))
-            except InputError as e:
-                raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
-        elif kind == "ttq":
-            try:
-                ttq.append(TTQRecord.from_json(obj))
-            except InputError as e:
-                raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
-        elif kind == "run-end":
-            try:
-                ends.append(RunEnd.from_json(obj))
-            except InputError as e:
-                raise InputError(f"{p}:{no}: {e}; {_HOW_TO_FIX}") from e
-        elif kind == "run":
-            raise InputError(
-                f"{p}:{no}: a second run header; files were concatenated: split them again"
-            )
-        else:  # a line kind added later without a schema change: other fields may be added
-            msg = f"{p}:{no}: skipped a line of unknown kind {kind!r}"
-            notes.append(msg)
-            warnings.warn(msg, ResultsWarning, stacklevel=2)
-    return ResultsFile(p, header, records, notes, ends, serve, ttq)
 
 
 def load_many(paths_or_dirs: Iterable[str | os.PathLike[str]]) -> list[ResultsFile]:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from bench.point import compile_mode, point_id  # the one id rule, shared with Point.id
+from bench.results.checks import count_problem, metrics_problem, samples_problem, step_point_problem
 from recmodels.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -259,10 +260,6 @@ class PointRecord:
         if reason is not None and not isinstance(reason, str):
             raise InputError(f"point record field 'reason' must be a string, got {reason!r}")
         samples = d.get("samples_ms", [])
-        if not isinstance(samples, list) or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in samples
-        ):
-            raise InputError("point record field 'samples_ms' must be a list of numbers")
         flags = d.get("flags", {})  # absent in files written before flags existed
         if not isinstance(flags, dict):
             raise InputError("point record field 'flags' must be an object")
@@ -273,6 +270,10 @@ class PointRecord:
         if "compile" in point:  # a boolean before the modes: false is eager, true default
             point["compile"] = compile_mode(point["compile"])
         _require(d, "id", str, "point record")
+        problem = (cls._point_problem(point) or metrics_problem(cls.kind, metrics)
+                   or samples_problem(samples))
+        if problem:
+            raise InputError(problem)
         try:
             return cls(
                 # recomputed, not trusted: a file written under an older id rule pairs with
@@ -290,6 +291,11 @@ class PointRecord:
             raise
         except ValueError as e:  # bad status or a missing reason, from __post_init__
             raise InputError(f"invalid point record: {e}") from e
+
+    @classmethod
+    def _point_problem(cls, point: Mapping[str, Any]) -> str | None:
+        """What is wrong with this kind's ``point`` (serve and ttq points: their counts)."""
+        return step_point_problem(point) if cls.kind == "point" else count_problem(point)
 
 
 

@@ -64,7 +64,8 @@ def test_prefill_and_decode_against_history_length(tmp_path: Path) -> None:
     from bench.results import PointRecord
 
     recs = [PointRecord.for_point({"framework": "torch", "workload": "generate", "preset": "tiny",
-                                   "seq_len": t, "batch_size": 8, "device": "cpu"}, "ok",
+                                   "seq_len": t, "batch_size": 8, "precision": "fp32",
+                                   "device": "cpu"}, "ok",
                                   metrics={"prefill_ms": t / 10, "decode_step_ms": 2.0})
             for t in (50, 200)]
     head = RunHeader(run_id="r", suite="s", started_at="2026-12-05T00:00:00Z",

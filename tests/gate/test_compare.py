@@ -366,15 +366,24 @@ def test_paired_runs_flag(tmp_path, capsys):
     assert rc == 1 and json.loads(out)["paired_runs"] is True
 
 
-def test_a_zero_step_time_is_exit_2_not_a_division_by_zero(pair, capsys):
+@pytest.mark.parametrize("value", [0.0, -10.0], ids=["zero", "negative"])
+def test_a_zero_or_negative_step_time_is_exit_2_naming_the_file_and_line(pair, capsys, value):
+    """No step takes 0 ms or less: such a sample (an unmeasured iteration written as 0, a hand
+    edit) is refused as the file is read, naming it and the line, whichever metric is asked
+    for; the file stays as it was."""
     bad = record(point(), seed=1)
-    bad.samples_ms[3] = 0.0  # an unmeasured iteration written as 0
-    b, n = pair([bad], [record(point(), seed=2)])
-    for metric in ("samples_per_s", "step_ms"):
-        rc, _, err = run(capsys, b, n, "--metric", metric)
-        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-        assert "base torch (eager) train tiny/sasrec" in err and "got 0.0 at index 3" in err
-    assert run(capsys, b, n, "--metric", "peak_mem_bytes")[0] == 0  # samples not needed
+    bad.samples_ms[3] = value
+    b, n = pair([record(point(2), seed=3), bad], [record(point(), seed=2)])
+    before = b.read_bytes()
+    for metric in ("samples_per_s", "step_ms", "peak_mem_bytes"):
+        rc, out, err = run(capsys, b, n, "--metric", metric)
+        assert rc == 2 and out == "" and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        assert err.startswith(f"recbench compare: error: {b}:3: samples_ms[3]: expected a step "
+                              f"time in ms > 0, got {value}; restore the value or delete that "
+                              "line"), err
+        assert "drop failed" not in err
+    assert b.read_bytes() == before
 
 
 def test_paired_reason_prints_a_fractional_threshold_exactly(tmp_path):
@@ -414,3 +423,24 @@ def test_an_unstable_point_says_so_even_when_the_samples_are_inconclusive(tmp_pa
     step = compare_results([load(base)], [load(new)]).points[0].metric("step_ms")
     assert step.status == "inconclusive"
     assert step.reason.startswith("new unstable: step time CV 80% > 20%; the samples alone read")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("batch_size", "big", "point.batch_size: expected a positive integer, got 'big'"),
+    ("step_ms", "fast", "metrics.step_ms: expected an object of times in ms"),
+], ids=["batch_size", "step_ms"])
+def test_a_hand_edited_value_is_exit_2_naming_the_file_line_and_field(pair, capsys, field,
+                                                                      value, message):
+    """Read as every reader reads it: one line naming the file, the line and the field, not a
+    point listed as "only in new" or a comparison that passes over the edit."""
+    b, n = pair([record(point(), seed=1)], [record(point(), seed=2)])
+    lines = n.read_text().splitlines()
+    rec = json.loads(lines[1])
+    (rec["point"] if field == "batch_size" else rec["metrics"])[field] = value
+    n.write_text("\n".join([lines[0], json.dumps(rec)]) + "\n")
+    before = n.read_bytes()
+    rc, out, err = run(capsys, b, n)
+    assert rc == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"recbench compare: error: {n}:2: {message}"), err
+    assert n.read_bytes() == before

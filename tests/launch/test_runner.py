@@ -527,6 +527,75 @@ def test_a_bare_resume_picks_the_newest_readable_file_of_the_suite_and_machine(t
     assert odd.parent.name == "box-with-space" and find_latest(out, "box/with space", "t") == odd
 
 
+# --- resuming a hand-edited file ----------------------------------------------------------
+
+# (what, the edit to the record on line 3, what the message names)
+RESUME_EDITS = {
+    "batch_size": (lambda r: r["point"].__setitem__("batch_size", "big"),
+                   "point.batch_size: expected a positive integer, got 'big'"),
+    "step_ms": (lambda r: r["metrics"].__setitem__("step_ms", "fast"),
+                "metrics.step_ms: expected an object of times in ms"),
+    "negative samples": (lambda r: r.__setitem__("samples_ms", [-1.0, 1.0, 1.0]),
+                         "samples_ms[0]: expected a step time in ms > 0, got -1.0"),
+}
+
+
+@pytest.mark.parametrize("bare", [False, True], ids=["resume-file", "bare-resume"])
+@pytest.mark.parametrize("what", list(RESUME_EDITS))
+def test_resuming_a_hand_edited_file_is_refused_before_any_point_runs(tmp_path, monkeypatch,
+                                                                       capsys, what, bare):
+    """`recbench run --resume` on a file with an edited record: exit 2 and one line naming
+    the file, the line and the field, before any point is measured (not after the sweep, in
+    the summary table), and the file as it was. A bare --resume picks the file (the newest of
+    the suite) and says the same, instead of passing over it for an older run."""
+    from bench.launch import runner
+
+    monkeypatch.setattr(runner, "Worker", FaultWorker)
+    suite = str(write_suite(tmp_path, torch_infer_grid([1, 2, 3, 4])))
+    out = tmp_path / "out"
+    argv = ["run", "--suite", suite, "--out", str(out), "--no-roofs"]
+    FaultWorker.requested = []
+    assert main(argv) == 0 and sorted(FaultWorker.requested) == [1, 2, 3, 4]
+    (path,) = out.glob("*/*.jsonl")
+    lines = path.read_text().splitlines()  # header, the 4 points, run-end
+    rec = json.loads(lines[2])
+    RESUME_EDITS[what][0](rec)
+    lines[2] = json.dumps(rec)
+    del lines[4]  # B=4 has no record now: a resume would run it
+    path.write_text("\n".join(lines) + "\n")
+    before = path.read_bytes()
+    capsys.readouterr()
+
+    FaultWorker.requested = []
+    assert main([*argv, "--resume", *([] if bare else [str(path)])]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith(f"recbench run: error: {path}:3: {RESUME_EDITS[what][1]}"), err
+    assert "restore the value or delete that line" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and captured.out == ""
+    assert FaultWorker.requested == []  # nothing measured
+    assert path.read_bytes() == before
+
+
+def test_the_summary_table_shows_a_missing_figure_as_a_dash():
+    """An ok record may hold null figures (a device that cannot give them): the table at the
+    end of a run shows "-" where a figure is null or absent."""
+    from bench.launch.progress import describe_record, summary_table
+
+    point = tiny_point().to_dict()
+    bare = R.PointRecord.for_point(point, "ok", metrics={"step_ms": None,
+                                                         "samples_per_s": None})
+    some = R.PointRecord.for_point({**point, "batch_size": 8}, "ok",
+                                   metrics={"step_ms": {"median": 2.5}})
+    table = summary_table([bare, some])
+    rows = [line for line in table.splitlines() if line.startswith("ok ")]
+    assert len(rows) == 2
+    assert rows[0].split()[-5:] == ["-", "-", "-", "-", "-"]
+    assert rows[1].split()[-5:] == ["2.50", "-", "-", "-", "-"]
+    assert describe_record(bare) == "no step time"
+    assert describe_record(some) == "2.50 ms/step (median)"
+
+
 def test_utilization_without_a_roof_is_null_never_zero():
     """No measured roof (--no-roofs, a roof that failed, int8 which has no GEMM roof) leaves
     every ratio null: 0 would read as a measured 0% utilisation. With a roof, the ratios are
