@@ -77,8 +77,9 @@ class Curve:
                     f"{epoch}: stopping")
         if self.patience is not None and self.since_best >= self.patience:
             self.early_stopped = epoch
-            return (f"early stop at epoch {epoch}: {self.since_best} evaluations without a "
-                    f"better valid {self.select} than epoch {self.best['epoch']}'s")
+            n = self.since_best
+            return (f"early stop at epoch {epoch}: {n} evaluation{'s' if n != 1 else ''} "
+                    f"without a better valid {self.select} than epoch {self.best['epoch']}'s")
         return None
 
     def best_line(self, popularity: dict) -> str:

@@ -4,32 +4,29 @@ from __future__ import annotations
 
 import os
 
-from bench.cli import EXIT_CHECK_FAILED, EXIT_OK, _err, _print_json
+from bench.cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, _err, _print_json
 from recmodels.errors import InputError
 
 
 def cmd_train(args) -> int:
-    from recmodels import weights
-    from recmodels.config import parse_overrides
-    from recmodels.train import TrainOptions, train
+    from recmodels.config import parse_overrides, preset
+    from recmodels.train import TrainOptions, resolve_device, train
 
     overrides = {k: v for k, v in {"block": args.block, "loss": args.loss,
                                    "seq_len": args.seq_len, "dropout": args.dropout,
                                    "n_neg": args.n_neg}.items() if v is not None}
     overrides |= parse_overrides(args.set or [])
-    if args.save:  # refuse a path that cannot be written before training, not after
-        from pathlib import Path
-
-        parent = Path(args.save).resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise InputError(f"--save {args.save}: directory {parent} does not exist or is not "
-                             "writable; create it or pass another path")
+    if args.save is not None:  # refuse a path that cannot be written before training, not after
+        check_save_path(args.save)
     opts = TrainOptions(framework=args.framework, preset=args.preset, dataset=args.dataset,
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         precision=args.precision, optimizer=args.optimizer, seed=args.seed,
                         device=args.device, eval=args.eval, eval_users=args.eval_users,
                         compile=args.compile, overrides=overrides,
                         eval_every=args.eval_every, select=args.select, patience=args.patience)
+    opts.validate()
+    check_supported(opts.framework, resolve_device(opts.framework, opts.device),
+                    preset(opts.preset, **overrides).block, opts.precision, opts.compile)
     try:
         # --save keeps a copy of the weights at the best validation evaluation (train's
         # keep_best): the saved weights are those the reported test metrics belong to
@@ -45,7 +42,14 @@ def cmd_train(args) -> int:
     if args.save and not ok:
         _err(f"weights not saved to {args.save}: the run diverged")
     elif args.save:
-        weights.save(engine.state_dict(), engine.cfg, args.save)
+        if not save_new(engine.state_dict(), engine.cfg, args.save):
+            _err(f"recbench train: error: --save {args.save}: the file appeared while the run "
+                 "trained and is kept; the weights are not saved: choose another path")
+            if args.json:
+                _print_json(result)
+            else:
+                print(format_train_result(result))
+            return EXIT_BAD_INPUT
         result["weights"] = str(args.save)
         result["weights_epoch"] = result["best_epoch"]
         _err(f"weights of epoch {result['best_epoch']} (best valid {result['select']}) saved "
@@ -55,6 +59,75 @@ def cmd_train(args) -> int:
     else:
         print(format_train_result(result))
     return EXIT_OK if ok else EXIT_CHECK_FAILED  # a diverged run is a failed check
+
+
+def check_save_path(text: str) -> None:
+    """`--save PATH`, before training: a new file in a writable directory. An empty path, a
+    directory and an existing file (the dataset, a results file...) are refused: a run never
+    overwrites what is there."""
+    from pathlib import Path
+
+    if not text.strip():
+        raise InputError("--save needs a file path, got an empty string: name a new "
+                         ".safetensors file, or leave --save out")
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        raise InputError(f"--save {text}: a directory; name a new file, e.g. "
+                         f"{path / 'weights.safetensors'}")
+    if os.path.lexists(path):
+        raise InputError(f"--save {text}: the file exists and would be overwritten; choose "
+                         "another path or remove it")
+    parent = path.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(f"--save {text}: directory {parent} does not exist or is not "
+                         "writable; create it or pass another path")
+
+
+def save_new(tensors: dict, cfg, text: str) -> bool:
+    """Write the weights to `text` only if no file is there (False if one appeared since
+    check_save_path): written beside it, then hard-linked to the name, which never replaces
+    a file. The mode is the umask's, as for any new file."""
+    from pathlib import Path
+
+    from recmodels import weights
+
+    path = Path(text)
+    part = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    weights.save(tensors, cfg, part)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(part, 0o666 & ~mask)  # safetensors creates its files 0600
+        try:
+            os.link(part, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links
+            if os.path.lexists(path):
+                return False
+            os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return True
+
+
+def check_supported(framework: str, device: str, block: str, precision: str,
+                    compile: str = "eager") -> None:
+    """Refuse (InputError) a framework, device, block and precision that do not go together,
+    by the table `recbench run` records such points `unsupported` with
+    (bench.scenarios.step.support_reason): tf32 on a CPU, for one, would run fp32."""
+    from bench.point import Point
+    from bench.scenarios.step import Unsupported, device_caps, support_reason
+
+    try:
+        reason = support_reason(Point(framework=framework, workload="train", preset="tiny",
+                                      block=block, precision=precision, batch_size=2,
+                                      device=device, compile=compile),
+                                device_caps(framework, device))
+    except Unsupported as e:
+        reason = str(e)
+    if reason:
+        raise InputError(f"{reason}; choose another --precision or --device")
 
 
 def _probe_for_train(opts) -> str | None:
@@ -133,7 +206,7 @@ def _format_stop(r: dict) -> str | None:
 def format_train_result(r: dict) -> str:
     run = r.get("epochs_run", r["epochs"])
     head = (f"{r['framework']} ({r.get('compile', 'eager')}) {r['preset']} on {r['dataset']} "
-            + (f"({r['epochs']} epochs, " if run == r["epochs"]
+            + (f"({r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, " if run == r["epochs"]
                else f"({run} of {r['epochs']} epochs run, ")
             + f"{r['precision']}, {r['device']})")
     if r["status"] != "ok":

@@ -24,12 +24,15 @@ def cmd_ttq(args) -> int:
     from pathlib import Path
 
     from bench import results as R
+    from bench.cli.train import check_supported
     from bench.launch.locks import machine_lock
     from bench.launch.runner import check_writable
     from bench.machine.conditions import PointWindow, unstable_reason
     from bench.machine.envinfo import fingerprint
     from bench.scenarios.ttq import TTQSpec, check, ttq
-    from recmodels.config import parse_overrides
+    from recmodels.config import parse_overrides, preset
+    from recmodels.errors import InputError
+    from recmodels.train import MAX_SEED
 
     metric, value = args.target
     spec = TTQSpec(dataset=args.dataset, target=metric, target_value=value, runs=args.runs,
@@ -38,6 +41,12 @@ def cmd_ttq(args) -> int:
                    device=args.device, compile=args.compile, batch_size=args.batch_size,
                    lr=args.lr, seed=args.seed, overrides=parse_overrides(args.set or []))
     checked = check(spec)  # options, device and dataset, before any output
+    if spec.seed + spec.runs - 1 > MAX_SEED:  # check() validated the first run's seed
+        raise InputError(f"seed {spec.seed} with {spec.runs} runs reaches seed "
+                         f"{spec.seed + spec.runs - 1}, past the largest, {MAX_SEED}: pass a "
+                         "smaller --seed")
+    check_supported(spec.framework, checked[1], preset(spec.preset, **spec.overrides).block,
+                    spec.precision, spec.compile)  # as `recbench train` refuses them
     env = fingerprint()
     out = Path(args.out)
     folder = out / R.safe_name(env["machine_id"])
@@ -87,7 +96,8 @@ def format_ttq(p: dict, status: str, reason: str | None, m: dict) -> str:
     lines = [f"ttq {p['framework']} ({p['compile']}) {p['preset']} on {p['dataset']} "
              f"({p['precision']}, {p['device']}): target valid {p['target']} >= "
              f"{p['target_value']:g}, {p['runs']} run{'s' if p['runs'] != 1 else ''}, cap "
-             f"{p['max_epochs']} epochs, evaluation every {p['eval_every']}"]
+             f"{p['max_epochs']} epoch{'s' if p['max_epochs'] != 1 else ''}, evaluation every "
+             f"{p['eval_every']}"]
     for r in m["runs"]:
         reached = r.get("reached") or {}
         test = r.get("test") or {}
