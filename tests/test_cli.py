@@ -270,3 +270,104 @@ def test_a_non_positive_lr_is_one_line_naming_the_fix(capsys):
     assert main(["train", "--lr", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "lr must be > 0, got 0.0" in err and "--lr 1e-3" in err
+
+
+# --- bad input of run, serve and compare: one line naming the option, nothing written ---------
+
+
+@pytest.mark.parametrize("argv", [["--threshold", "-5%"], ["--threshold=-5%"],
+                                  ["--threshold", "-0.5%"]])
+@pytest.mark.parametrize("command", [["compare", "base.jsonl", "new.jsonl"],
+                                     ["gate", "--base", "HEAD"]])
+def test_a_negative_threshold_says_what_a_threshold_is(capsys, command, argv):
+    assert main([*command, *argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"recbench {command[0]}: error: threshold '-")
+    assert "is negative: a threshold is the smallest change of a metric that counts" in err
+    assert "a percentage >= 0 such as --threshold 5%" in err
+
+
+@pytest.mark.parametrize("suite", ["one", "reference"])  # reference: its [[serve]] tables too
+def test_a_bad_run_device_is_named_as_device_not_set(one_point, capsys, suite):
+    suite = str(one_point) if suite == "one" else suite
+    assert main(["run", "--suite", suite, "--device", "foo", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--set" not in err
+    assert err.startswith("recbench run: error: argument --device: expected a device (cpu, ")
+    assert err.endswith("got 'foo' (see recbench run --help)")
+    assert main(["run", "--suite", suite, "--device", "cpu,cuda:x", "--dry-run"]) == 2
+    assert "--device: expected a device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["run", "--no-roofs"], ["serve", "--duration", "0.1"]])
+@pytest.mark.parametrize("out", ["", " "])
+def test_an_empty_out_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, argv,
+                                                            out):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"recbench {argv[0]}: error: argument --out: expected a directory, got an empty " \
+           "string" in err
+    assert list(tmp_path.iterdir()) == []  # nothing in the current directory
+
+
+def test_dry_run_with_report_is_refused(capsys):
+    assert main(["run", "--suite", "quick", "--dry-run", "--json", "--report"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "--report" in captured.err and "--dry-run" in captured.err
+
+
+@pytest.mark.parametrize("name", ["none.jsonl", "a-directory"])
+def test_resuming_a_file_that_is_not_there_makes_no_lock(one_point, tmp_path, capsys, name):
+    (tmp_path / "a-directory").mkdir()
+    out = tmp_path / "out"
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["run", "--suite", str(one_point), "--out", str(out), "--no-roofs",
+                 "--resume", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"recbench run: error: --resume "
+                                                         f"{tmp_path / name}: ")
+    assert sorted(tmp_path.rglob("*")) == before  # no none.jsonl.lock, no out/
+
+
+@pytest.fixture
+def infeasible(monkeypatch):
+    """Every point infeasible (the runner decides; no worker starts): fast whole runs."""
+    from bench.launch import runner
+
+    real = runner.analytic_cost
+    monkeypatch.setattr(runner, "analytic_cost", lambda p: {**real(p), "est_mem_bytes": 1 << 40})
+    monkeypatch.setattr(runner, "device_capacity_bytes", lambda device, env: 1)
+
+
+def test_resume_without_suite_takes_the_suite_file_its_header_names(tmp_path, capsys,
+                                                                     infeasible):
+    suite = tmp_path / "mini.toml"
+    suite.write_text(ONE_POINT.replace('name = "one"', 'name = "mini"')
+                     .replace("batch_size = [2, 4]", "batch_size = [2]"))
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-roofs", "--json"]) == 1
+    path = Path(_json(capsys)["results"])
+    suite.write_text(suite.read_text().replace("batch_size = [2]", "batch_size = [2, 4]"))
+
+    assert main(["run", "--out", str(out), "--no-roofs", "--json", "--resume", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["results"] == str(path)
+    assert (f"recbench run: resuming suite 'mini' from {suite.resolve()} (named in the "
+            "results file)") in captured.err
+    assert "holds a run of suite" not in captured.err
+    from bench import results as R
+
+    assert [r.point["batch_size"] for r in R.load(path).records] == [2, 4]
+
+    suite.rename(tmp_path / "moved.toml")  # the header's suite file is gone: --suite, please
+    before = path.read_bytes()
+    assert main(["run", "--out", str(out), "--no-roofs", "--resume", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pass --suite NAME|PATH to resume it" in err
+    assert f"holds a run of suite 'mini', but its file {suite.resolve()} is not there" in err
+    assert path.read_bytes() == before

@@ -52,6 +52,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def out_dir(text: str) -> str:
+    """An --out directory: an empty one would put the files in the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string; name one, "
+                                         "or leave --out out for the default")
+    return text
+
+
+def _run_device(text: str) -> str:
+    """`run --device`: one device, or several with commas, checked here so that an error names
+    --device (the suite applies it as `--set device=...`)."""
+    from bench.point import field_problem
+
+    for item in text.split(","):
+        problem = field_problem("device", item.strip(), allow_auto=True)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def cmd_parity(args) -> int:
     from recmodels.config import BLOCKS, LOSSES
     from recmodels.parity import STEPS, TOLERANCES, check_preset
@@ -128,6 +148,16 @@ def cmd_run(args) -> int:
     from bench.machine.hardware import detect_hardware, device_resolver_for
     from bench.suites.suite import load_suite
 
+    if args.dry_run and args.report:
+        raise InputError("--report writes the figures and the report of the points a run "
+                         "measured, and --dry-run measures none: drop one of them")
+    resume = None
+    if args.resume and args.resume != "latest":
+        # before any lock: a lock file beside a file that is not there would be left behind
+        resume = _existing_results_file(args.resume)
+        if args.suite is None:
+            args.suite = _suite_of(resume)
+    args.suite = args.suite or "auto"
     rdzv = Rendezvous.parse(args.nnodes, args.node_rank, args.rdzv_endpoint)
     if rdzv.nnodes > 1:  # the workers read it (bench/launch/dist.py)
         os.environ[RDZV_ENV] = rdzv.to_env()
@@ -140,11 +170,9 @@ def cmd_run(args) -> int:
     _check_devices(suite, hardware, args.device)  # before any point or output
     env = fingerprint()
     out = Path(args.out)
-    resume = None
-    if args.resume:
-        resume = (find_latest(out, env["machine_id"], suite.name) if args.resume == "latest"
-                  else Path(args.resume))
-    else:
+    if args.resume == "latest":
+        resume = find_latest(out, env["machine_id"], suite.name)
+    elif resume is None:
         check_writable(out / R.safe_name(env["machine_id"]))  # before any work or output
     try:
         with machine_lock():  # one measuring command per machine at a time
@@ -192,6 +220,42 @@ def cmd_run(args) -> int:
         _err(f"recbench run: no point ran ok ({counts}); the reasons are in {outcome.path}")
         return EXIT_CHECK_FAILED
     return EXIT_OK
+
+
+def _existing_results_file(text: str):
+    """The file of `--resume FILE`, refused in one line unless it is there."""
+    from pathlib import Path
+
+    path = Path(text)
+    if path.is_dir():
+        raise InputError(f"--resume {text}: a directory; pass a .jsonl results file, or "
+                         "--resume alone for this machine's newest run of the suite")
+    if not path.is_file():
+        raise InputError(f"--resume {text}: no such results file; pass one a run wrote, or "
+                         "--resume alone for this machine's newest run of the suite")
+    return path
+
+
+def _suite_of(path) -> str:
+    """The suite file a results file's header names (`suite_path`), for `--resume FILE`
+    without --suite; refused in one line when the header names none or it is gone."""
+    from pathlib import Path
+
+    from bench import results as R
+    from bench.suites.suite import available_suites
+
+    with warnings.catch_warnings():  # a truncated last line: the runner warns when it repairs it
+        warnings.simplefilter("ignore", R.ResultsWarning)
+        header = R.load(path).header
+    recorded = header.extra.get("suite_path")
+    if isinstance(recorded, str) and recorded and Path(recorded).is_file():
+        _err(f"recbench run: resuming suite {header.suite!r} from {recorded} (named in the "
+             "results file); pass --suite to resume with another file")
+        return recorded
+    where = f"its file {recorded} is not there" if recorded else "the file does not name its file"
+    hint = f" (e.g. --suite {header.suite})" if header.suite in available_suites() else ""
+    raise InputError(f"{path} holds a run of suite {header.suite!r}, but {where}: pass --suite "
+                     f"NAME|PATH{hint} to resume it")
 
 
 # --- serve ---------------------------------------------------------------------------------
@@ -362,10 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_env)
 
     r = sub.add_parser("run", help="run a benchmark suite")
-    r.add_argument("--suite", default="auto",
-                   help="auto (picked for this hardware) | a name in bench/suites | a .toml path")
-    r.add_argument("--device", help="run every point on this device (cpu, cuda, cuda:1, tpu, mps)")
-    r.add_argument("--out", default="results", help="results directory (default: results)")
+    r.add_argument("--suite",
+                   help="auto (picked for this hardware; the default) | a name in bench/suites "
+                        "| a .toml path; with --resume FILE, the suite file FILE names")
+    r.add_argument("--device", type=_run_device,
+                   help="run every point on this device (cpu, cuda, cuda:1, tpu, mps)")
+    r.add_argument("--out", default="results", type=out_dir,
+                   help="results directory (default: results)")
     r.add_argument("--resume", nargs="?", const="latest", metavar="FILE",
                    help="run only the points with no record in FILE (default: the newest "
                         "results file of this machine and suite)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.cli import EXIT_CHECK_FAILED, EXIT_OK, _err, _positive_int, _print_json
+from bench.cli import EXIT_CHECK_FAILED, EXIT_OK, _err, _positive_int, _print_json, out_dir
 from recmodels.errors import InputError
 
 
@@ -123,6 +123,7 @@ def add_serve_parser(sub) -> None:
                    help="minimum duration of each LoadGen run (MLPerf: 600)")
     s.add_argument("--min-queries", type=_positive_int, default=200)
     s.add_argument("--search-runs", type=_positive_int, default=8)
-    s.add_argument("--out", default="results", help="results directory (default: results)")
+    s.add_argument("--out", default="results", type=out_dir,
+                   help="results directory (default: results)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_serve)

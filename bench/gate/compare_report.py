@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -257,10 +258,32 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+class _Threshold(argparse.Action):
+    """--threshold, checked as it is parsed: a bad one is one line before any file is read."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            stats.parse_threshold(values)
+        except InputError as e:
+            text = str(values).strip()
+            parser.error(f"threshold {text!r} is negative: a threshold is the smallest change of "
+                         "a metric that counts (slower or faster alike), so write a percentage "
+                         ">= 0 such as --threshold 5%" if text.startswith("-") else str(e))
+        setattr(namespace, self.dest, values)
+
+
+# What argparse takes for a value rather than an option: "-5%" too (Python 3.11 matches only
+# plain negative numbers, so `--threshold -5%` read "expected one argument"). No option of these
+# parsers starts with "-<digit>", so nothing else changes.
+_NEGATIVE_VALUE = re.compile(r"-\.?\d")
+
+
 def add_verdict_args(p: argparse.ArgumentParser) -> None:
     """The options `compare` and `gate` share."""
-    p.add_argument("--threshold", default="5%",
-                   help="smallest change that counts, as a percentage (default 5%%)")
+    p._negative_number_matcher = _NEGATIVE_VALUE
+    p.add_argument("--threshold", default="5%", action=_Threshold,
+                   help="smallest change of a metric that counts as a regression or an "
+                        "improvement, as a percentage >= 0 (default 5%%)")
     p.add_argument("--alpha", default="0.01",
                    help="significance level of the Mann–Whitney test (default 0.01)")
     p.add_argument("--accept-analytic-changes", action="store_true",
