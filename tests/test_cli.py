@@ -301,7 +301,11 @@ def test_a_bad_run_device_is_named_as_device_not_set(one_point, capsys, suite):
     assert "--device: expected a device" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["run", "--no-roofs"], ["serve", "--duration", "0.1"]])
+@pytest.mark.parametrize("argv", [
+    ["run", "--no-roofs"], ["serve", "--duration", "0.1"],
+    ["ttq", "--dataset", "synthetic", "--target", "hr@10=0.5"],
+    ["plot", "results"], ["report", "results"], ["gate", "--base", "HEAD"],
+])
 @pytest.mark.parametrize("out", ["", " "])
 def test_an_empty_out_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, argv,
                                                             out):

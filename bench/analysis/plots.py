@@ -50,6 +50,7 @@ from bench.analysis.plots_step import (
 from bench.analysis.plots_ttq import iter_ttq_figures
 from bench.analysis.plotstyle import DPI, panel_of, panel_text
 from bench.results import ResultsFile, safe_name
+from bench.results.write import out_dir
 from recmodels.errors import InputError
 
 # name, figure function, whether its panel is per framework (else both frameworks together)
@@ -138,6 +139,7 @@ def register_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("plot", help="figures (PNG, optionally SVG) from result files")
     p.add_argument("results", nargs="+", metavar="RESULTS",
                    help="results .jsonl files or directories of them")
-    p.add_argument("--out", help="output directory (default: plots/ in the first RESULTS dir)")
+    p.add_argument("--out", type=out_dir,
+                   help="output directory (default: plots/ in the first RESULTS dir)")
     p.add_argument("--svg", action="store_true", help="also write SVG next to each PNG")
     p.set_defaults(func=cmd_plot)

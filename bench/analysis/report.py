@@ -53,6 +53,7 @@ from bench.analysis.report_scale import scale_section
 from bench.analysis.report_ttq import has_ttq, ttq_section
 from bench.point import device_kind, framework_label
 from bench.results import STATUSES, ResultsFile
+from bench.results.write import out_dir
 from recmodels.config import human
 from recmodels.errors import InputError
 from recmodels.memory import MEMORY_ESTIMATE_ABS_ERROR_BYTES, MEMORY_ESTIMATE_REL_ERROR
@@ -439,5 +440,6 @@ def register_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("report", help="one self-contained HTML page from result files")
     p.add_argument("results", nargs="+", metavar="RESULTS",
                    help="results .jsonl files or directories of them")
-    p.add_argument("--out", help="directory for report.html (default: the first RESULTS dir)")
+    p.add_argument("--out", type=out_dir,
+                   help="directory for report.html (default: the first RESULTS dir)")
     p.set_defaults(func=cmd_report)

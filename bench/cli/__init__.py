@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from bench.launch.signals import exit_code, stop_signals_as_interrupt
+from bench.results.write import out_dir  # the --out type of every command (re-exported)
 from recmodels.config import human, human_bytes
 from recmodels.errors import InputError
 
@@ -50,14 +51,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def out_dir(text: str) -> str:
-    """An --out directory: an empty one would put the files in the current directory."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a directory, got an empty string; name one, "
-                                         "or leave --out out for the default")
-    return text
 
 
 def _run_device(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.cli import EXIT_CHECK_FAILED, EXIT_OK, _err, _positive_int, _print_json
+from bench.cli import EXIT_CHECK_FAILED, EXIT_OK, _err, _positive_int, _print_json, out_dir
 
 
 def _target(text: str) -> tuple[str, float]:
@@ -171,6 +171,7 @@ def add_ttq_parser(sub) -> None:
     s.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a model config field, e.g. dropout=0.2")
     s.add_argument("--seed", type=int, default=0, help="the first run's seed (default 0)")
-    s.add_argument("--out", default="results", help="results directory (default: results)")
+    s.add_argument("--out", default="results", type=out_dir,
+                   help="results directory (default: results)")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     s.set_defaults(func=cmd_ttq)

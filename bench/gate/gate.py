@@ -59,6 +59,7 @@ from bench.gate import stats
 from bench.gate.rounds import _cwd, import_root, run_round
 from bench.launch.locks import machine_lock
 from bench.results import ResultsFile, ResultsWriter, RunHeader, iso_utc, load
+from bench.results.write import out_dir
 from bench.suites.suite import Suite
 from recmodels.errors import InputError
 
@@ -372,7 +373,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     R.add_verdict_args(p)
     p.add_argument("--markdown", metavar="FILE", help="also write a PR-comment Markdown report")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--out", metavar="DIR",
+    p.add_argument("--out", metavar="DIR", type=out_dir,
                    help="keep the rounds' result files in DIR/base and DIR/new")
     p.add_argument("--no-cache", action="store_true",
                    help="measure the base even if a cached measurement matches")

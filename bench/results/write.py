@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import warnings
@@ -22,6 +23,15 @@ from bench.results.schema import (
     safe_name,
 )
 from recmodels.errors import InputError
+
+
+def out_dir(text: str) -> str:
+    """The argparse type of every command's --out directory (results, figures, the report):
+    an empty one would put the files in the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string; name one, "
+                                         "or leave --out out for the default")
+    return text
 
 
 class ResultsWriteError(InputError):
