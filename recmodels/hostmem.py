@@ -25,7 +25,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-ENV = "RECBENCH_KEEP_HOST_MEMORY"  # 0: leave malloc alone
+from recmodels.envvars import switch
+
+ENV = "RECBENCH_KEEP_HOST_MEMORY"  # an on/off switch (recmodels.envvars): off leaves malloc alone
 # glibc mallopt parameters (malloc.h), and the values set
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
@@ -49,11 +51,12 @@ def keep_host_memory(*, libc: Any = None, environ: Mapping[str, str] | None = No
     process's first JAX computation (the JAX Engine does, on CPU, and so do the suites' JAX
     workers); the mmap and trim settings hold at once for every thread (the torch Engine
     calls it on CPU). Linux with glibc only; a no-op elsewhere, where RECBENCH_KEEP_HOST_MEMORY
-    is 0, or where the environment sets glibc's malloc tunables (MALLOC_*_ / GLIBC_TUNABLES:
-    the user's choice stands). libc (anything with mallopt(int, int) -> int), environ and
-    platform default to the process's own; tests pass fakes."""
+    is off (0, false, off or no; recmodels.envvars.switch, which raises InputError for a value
+    it does not take), or where the environment sets glibc's malloc tunables (MALLOC_*_ /
+    GLIBC_TUNABLES: the user's choice stands). libc (anything with mallopt(int, int) -> int),
+    environ and platform default to the process's own; tests pass fakes."""
     environ = os.environ if environ is None else environ
-    if not (platform or sys.platform).startswith("linux") or environ.get(ENV) == "0":
+    if not switch(ENV, environ) or not (platform or sys.platform).startswith("linux"):
         return False
     if "GLIBC_TUNABLES" in environ or any(k.startswith("MALLOC_") for k in environ):
         return False

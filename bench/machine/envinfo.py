@@ -40,6 +40,7 @@ from bench.machine.cpuinfo import (  # noqa: F401 (re-exported: envinfo is the A
     cpu_model,
     isa_features,
 )
+from recmodels.envvars import switch
 
 GiB = 2**30
 
@@ -59,8 +60,18 @@ RECORDED_ENV_VARS = (
     "JAX_PLATFORMS",
     "TPU_VISIBLE_CHIPS",
     "RECBENCH_ONEDNN_LINEAR",  # torch's CPU fp32 Linear kernel (recmodels/torch/blocks.py)
-    "RECBENCH_KEEP_HOST_MEMORY",  # 0: glibc's malloc left alone (recmodels/hostmem.py)
+    "RECBENCH_KEEP_HOST_MEMORY",  # off: glibc's malloc left alone (recmodels/hostmem.py)
+    # glibc's malloc tuning: where one is set, recmodels/hostmem.py leaves malloc alone too
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "GLIBC_TUNABLES",
 )
+# The on/off switches among them (recmodels.envvars.switch): a value they do not take is
+# refused when the fingerprint is taken, before a run starts, not in every worker.
+SWITCH_ENV_VARS = ("RECBENCH_ONEDNN_LINEAR", "RECBENCH_KEEP_HOST_MEMORY")
 
 
 # --- memory ----------------------------------------------------------------------------------
@@ -323,8 +334,11 @@ def fingerprint(
     driver}], tpu {device_kind, count} | None, os, python, versions {torch, jax, jaxlib,
     recbench, numpy}, git {commit, dirty}, hostname, env_vars, machine_id.
     Every probe argument defaults to the real thing; pass fakes in tests (see probe_gpus,
-    probe_tpu). ``jax_devices=False`` skips the TPU probe.
+    probe_tpu). ``jax_devices=False`` skips the TPU probe. Raises InputError where an on/off
+    switch (SWITCH_ENV_VARS) has a value it does not take.
     """
+    for name in SWITCH_ENV_VARS:
+        switch(name)
     env: dict[str, Any] = {
         "cpu": cpu_model(cpuinfo_path),
         "isa": isa_features(cpuinfo_path),

@@ -17,7 +17,6 @@ and (k, v) those of x's own positions, for the cache.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from recmodels.config import GenRecConfig
+from recmodels.envvars import switch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INIT_STD = 0.02  # GPT-2's initialiser for every matrix and embedding
@@ -85,7 +85,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 # The projections and the FFN are ~80% of a small train step there, so the CPU fp32 Linear
 # layers (forward and both backward products) go through oneDNN's fp32 matmul: the same
 # products in fp32, another summation order (the parity tolerances hold; tested).
-# RECBENCH_ONEDNN_LINEAR=0 turns it off (torch's own F.linear).
+# RECBENCH_ONEDNN_LINEAR=0 (or false, off, no: recmodels.envvars.switch) turns it off (torch's
+# own F.linear).
 ONEDNN_ENV = "RECBENCH_ONEDNN_LINEAR"
 ONEDNN_MIN_ROWS = 64  # fewer rows (one decode step of a few requests) stay with F.linear
 # Smaller weights (tiny's d = 50) stay with F.linear too: there the call's fixed costs (the
@@ -103,8 +104,9 @@ def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) ->
 @functools.cache
 def onednn_linear_available() -> bool:
     """Whether this torch has oneDNN's linear op and it computes x @ w^T + b (checked once on
-    a small product), and RECBENCH_ONEDNN_LINEAR is not 0."""
-    if os.environ.get(ONEDNN_ENV, "1").strip() == "0" or not torch.backends.mkldnn.is_available():
+    a small product), and RECBENCH_ONEDNN_LINEAR is not off (recmodels.envvars.switch: an
+    InputError for a value it does not take)."""
+    if not switch(ONEDNN_ENV) or not torch.backends.mkldnn.is_available():
         return False
     try:
         a, b, c, d = torch.randn(5, 3), torch.randn(4, 3), torch.randn(4), torch.randn(5, 4)

@@ -177,6 +177,28 @@ def test_format_env_is_readable(cpuinfo: Path) -> None:
     assert "Xeon" in text and "64.0 GiB" in text
 
 
+def test_malloc_tuning_is_recorded(cpuinfo: Path, monkeypatch) -> None:
+    """hostmem leaves glibc's malloc alone where the user tunes it: the header shows how."""
+    tuned = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "-1",
+             "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TOP_PAD_": "0",
+             "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+    for k, v in tuned.items():
+        monkeypatch.setenv(k, v)
+    env = fp(cpuinfo)
+    assert {k: env["env_vars"].get(k) for k in tuned} == tuned
+    assert re.search(r"^MALLOC_ARENA_MAX +2$", format_env(env), re.M)
+
+
+@pytest.mark.parametrize("name", envinfo.SWITCH_ENV_VARS)
+def test_a_switch_it_does_not_take_is_refused_before_a_fingerprint(cpuinfo: Path, monkeypatch,
+                                                                   name: str) -> None:
+    monkeypatch.setenv(name, "off")
+    assert fp(cpuinfo)["env_vars"][name] == "off"  # recorded as written
+    monkeypatch.setenv(name, "banana")
+    with pytest.raises(InputError, match=rf"^{name}='banana' is not an on/off value"):
+        fp(cpuinfo)
+
+
 def test_git_info(tmp_path: Path) -> None:
     assert git_info(tmp_path) == {"commit": None, "dirty": None}  # not a checkout
     repo = tmp_path / "repo"

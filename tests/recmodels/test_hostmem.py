@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from recmodels import hostmem
+from recmodels.errors import InputError
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -33,6 +34,10 @@ def test_one_arena_no_mmap_no_trim():
 
 @pytest.mark.parametrize("environ, plat", [
     ({"RECBENCH_KEEP_HOST_MEMORY": "0"}, "linux"),  # the opt-out
+    ({"RECBENCH_KEEP_HOST_MEMORY": "false"}, "linux"),  # ... in any of its spellings
+    ({"RECBENCH_KEEP_HOST_MEMORY": " 0"}, "linux"),
+    ({"RECBENCH_KEEP_HOST_MEMORY": "OFF"}, "linux"),
+    ({"RECBENCH_KEEP_HOST_MEMORY": "no"}, "linux"),
     ({"MALLOC_ARENA_MAX": "4"}, "linux"),  # the user's own malloc tuning stands
     ({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}, "linux"),
     ({}, "darwin"),
@@ -40,6 +45,25 @@ def test_one_arena_no_mmap_no_trim():
 def test_left_alone(environ, plat):
     libc = FakeLibc()
     assert hostmem.keep_host_memory(libc=libc, environ=environ, platform=plat) is False
+    assert libc.calls == []
+
+
+@pytest.mark.parametrize("value", ["", "1", "true", " on ", "YES"])
+def test_the_switch_on_or_unset_applies(value):
+    libc = FakeLibc()
+    environ = {"RECBENCH_KEEP_HOST_MEMORY": value}
+    assert hostmem.keep_host_memory(libc=libc, environ=environ, platform="linux") is True
+    assert len(libc.calls) == 3
+
+
+@pytest.mark.parametrize("plat", ["linux", "darwin"])
+def test_a_value_the_switch_does_not_take_is_an_input_error(plat):
+    libc = FakeLibc()
+    with pytest.raises(InputError, match=r"^RECBENCH_KEEP_HOST_MEMORY='banana' is not an on/off "
+                                         r"value: set it to 0, false, off, no \(off\) or 1, "
+                                         r"true, on, yes"):
+        hostmem.keep_host_memory(libc=libc, environ={"RECBENCH_KEEP_HOST_MEMORY": "banana"},
+                                 platform=plat)
     assert libc.calls == []
 
 

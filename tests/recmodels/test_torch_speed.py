@@ -220,6 +220,33 @@ def test_linear_leaves_other_cases_to_the_layer(monkeypatch):
 
 
 @needs_onednn
+@pytest.mark.parametrize("value", ["0", "false", "off", "no", " 0", "OFF"])
+def test_the_onednn_switch_turns_off_in_any_spelling(value, monkeypatch):
+    monkeypatch.setenv(blocks.ONEDNN_ENV, value)
+    blocks.onednn_linear_available.cache_clear()
+    try:
+        assert not blocks.onednn_linear_available()
+    finally:
+        monkeypatch.delenv(blocks.ONEDNN_ENV)
+        blocks.onednn_linear_available.cache_clear()
+    assert blocks.onednn_linear_available()
+
+
+def test_a_value_the_onednn_switch_does_not_take_is_an_input_error(monkeypatch):
+    from recmodels.errors import InputError
+
+    monkeypatch.setenv(blocks.ONEDNN_ENV, "banana")
+    blocks.onednn_linear_available.cache_clear()
+    try:
+        with pytest.raises(InputError, match=r"^RECBENCH_ONEDNN_LINEAR='banana' is not an "
+                                             r"on/off value"):
+            blocks.onednn_linear_available()
+    finally:
+        monkeypatch.delenv(blocks.ONEDNN_ENV)
+        blocks.onednn_linear_available.cache_clear()
+
+
+@needs_onednn
 def test_onednn_train_steps_equal_f_linear_steps(monkeypatch):
     """A model with d = 128 (oneDNN's Linear layers), three Adam steps on packed batches
     (new token counts each step, padded to buckets): the same weights as with F.linear."""
