@@ -154,7 +154,16 @@ def resolve_device(framework: str, device: str) -> str:
     else:
         import jax
 
-        backend = jax.default_backend()  # "cpu" | "gpu" | "tpu"
+        from recmodels.envvars import jax_platforms_problem
+
+        if kind != "auto" and (problem := jax_platforms_problem(kind)):
+            raise InputError(problem)
+        try:
+            backend = jax.default_backend()  # "cpu" | "gpu" | "tpu"
+        except (RuntimeError, AssertionError) as e:  # AssertionError: no listed platform started
+            if problem := jax_platforms_problem(failed=e):
+                raise InputError(problem) from None
+            raise
         have = {"cpu": True, "cuda": backend == "gpu", "tpu": backend == "tpu", "mps": False}
         if kind == "auto":
             return {"gpu": "cuda", "tpu": "tpu"}.get(backend, "cpu")
