@@ -32,6 +32,7 @@ import numpy as np
 from bench.point import SERVING_WORKLOADS, Point, device_kind
 from bench.scenarios.compiled import NO_COUNTS, compile_counts
 from recmodels import config as C
+from recmodels.errors import InputError
 from recmodels.memory import memory_estimate
 
 TOP_K = 10
@@ -216,7 +217,8 @@ class Workload:
 
 
 def device_caps(framework: str, device: str) -> DeviceCaps:
-    """Ask the framework what the device is (thin: the only hardware call here)."""
+    """Ask the framework what the device is (thin: the only hardware call here). Raises
+    Unsupported where JAX_PLATFORMS keeps jax off the device (recmodels.envvars)."""
     kind = device_kind(device)
     if kind == "cuda" and framework == "torch" and not device.endswith(":all"):
         import torch
@@ -227,7 +229,10 @@ def device_caps(framework: str, device: str) -> DeviceCaps:
     if framework == "jax":
         from recmodels.jax_model import resolve_devices
 
-        devices = resolve_devices(device)
+        try:
+            devices = resolve_devices(device)
+        except InputError as e:  # JAX_PLATFORMS keeps jax off this device: it says why
+            raise Unsupported(str(e)) from None
         cc = getattr(devices[0], "compute_capability", None)
         cap = tuple(int(x) for x in str(cc).split(".")[:2]) if cc else None
         return DeviceCaps(kind, devices[0].device_kind, cap, len(devices))  # type: ignore[arg-type]
@@ -417,6 +422,8 @@ def probe(point: Point, caps: DeviceCaps | None = None) -> str | None:
             workload.sync(workload.step())
         finally:
             workload.close()
+    except Unsupported as e:  # a reason already (device_caps: JAX_PLATFORMS)
+        return str(e)
     except Exception as e:  # the probe's job is to turn any failure into a reason
         first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
         return (f"{point.framework} cannot run a {point.workload} step of {point.block} in "

@@ -14,6 +14,8 @@ import numpy as np
 import optax
 
 from recmodels.config import GenRecConfig, padding_invariant
+from recmodels.envvars import jax_platforms_problem
+from recmodels.errors import InputError
 from recmodels.hostmem import keep_host_memory
 from recmodels.jax.blocks import Params
 from recmodels.jax.distributed import (
@@ -90,12 +92,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: GenRecCon
 def resolve_devices(device: str) -> list[jax.Device]:
     """'cpu' | 'cuda[:i]' | 'tpu[:i]' -> [this process's device i]; 'KIND:all' -> every device
     of that kind, of every process under jax.distributed (one process: its local devices).
-    The caller validates names; a missing backend raises RuntimeError from JAX."""
+    The caller validates names; a missing backend raises RuntimeError from JAX, or InputError
+    where JAX_PLATFORMS is why (recmodels.envvars.jax_platforms_problem)."""
     kind, _, index = device.partition(":")
+    if problem := jax_platforms_problem(kind):
+        raise InputError(problem)
     backend = {"cuda": "gpu"}.get(kind, kind)
-    if index == "all":
-        return jax.devices(backend)
-    return [jax.local_devices(backend=backend)[int(index or 0)]]
+    try:
+        if index == "all":
+            return jax.devices(backend)
+        return [jax.local_devices(backend=backend)[int(index or 0)]]
+    except (RuntimeError, AssertionError) as e:  # AssertionError: no listed platform started
+        if problem := jax_platforms_problem(failed=e):
+            raise InputError(problem) from None
+        raise
 
 
 def on_real_rows(fn):

@@ -3,10 +3,17 @@ JAX_PLATFORMS named in one line where it keeps jax from a device."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from recmodels.envvars import jax_platforms_problem, switch
 from recmodels.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("value", ["0", "false", "off", "no", " 0", "0 ", "FALSE", "Off", "NO\n"])
@@ -75,3 +82,37 @@ def test_jax_platforms_that_jax_cannot_start_quote_jax():
     msg = jax_platforms_problem(failed=AssertionError(), environ={"JAX_PLATFORMS": "cuda"})
     assert msg.startswith("JAX_PLATFORMS='cuda': jax could not start the platforms it lists "
                           "(none of them has a device here); unset JAX_PLATFORMS")
+
+
+def test_train_resolve_device_names_jax_platforms(monkeypatch):
+    import jax
+
+    from recmodels.train import resolve_device
+
+    jax.devices()  # jax reads JAX_PLATFORMS when imported: started here before it is set
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    with pytest.raises(InputError, match=r"^JAX_PLATFORMS='cuda' does not list cpu"):
+        resolve_device("jax", "cpu")
+    assert resolve_device("torch", "cpu") == "cpu"  # torch does not read it
+
+
+def _no_gpu_here() -> bool:
+    return not (Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists())
+
+
+@pytest.mark.parametrize("value", [
+    "bogus",
+    pytest.param("cuda", marks=pytest.mark.skipif(not _no_gpu_here(), reason="a GPU is here")),
+])
+def test_cli_train_with_jax_platforms_jax_cannot_start_is_one_line_exit_2(value):
+    """In a process of its own: a failed backend start leaves jax unusable for the process
+    (the second try is a bare AssertionError)."""
+    env = {**os.environ, "JAX_PLATFORMS": value}
+    r = subprocess.run([sys.executable, "-m", "bench", "train", "--framework", "jax",
+                        "--epochs", "1"], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=ROOT)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"recbench train: error: JAX_PLATFORMS={value!r}: jax could not "
+                           "start the platforms it lists")
+    assert "unset JAX_PLATFORMS" in line and "Traceback" not in r.stderr

@@ -139,3 +139,38 @@ def test_train_refuses_what_this_cpu_cannot_run_in_one_line(capsys):
     assert rc == 2 and out == "" and "Traceback" not in err
     assert len(errors) == 1 and "lstm in fp16 on cpu" in errors[0]
     assert "choose another --precision or --block" in errors[0]
+
+
+def test_jax_platforms_without_the_points_device_is_the_unsupported_reason(monkeypatch):
+    """JAX_PLATFORMS=cuda on a point for the CPU: jax has no such device, and the record says
+    that JAX_PLATFORMS is why (not that jax cannot run the step on the CPU)."""
+    import jax
+
+    from bench.launch.worker import measure_point
+    from bench.point import Measure
+
+    jax.devices()  # jax started here first: JAX_PLATFORMS is read when its backends start
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    point = Point(framework="jax", workload="infer", preset="tiny", catalog_size=500,
+                  seq_len=8, batch_size=4, precision="fp32", device="cpu")
+    with pytest.raises(step.Unsupported, match=r"^JAX_PLATFORMS='cuda' does not list cpu"):
+        step.device_caps("jax", "cpu")
+    rec = measure_point(point, Measure(warmup_iters=1, min_time_s=0.0, min_iters=3,
+                                       max_iters=3, max_time_s=5.0))
+    assert rec["status"] == "unsupported"
+    assert rec["reason"].startswith("JAX_PLATFORMS='cuda' does not list cpu, so jax has no cpu "
+                                    "device: unset JAX_PLATFORMS")
+    assert step.probe(point) == rec["reason"]  # the reason as it is, not "a probe step failed"
+    torch_point = Point(**{**point.to_dict(), "framework": "torch"})
+    assert step.probe(torch_point) is None  # torch does not read it
+
+
+def test_jax_platforms_jax_cannot_start_is_named(monkeypatch):
+    import jax
+
+    if any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("a GPU is here")
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    with pytest.raises(step.Unsupported, match=r"^JAX_PLATFORMS='cuda': jax could not start the "
+                                               r"platforms it lists \(RuntimeError: "):
+        step.device_caps("jax", "cuda")
