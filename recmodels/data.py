@@ -49,8 +49,9 @@ from recmodels.synthetic import GAMES_SHAPED, SYNTHETIC, SYNTHETIC_DEFAULT, synt
 # ``data.load_user_item``, ``data.synthetic`` ...).
 __all__ = ["GAMES_SHAPED", "REGISTRY", "SYNTHETIC", "SYNTHETIC_DEFAULT", "DatasetSpec",
            "Interactions", "cache_dir", "cache_path", "cache_problem", "check_stats",
-           "convert_movielens", "fetch", "get_spec", "load", "load_user_item", "save_user_item",
-           "sha256_file", "sha256_path", "sha256_seen", "synthetic"]
+           "checksum_problem", "convert_movielens", "fetch", "get_spec", "load",
+           "load_user_item", "save_user_item", "sha256_file", "sha256_path", "sha256_seen",
+           "synthetic"]
 
 # ---------------------------------------------------------------------------------------------
 # Registry and download cache
@@ -222,15 +223,55 @@ def sha256_path(name_or_spec: str | DatasetSpec, *, cache: Path | str | None = N
 
 
 def sha256_seen(name_or_spec: str | DatasetSpec, *, cache: Path | str | None = None) -> str | None:
-    """The sha256 (hex) recorded when the cached file last passed the statistics check, or None
-    (never verified, or a sidecar that is not a sha256 line). It describes the file as it was
-    then: load() and fetch() compare it with the file's digest before trusting it."""
+    """The sha256 (hex) recorded when a file first passed the statistics check, or None (never
+    verified, or a sidecar that is not a sha256 line). It stands until the sidecar is deleted:
+    load() and fetch() refuse a file, or a download, with another digest (checksum_problem)."""
     try:
         text = sha256_path(name_or_spec, cache=cache).read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
     digest = text.split()[0].lower() if text.split() else ""
     return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
+
+
+def _short(digest: str) -> str:
+    return f"{digest[:12]}…"
+
+
+def _fetch_cmd(spec: DatasetSpec) -> str:
+    return shlex.join(["recbench", "data", "fetch", spec.name])
+
+
+def checksum_problem(name_or_spec: str | DatasetSpec, *, cache: Path | str | None = None,
+                     digest: str | None = None) -> str | None:
+    """Why the cached file is not the entry's verified file, in one line (both sha256s
+    shortened, then the fix), or None: no file there, nothing to compare it with yet (no
+    checksum registered and none recorded), or it matches. Against the registered sha256
+    where there is one, else the one recorded when a file first passed the statistics check
+    (sha256_seen): a file that differs from that changed since it was verified, and the
+    first record stands. ``digest``: the file's sha256 where the caller has it already."""
+    spec = get_spec(name_or_spec)
+    path = cache_path(spec, cache=cache)
+    want = spec.sha256 or sha256_seen(spec, cache=cache)
+    if want is None or not path.is_file():
+        return None
+    digest = digest or sha256_file(path)
+    if digest == want:
+        return None
+    fetch_cmd = _fetch_cmd(spec)
+    if spec.sha256 is not None:
+        return (f"dataset {spec.name!r}: {path} does not match the registered sha256 (sha256 "
+                f"{_short(digest)}, registered {_short(want)}); delete it and run `{fetch_cmd}`")
+    side = sha256_path(spec, cache=cache)
+    return (f"dataset {spec.name!r}: {path} changed since it was first verified (sha256 "
+            f"{_short(digest)}, first recorded {_short(want)} in {side}); restore it (delete it "
+            f"and run `{fetch_cmd}` to download it again), or delete {side} to verify it anew")
+
+
+def _unreadable(e: InputError) -> str:
+    """A reader's one-line error without its closing advice (after its last "; "), which
+    fits a file the user edits, not a cached download: the caller gives the fix."""
+    return str(e).rsplit("; ", 1)[0]
 
 
 def check_stats(spec: DatasetSpec, data: Interactions, *, source: str, fix: str) -> None:
@@ -295,35 +336,45 @@ def fetch(
     previous file and is not kept. Verified means: the registry's sha256 and size where the
     entry has them; otherwise (``sha256`` None) the file's statistics (``check_stats``), after
     which the sha256 seen is recorded in ``sha256_path`` and ``log`` (default: stderr) says the
-    file was verified by statistics. A cached file is used as is when its sha256 matches the
-    registry's, or, without one, the sha256 recorded when it passed the statistics check; an
+    file was verified by statistics; once recorded, that sha256 stands (a later download must
+    have it too). A cached file is used as is when its sha256 matches the registry's, or,
+    without one, the sha256 recorded when a file first passed the statistics check; an
     unverified cached file (e.g. placed by hand) is checked the same way, and downloaded again
-    if it fails. ``progress(bytes_done, bytes_total)`` is called after every chunk (total 0
-    where neither the server nor the registry gives a size).
+    if it fails (``log`` says why it was not used). ``progress(bytes_done, bytes_total)`` is
+    called after every chunk (total 0 where neither the server nor the registry gives a size).
 
     Raises InputError (one line) when something else sits at the cache path (``cache_problem``:
-    checked before downloading, and left as it is), when the server cannot be reached, or when
-    the download's sha256 / size / statistics are not the registered ones (each expected vs got).
+    checked before downloading, and left as it is), when a cached file changed since it was
+    verified (``checksum_problem``: left as it is), when the server cannot be reached, or when
+    the download's sha256 / size / statistics are not the registered ones (each expected vs got)
+    or its sha256 is not the one recorded.
     """
     spec = get_spec(name_or_spec)
     if problem := cache_problem(spec, cache=cache):  # before any download: nothing replaced
         raise InputError(problem)
     log = log or _stderr
     dest = cache_path(spec, cache=cache)
+    seen = sha256_seen(spec, cache=cache) if spec.sha256 is None else None
     if dest.is_file():
         digest = sha256_file(dest)
-        if spec.sha256 is not None and digest == spec.sha256:
+        if digest in (spec.sha256, seen):
             return dest
-        if spec.sha256 is None and digest == sha256_seen(spec, cache=cache):
-            return dest
-        if spec.sha256 is None:  # placed by hand, or verified before the file changed
+        if seen is not None:  # verified once, changed since: the user's edit is not replaced
+            raise InputError(checksum_problem(spec, cache=cache, digest=digest))
+        if spec.sha256 is None:  # placed by hand: verified by its statistics, as a download
             try:
-                check_stats(spec, _read(spec, dest), source=str(dest), fix="downloading again")
+                data = _read(spec, dest)
             except InputError as e:
-                log(str(e))
+                log(f"dataset {spec.name!r}: {dest} is not a readable {spec.format} file "
+                    f"({_unreadable(e)}); downloading it again")
             else:
-                _record_seen(spec, dest, digest, log)
-                return dest
+                try:
+                    check_stats(spec, data, source=str(dest), fix="downloading it again")
+                except InputError as e:
+                    log(str(e))
+                else:
+                    _record_seen(spec, dest, digest, log)
+                    return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -357,6 +408,12 @@ def fetch(
                 f"{spec.sha256} ({size}), got {actual} ({done} bytes); retry, "
                 f"or place a verified copy at {dest}"
             )
+        if seen is not None and actual != seen:
+            side = sha256_path(spec, cache=cache)
+            raise InputError(
+                f"dataset {spec.name!r}: download of {spec.url} has sha256 {_short(actual)}, not "
+                f"the {_short(seen)} first recorded in {side}: it changed upstream since it was "
+                f"first verified; the download was not kept; delete {side} to verify it anew")
         if spec.sha256 is None:
             fix = (f"the download (sha256 {actual}, {done:,} bytes) was not kept; check that "
                    f"{spec.url} is the paper's file (it may have changed upstream), or place a "
@@ -373,7 +430,7 @@ def fetch(
         os.replace(tmp, dest)  # atomic within one directory
     finally:
         tmp.unlink(missing_ok=True)
-    if spec.sha256 is None:
+    if spec.sha256 is None and seen is None:
         _record_seen(spec, dest, actual, log)
     return dest
 
@@ -394,30 +451,35 @@ def load(
     A registry name must be fetched (or its file placed at ``cache_path``). An entry with a
     sha256 is checked against it; one without has its statistics checked on every load (free:
     the file is parsed anyway), and the first time a file passes, its sha256 is recorded next
-    to it and ``log`` (default: stderr) says it was verified by statistics. Raises InputError
-    (one line) for a missing file or something else in its place (``cache_problem``), a wrong
-    sha256, or wrong statistics (each expected vs got).
+    to it and ``log`` (default: stderr) says it was verified by statistics; from then on a file
+    with another sha256 is refused (``checksum_problem``), never recorded anew. Raises
+    InputError (one line) for a missing file or something else in its place
+    (``cache_problem``), a wrong sha256, a file that is not readable, or wrong statistics (each
+    expected vs got).
     """
     key = os.fspath(name_or_path)
     if key in SYNTHETIC:
         return synthetic(**SYNTHETIC[key])
     if key in REGISTRY:
         spec, path = REGISTRY[key], cache_path(key, cache=cache)
-        fetch_cmd = shlex.join(["recbench", "data", "fetch", key])
+        fetch_cmd = _fetch_cmd(spec)
         if problem := cache_problem(spec, cache=cache):
             raise InputError(problem)
         if not path.is_file():
             raise InputError(f"dataset {key!r} is not downloaded (expected at {path}); "
                              f"run `{fetch_cmd}`")
         digest = sha256_file(path)
-        if spec.sha256 is not None and digest != spec.sha256:
-            raise InputError(f"{path} does not match the registry's sha256 for {key!r}; "
-                             f"delete it and run `{fetch_cmd}`")
-        data = _read(spec, path)
+        if problem := checksum_problem(spec, cache=cache, digest=digest):
+            raise InputError(problem)
+        try:
+            data = _read(spec, path)
+        except InputError as e:  # the reader's fix is for a file of one's own: this is a cache
+            raise InputError(f"dataset {key!r}: {path} is not a readable {spec.format} file "
+                             f"({_unreadable(e)}); delete it and run `{fetch_cmd}`") from None
         if spec.sha256 is None:
             check_stats(spec, data, source=str(path),
                         fix=f"delete or replace that file, then run `{fetch_cmd}`")
-            if sha256_seen(spec, cache=cache) != digest:
+            if sha256_seen(spec, cache=cache) is None:  # the first record stands
                 _record_seen(spec, path, digest, log or _stderr)
         return data
     path = Path(key)

@@ -17,12 +17,14 @@ PAPER_NOTE = (
 
 def registry_row(spec) -> dict:
     """A registry dataset as one JSON-ready row: statistics (the paper's; actions as an interval
-    where the paper rounds them), paper quality and settings, checksum state, cache state
-    (``problem``: why the cache path cannot hold the file, one line, or None)."""
+    where the paper rounds them), paper quality and settings, checksum state
+    (``checksum_problem``: why the cached file is not the verified one, one line, or None),
+    cache state (``problem``: why the cache path cannot hold the file, one line, or None)."""
     from recmodels import data as D
 
     path = D.cache_path(spec)
     cached = path.is_file()
+    checksum_problem = D.checksum_problem(spec) if cached else None  # hashes the file
     lo, hi = spec.actions_range
     return {
         "name": spec.name, "users": spec.users, "items": spec.items,
@@ -33,6 +35,7 @@ def registry_row(spec) -> dict:
         "sha256": spec.sha256, "size_bytes": spec.size_bytes,
         # the digest recorded when the cached file passed the statistics check
         "sha256_seen": D.sha256_seen(spec) if cached and spec.sha256 is None else None,
+        "checksum_problem": checksum_problem,
         "cached": cached, "problem": D.cache_problem(spec), "path": str(path), "url": spec.url,
         "description": spec.description, "citation": spec.citation,
     }
@@ -49,6 +52,9 @@ def _state(r: dict) -> str:
     """Cache and checksum state, for the text table."""
     if r["problem"]:
         return "cache path blocked (below)"
+    if r["checksum_problem"]:
+        return ("cached, sha256 does not match (below)" if r["checksum"] == "registered"
+                else "cached, changed since verified (below)")
     if r["checksum"] == "registered":
         return f"{'cached' if r['cached'] else 'not fetched'}, sha256 registered"
     if not r["cached"]:
@@ -68,9 +74,11 @@ def _paper_line(r: dict) -> str:
 
 def _row_lines(r: dict, head: str, width: int) -> list[str]:
     """A registry row as text: ``head`` (left-aligned in ``width``) before the statistics and
-    the state, then the cache problem if any, then the paper's figures, indented to match."""
+    the state, then the cache or checksum problem if any, then the paper's figures, indented
+    to match."""
+    problem = r["problem"] or r["checksum_problem"]
     lines = [f"{r['users']:>8,} users {r['items']:>7,} items {r['actions_label']:>8s} actions  "
-             f"{_state(r)}", *([r["problem"]] if r["problem"] else []), _paper_line(r)]
+             f"{_state(r)}", *([problem] if problem else []), _paper_line(r)]
     return [f"{head if i == 0 else '':{width}s} {line}" for i, line in enumerate(lines)]
 
 

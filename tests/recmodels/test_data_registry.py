@@ -167,8 +167,141 @@ def test_load_checks_a_hand_placed_file(tmp_path: Path, monkeypatch: pytest.Monk
     D.load("toy", cache=tmp_path, log=logs.append)
     assert len(logs) == 1  # first load only
     (tmp_path / "toy.txt").write_bytes(_sasrec_file(3, 3, 4))  # changed after it was verified
-    with pytest.raises(InputError, match="items expected 4, got 3"):
+    with pytest.raises(InputError, match="changed since it was first verified"):
         D.load("toy", cache=tmp_path)
+
+
+def _changed(path: Path, now: bytes, first: bytes) -> str:
+    side = path.with_name("toy.sha256")
+    return (f"dataset 'toy': {path} changed since it was first verified (sha256 "
+            f"{hashlib.sha256(now).hexdigest()[:12]}…, first recorded "
+            f"{hashlib.sha256(first).hexdigest()[:12]}… in {side}); restore it (delete it and run "
+            f"`recbench data fetch toy` to download it again), or delete {side} to verify it anew")
+
+
+def test_the_first_recorded_sha256_stands(server: _Server, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verified file edited afterwards is refused by load and fetch, even where the edit keeps
+    the statistics, and its first sha256 is never overwritten; deleting the record verifies
+    the file anew."""
+    server.files["/toy.txt"] = GOOD
+    spec = _spec(server.url + "/toy.txt", 3, 4, 12, tolerance=2)
+    monkeypatch.setitem(D.REGISTRY, "toy", spec)
+    path, side = tmp_path / "toy.txt", tmp_path / "toy.sha256"
+    D.fetch(spec, cache=tmp_path, log=lambda s: None)
+    record = side.read_bytes()
+    edited = GOOD + b"1 2\n"  # 13 actions: still within the statistics
+    path.write_bytes(edited)
+    logs: list[str] = []
+    for call in (lambda: D.load("toy", cache=tmp_path, log=logs.append),
+                 lambda: D.fetch(spec, cache=tmp_path, log=logs.append)):
+        with pytest.raises(InputError) as e:
+            call()
+        assert str(e.value) == _changed(path, edited, GOOD)
+    assert logs == [] and server.hits == 1  # no download over the edit
+    assert side.read_bytes() == record and path.read_bytes() == edited
+    assert D.checksum_problem(spec, cache=tmp_path) == _changed(path, edited, GOOD)
+    # restored by fetching again: the download is checked against the first record too
+    path.unlink()
+    server.files["/toy.txt"] = edited  # changed upstream
+    with pytest.raises(InputError) as e:
+        D.fetch(spec, cache=tmp_path, log=logs.append)
+    assert str(e.value) == (
+        f"dataset 'toy': download of {spec.url} has sha256 "
+        f"{hashlib.sha256(edited).hexdigest()[:12]}…, not the "
+        f"{hashlib.sha256(GOOD).hexdigest()[:12]}… first recorded in {side}: it changed "
+        f"upstream since it was first verified; the download was not kept; delete {side} to "
+        "verify it anew")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.sha256"]
+    server.files["/toy.txt"] = GOOD
+    assert D.fetch(spec, cache=tmp_path, log=logs.append).read_bytes() == GOOD
+    assert logs == [] and side.read_bytes() == record  # as first verified: nothing to say
+    # the fix the message gives: delete the record, and the edited file is verified anew
+    path.write_bytes(edited)
+    side.unlink()
+    assert D.load("toy", cache=tmp_path, log=logs.append).n_actions == 13
+    assert len(logs) == 1 and "verified by its statistics" in logs[0]
+    assert D.sha256_seen(spec, cache=tmp_path) == hashlib.sha256(edited).hexdigest()
+
+
+def test_cli_data_info_on_an_edited_file_is_one_line_exit_2_and_keeps_the_record(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECBENCH_CACHE", str(tmp_path))
+    monkeypatch.setitem(D.REGISTRY, "toy", _spec("http://127.0.0.1:9/toy.txt", 3, 4, 12))
+    path = tmp_path / "toy.txt"
+    path.write_bytes(GOOD)
+    assert main(["data", "info", "toy"]) == 0
+    capsys.readouterr()
+    record = (tmp_path / "toy.sha256").read_bytes()
+    edited = GOOD.replace(b"1 ", b"2 ", 1)  # same users, items and actions
+    path.write_bytes(edited)
+    assert main(["data", "info", "toy"]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"recbench data: error: {_changed(path, edited, GOOD)}\n")
+    assert (tmp_path / "toy.sha256").read_bytes() == record
+    assert main(["data", "list", "--json"]) == 0
+    row = {r["name"]: r for r in json.loads(capsys.readouterr().out)["registry"]}["toy"]
+    assert row["checksum_problem"] == _changed(path, edited, GOOD) and row["problem"] is None
+    assert main(["data", "list"]) == 0
+    assert (f"12 actions  cached, changed since verified (below)\n"
+            f"           {_changed(path, edited, GOOD)}\n") in capsys.readouterr().out
+
+
+JUNK = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"  # a binary file where the dataset should be
+
+
+def test_fetch_over_a_junk_cached_file_says_it_downloads_it_again(
+        server: _Server, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files["/toy.txt"] = GOOD
+    monkeypatch.setenv("RECBENCH_CACHE", str(tmp_path))
+    monkeypatch.setitem(D.REGISTRY, "toy", _spec(server.url + "/toy.txt", 3, 4, 12))
+    path = tmp_path / "toy.txt"
+    path.write_bytes(JUNK)
+    assert main(["data", "fetch", "toy"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{path}\n" and path.read_bytes() == GOOD
+    first, second = err.strip().splitlines()
+    assert first.startswith(f"dataset 'toy': {path} is not a readable user-item file ({path}:")
+    assert "not UTF-8 text" in first and first.endswith("); downloading it again")
+    assert "retry" not in first and "convert it" not in first
+    assert "verified by its statistics" in second
+
+
+def test_load_of_a_junk_cached_file_says_to_fetch_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(D.REGISTRY, "toy", _spec("http://127.0.0.1:9/toy.txt", 3, 4, 12))
+    path = tmp_path / "toy.txt"
+    for junk, why in ((JUNK, "not UTF-8 text"), (b"<html>rate limited</html>\n",
+                                                 "expected '<user> <item>'")):
+        path.write_bytes(junk)
+        with pytest.raises(InputError) as e:
+            D.load("toy", cache=tmp_path)
+        msg = str(e.value)
+        assert msg.startswith(f"dataset 'toy': {path} is not a readable user-item file ({path}:")
+        assert why in msg and msg.endswith("); delete it and run `recbench data fetch toy`")
+        assert "fix or delete that line" not in msg and "retry" not in msg and "\n" not in msg
+    assert not (tmp_path / "toy.sha256").exists()
+
+
+def test_cli_data_list_says_a_registered_sha256_does_not_match(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECBENCH_CACHE", str(tmp_path))
+    path = tmp_path / "games.txt"
+    path.write_bytes(GOOD)
+    want = (f"dataset 'games': {path} does not match the registered sha256 (sha256 "
+            f"{hashlib.sha256(GOOD).hexdigest()[:12]}…, registered b7376fe24430…); delete it "
+            "and run `recbench data fetch games`")
+    assert main(["data", "list", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["registry"][0]
+    assert (row["name"], row["cached"], row["checksum_problem"]) == ("games", True, want)
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert ("287,107 actions  cached, sha256 does not match (below)\n"
+            f"           {want}\n") in out
+    assert "sha256 registered" not in out.split("  ml-1m")[0]
+    with pytest.raises(InputError) as e:
+        D.load("games")
+    assert str(e.value) == want
 
 
 # --------------------------------------------------------------------------- CLI
