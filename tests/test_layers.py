@@ -36,9 +36,10 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 # The whole model package, beyond config and errors: only where a model is built or trained.
 MAY_IMPORT_ALL_RECMODELS = {"bench.scenarios", "bench.cli"}
-# config's analytic cost (memory.py is its memory half), errors, and the text-file reader
+# config's analytic cost (memory.py is its memory half), errors, the text-file reader, and
+# the environment switches (envvars.py: the fingerprint checks them)
 SHARED_RECMODELS = {"recmodels.config", "recmodels.memory", "recmodels.errors",
-                    "recmodels.textio"}
+                    "recmodels.textio", "recmodels.envvars"}
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -9,6 +9,7 @@ import stat
 import numpy as np
 import pytest
 
+import recmodels.checks as C
 import recmodels.train as T
 from bench.cli import main
 from bench.cli.train import format_train_result
@@ -173,7 +174,7 @@ def test_a_user_whose_training_items_cover_the_catalog_is_refused(tmp_path, caps
 
 def test_an_evaluable_dataset_passes_the_checks(small):
     split = S.leave_one_out(D.load(str(small)))
-    T.check_split(split, T.TrainOptions(dataset=str(small)))  # raises nothing
+    C.check_split(split, T.TrainOptions(dataset=str(small)))  # raises nothing
 
 
 # --- the memory estimate ----------------------------------------------------------------
@@ -181,7 +182,7 @@ def test_an_evaluable_dataset_passes_the_checks(small):
 
 def test_a_run_over_the_ram_available_is_refused_with_its_estimate(small, capsys,
                                                                    monkeypatch, no_training):
-    monkeypatch.setattr(T, "available_ram_bytes", lambda: 256 * 2**20)
+    monkeypatch.setattr(C, "available_ram_bytes", lambda: 256 * 2**20)
     assert main(["train", "--dataset", str(small), "--epochs", "1", "--seq-len", "2000"]) == 2
     err = _one_line(capsys)
     assert "estimated peak memory" in err and "an analytic estimate" in err
@@ -194,7 +195,7 @@ def test_the_estimate_follows_what_the_run_holds(small):
     opts = T.TrainOptions(dataset=str(small))
 
     def parts(**kw):
-        return T.memory_parts(preset("tiny", catalog_size=120, **kw), opts, split, "cpu")
+        return C.memory_parts(preset("tiny", catalog_size=120, **kw), opts, split, "cpu")
 
     short, long = parts(seq_len=50), parts(seq_len=2000)
     # training batches are trimmed to the longest history (padding_invariant): seq_len beyond
@@ -209,8 +210,8 @@ def test_the_estimate_follows_what_the_run_holds(small):
 def test_the_machine_ram_lets_ordinary_runs_through(small):
     split = S.leave_one_out(D.load(str(small)))
     cfg = preset("tiny", catalog_size=120)
-    T.check_memory(cfg, T.TrainOptions(dataset=str(small)), split, "cpu")  # raises nothing
-    assert T.available_ram_bytes() > 0
+    C.check_memory(cfg, T.TrainOptions(dataset=str(small)), split, "cpu")  # raises nothing
+    assert C.available_ram_bytes() > 0
 
 
 # --- wording ------------------------------------------------------------------------------
