@@ -135,11 +135,11 @@ def test_runner_and_dry_run_use_the_rule() -> None:
     """The runner's block and `run --dry-run --json` call exceeds_capacity, not est > cap."""
     import inspect
 
-    from bench import cli
+    from bench.cli import run as cli_run
     from bench.launch import runner
 
     assert "exceeds_capacity(est, cap)" in inspect.getsource(runner)
-    assert "exceeds_capacity(cost[\"est_mem_bytes\"], cap)" in inspect.getsource(cli._dry_run)
+    assert "exceeds_capacity(cost[\"est_mem_bytes\"], cap)" in inspect.getsource(cli_run._dry_run)
 
 
 def test_estimate_parts_and_framework_differences() -> None:
