@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from bench.cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, _err, _print_json
+from bench.machine.conditions import PointWindow, unstable_reason
 from recmodels.errors import InputError
 
 
@@ -27,6 +28,7 @@ def cmd_train(args) -> int:
     opts.validate()
     check_supported(opts.framework, resolve_device(opts.framework, opts.device),
                     preset(opts.preset, **overrides).block, opts.precision, opts.compile)
+    window = PointWindow(exclude=[os.getpid()])  # what else ran meanwhile (the load)
     try:
         # --save keeps a copy of the weights at the best validation evaluation (train's
         # keep_best): the saved weights are those the reported test metrics belong to
@@ -38,6 +40,10 @@ def cmd_train(args) -> int:
         if reason is None:
             raise  # the device runs this kind of step: the failure is the run's own
         raise InputError(f"{reason}; choose another --precision or --block") from None
+    # the rule run and ttq flag a point by: others took >= 0.5 cores, or steal reached 10%
+    result["conditions"] = window.close()
+    why = unstable_reason(None, result["conditions"])
+    result["flags"] = {"unstable": why} if why else {}
     ok = result["status"] == "ok"
     if args.save and not ok:
         _err(f"weights not saved to {args.save}: the run diverged")
@@ -211,7 +217,8 @@ def format_train_result(r: dict) -> str:
             + f"{r['precision']}, {r['device']})")
     if r["status"] != "ok":
         return "\n".join([head, f"  status     {r['status']}: {r['reason']} "
-                                "(no metrics: they are undefined)", _format_speed(r)])
+                                "(no metrics: they are undefined)", _format_speed(r),
+                           *_format_load(r)])
     t, p = r["test"], r["popularity"]["test"]
     paper = r.get("paper_quality")
     lines = [head, _format_speed(r)]
@@ -237,7 +244,18 @@ def format_train_result(r: dict) -> str:
         f"  protocol   {r['eval_protocol']} on {r['eval_users']} users (leave-one-out)"
         + ("; paper: SASRec's reported figures on this dataset" if paper else ""),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _format_load(r))
+
+
+def _format_load(r: dict) -> list[str]:
+    """The conditions line and, where the run was disturbed, the unstable line."""
+    from bench.cli.ttq import format_conditions
+
+    if not r.get("conditions"):
+        return []
+    why = (r.get("flags") or {}).get("unstable")
+    return [format_conditions(r["conditions"])] + (
+        [f"  unstable   {why}: the times are not this machine's alone"] if why else [])
 
 
 # --- parity ------------------------------------------------------------------------------

@@ -231,3 +231,28 @@ def test_one_epoch_and_one_evaluation_are_singular(small):
     assert curve.stop() == ("early stop at epoch 2: 1 evaluation without a better valid "
                             "ndcg@10 than epoch 1's")
     assert np.isfinite(r["test"]["hr@10"])
+
+
+# --- the load on the machine ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("others, flagged", [(0.8, True), (0.1, False)])
+def test_a_run_disturbed_by_other_processes_is_flagged_unstable(small, capsys, monkeypatch,
+                                                                others, flagged):
+    """The rule run and ttq use: others taking >= 0.5 cores flags the run unstable, in the
+    text (with the conditions line) and in the JSON's flags; a quiet run has none."""
+    import json
+
+    from bench.machine import conditions
+
+    monkeypatch.setattr(conditions.PointWindow, "close", lambda self: {
+        "wall_s": 3.0, "load_avg_before": [2.0], "load_avg_after": [2.0], "steal": 0.0,
+        "others_cpu_cores": others, "busiest": [{"name": "pytest", "cpu_cores": others}]})
+    assert main(["train", "--dataset", str(small), "--epochs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert f"other processes used {others:.2f} cores on average" in text  # conditions line
+    assert ("unstable   other processes used 0.80 cores" in text) is flagged
+    assert main(["train", "--dataset", str(small), "--epochs", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["conditions"]["others_cpu_cores"] == others
+    assert bool(result["flags"].get("unstable")) is flagged
