@@ -247,10 +247,23 @@ def format_train_result(r: dict) -> str:
     return "\n".join(lines + _format_load(r))
 
 
+def format_conditions(c: dict) -> str:
+    """The machine's load over the whole measurement (bench.machine.conditions.PointWindow)."""
+    def avg(v):
+        return "-" if not v else f"{v[0]:.2f}"
+
+    others = c.get("others_cpu_cores")
+    busiest = ", ".join(f"{b['name']} {b['cpu_cores']:.2f}" for b in (c.get("busiest") or [])[:3]
+                        if b["cpu_cores"] >= 0.05)
+    return (f"  conditions load average (1 min) {avg(c.get('load_avg_before'))} before, "
+            f"{avg(c.get('load_avg_after'))} after; other processes used "
+            + ("-" if others is None else f"{others:.2f}") + " cores on average"
+            + (f" ({busiest})" if busiest else "")
+            + ("" if c.get("steal") is None else f"; CPU steal {c['steal']:.1%}"))
+
+
 def _format_load(r: dict) -> list[str]:
     """The conditions line and, where the run was disturbed, the unstable line."""
-    from bench.cli.ttq import format_conditions
-
     if not r.get("conditions"):
         return []
     why = (r.get("flags") or {}).get("unstable")

@@ -24,7 +24,7 @@ def cmd_ttq(args) -> int:
     from pathlib import Path
 
     from bench import results as R
-    from bench.cli.train import check_supported
+    from bench.cli.train import check_supported, format_conditions
     from bench.launch.locks import machine_lock
     from bench.launch.runner import check_writable
     from bench.machine.conditions import PointWindow, unstable_reason
@@ -125,21 +125,6 @@ def format_ttq(p: dict, status: str, reason: str | None, m: dict) -> str:
                  f"({m['energy_provenance']}" + (f": {m['energy_note']}" if m.get("energy_note")
                                                  else "") + ")")
     return "\n".join(lines)
-
-
-def format_conditions(c: dict) -> str:
-    """The machine's load over the whole measurement (bench.machine.conditions.PointWindow)."""
-    def avg(v):
-        return "-" if not v else f"{v[0]:.2f}"
-
-    others = c.get("others_cpu_cores")
-    busiest = ", ".join(f"{b['name']} {b['cpu_cores']:.2f}" for b in (c.get("busiest") or [])[:3]
-                        if b["cpu_cores"] >= 0.05)
-    return (f"  conditions load average (1 min) {avg(c.get('load_avg_before'))} before, "
-            f"{avg(c.get('load_avg_after'))} after; other processes used "
-            + ("-" if others is None else f"{others:.2f}") + " cores on average"
-            + (f" ({busiest})" if busiest else "")
-            + ("" if c.get("steal") is None else f"; CPU steal {c['steal']:.1%}"))
 
 
 def add_ttq_parser(sub) -> None:
