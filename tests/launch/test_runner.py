@@ -179,7 +179,12 @@ def test_ctrl_c_keeps_records_and_resume_finishes(tmp_path):
         time.sleep(0.2)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # kill it, so its machine lock fails no later test
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"recbench run did not stop within 120 s of Ctrl-C:\n{err}") from None
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     (path,) = files
