@@ -168,8 +168,11 @@ def test_ctrl_c_keeps_records_and_resume_finishes(tmp_path):
     env = {**os.environ, "RECBENCH_FAULT": "B=4 =hang"}  # holds the sweep at point 4
     cmd = [sys.executable, "-m", "bench", "run", "--suite", str(suite_path), "--out", str(out),
            "--no-roofs"]
+    # SIGINT at its default in the run: a test suite started as a background job of a
+    # non-interactive shell (`make test &`) has it ignored, and children inherit that
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     files: list[Path] = []
     while time.time() < deadline:
